@@ -1,0 +1,301 @@
+"""Checkpoints: a directory of ``model.pt`` (state_dict), ``meta.json`` and ``train_state.pt``.
+
+This is the one module that calls ``torch.load``, always with ``weights_only=True``: a file that
+holds a pickled module or any other code is refused, never executed.
+
+Accepted model sources (``resolve_model``): a training run directory (its ``model/`` export, or
+its best checkpoint), a checkpoint directory, an exported ``model/`` directory, or a bare
+``.pt``/``.pth`` state_dict such as the tutorial's ``torch.save(model.state_dict(), path)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import platform
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifar.model import ARCH, CIFAR10_CLASSES, IMAGE_SIZE, build_model, expected_keys, infer_variant
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+META_FILE = "meta.json"
+TRAIN_STATE_FILE = "train_state.pt"
+FORMAT_VERSION = 1
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(RuntimeError):
+    """A model file or checkpoint cannot be used; the message names the problem and the fix."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / FSDP-style ``.module`` and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel) or (
+            hasattr(model, "module") and isinstance(model.module, nn.Module)
+        ):
+            model = model.module
+        else:
+            return model
+
+
+def clean_state_dict(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Strip ``module.`` / ``_orig_mod.`` prefixes that wrappers leak into parameter names."""
+    out = {}
+    for k, v in sd.items():
+        while k.startswith(_WRAPPER_PREFIXES):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import torchvision
+
+    from cifar import __version__
+
+    return {
+        "cifar_ray": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.pt`` (state_dict of the unwrapped model, CPU tensors), ``meta.json`` and,
+    when given, ``train_state.pt`` into ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in clean_state_dict(unwrap(model).state_dict()).items()}
+    torch.save(sd, d / MODEL_FILE)
+    (d / META_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
+    if train_state is not None:
+        torch.save(train_state, d / TRAIN_STATE_FILE)
+    return d
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what to do."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        m = re.search(r"GLOBAL ([\w.]+)", msg)
+        found = f" (it references '{m.group(1)}')" if m else ""
+        raise CheckpointError(
+            f"{path} is not a plain {what}{found}: it holds pickled Python objects, such as a "
+            "whole model saved with torch.save(model, path) (the tutorial's 'method 1'). "
+            "Loading it would run code from the file, so it was refused and nothing in it was "
+            "executed. If you trust the file, re-save its weights once, in the script where the "
+            "model class is defined: `torch.save(torch.load(path, weights_only=False)"
+            ".state_dict(), 'model_state.pth')`, and pass that file instead."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch file ({type(e).__name__}: {e}). It may be "
+            "truncated or not a checkpoint at all; point --model at a .pt/.pth state_dict or a "
+            "checkpoint directory."
+        ) from None
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file {p} does not exist.")
+    obj = _torch_load(p, "state_dict")
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # common {'state_dict': ..., 'epoch': ...} wrapper
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{p} holds a {type(obj).__name__}, not a state_dict (a mapping of parameter names "
+            "to tensors). Save weights with torch.save(model.state_dict(), path)."
+        )
+    return clean_state_dict(obj)
+
+
+def load_train_state(directory: str | os.PathLike) -> dict[str, Any]:
+    return _torch_load(Path(directory) / TRAIN_STATE_FILE, "training state")
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    p = Path(directory) / META_FILE
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p} is not valid JSON ({e}).") from None
+
+
+def tutorial_meta(relu: bool = False, num_classes: int = len(CIFAR10_CLASSES)) -> dict[str, Any]:
+    """Metadata for a bare state_dict: the tutorial's preprocessing and CIFAR-10 class names."""
+    classes = list(CIFAR10_CLASSES) if num_classes == len(CIFAR10_CLASSES) else None
+    return {
+        "arch": ARCH,
+        "relu": relu,
+        "num_classes": num_classes,
+        "classes": classes or [str(i) for i in range(num_classes)],
+        "normalize": None,  # tutorial: Resize((32, 32)) + ToTensor(), no normalization
+        "image_size": IMAGE_SIZE,
+        "source": "bare state_dict (tutorial preprocessing assumed)",
+    }
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    meta: dict[str, Any]
+    path: str
+    state_dict_path: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def mean(self) -> list[float] | None:
+        n = self.meta.get("normalize")
+        return n["mean"] if n else None
+
+    @property
+    def std(self) -> list[float] | None:
+        n = self.meta.get("normalize")
+        return n["std"] if n else None
+
+
+def _is_checkpoint_dir(d: Path) -> bool:
+    return (d / MODEL_FILE).is_file()
+
+
+def _best_checkpoint_in_run(run_dir: Path) -> Path | None:
+    """The run's best checkpoint by test accuracy (latest epoch breaks ties)."""
+    best: tuple[float, int, Path] | None = None
+    for d in run_dir.glob("checkpoint_*"):
+        if not (d / MODEL_FILE).is_file() or not (d / META_FILE).is_file():
+            continue
+        try:
+            meta = read_meta(d)
+        except CheckpointError:
+            continue
+        acc = float(meta.get("metrics", {}).get("test_accuracy", float("-inf")))
+        key = (acc, int(meta.get("epoch", -1)), d)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def resolve_model(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
+    """Map what the user passed to (state_dict file, metadata or None for a bare file)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(
+            f"--model {p} does not exist. Pass a training run directory, a checkpoint "
+            "directory, an exported model/ directory or a .pt/.pth state_dict file."
+        )
+    if p.is_file():
+        meta_beside = p.parent / META_FILE
+        if p.name == MODEL_FILE and meta_beside.is_file():
+            return p, read_meta(p.parent)
+        return p, None
+    candidates = [p] if _is_checkpoint_dir(p) else []
+    candidates.append(p / "model")
+    best = _best_checkpoint_in_run(p)
+    if best is not None:
+        candidates.append(best)
+    for c in candidates:
+        if _is_checkpoint_dir(c):
+            return c / MODEL_FILE, read_meta(c) if (c / META_FILE).is_file() else None
+    raise CheckpointError(
+        f"{p} is a directory without a model: expected {MODEL_FILE} in it, in {p / 'model'}, "
+        "or in a checkpoint_* subdirectory of a training run."
+    )
+
+
+def build_from_state_dict(
+    sd: Mapping[str, torch.Tensor], meta: dict[str, Any] | None, source: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild CIFAR10-quick for ``sd``; errors name the missing, unexpected or mis-shaped keys."""
+    if meta is None:
+        variant = infer_variant(sd)
+        if variant is None:
+            _raise_mismatch(sd, relu=False, num_classes=10, source=source)
+        meta = tutorial_meta(*variant)
+    if meta.get("arch", ARCH) != ARCH:
+        raise CheckpointError(f"{source}: architecture '{meta.get('arch')}' is not {ARCH}.")
+    relu = bool(meta.get("relu", False))
+    num_classes = int(meta.get("num_classes", len(meta.get("classes", CIFAR10_CLASSES))))
+    model = build_model(relu=relu, num_classes=num_classes)
+    want = model.state_dict()
+    if set(want) != set(sd) or any(want[k].shape != sd[k].shape for k in want):
+        _raise_mismatch(sd, relu, num_classes, source)
+    model.load_state_dict(sd, strict=True)
+    meta.setdefault("classes", [str(i) for i in range(num_classes)])
+    if len(meta["classes"]) != num_classes:
+        raise CheckpointError(
+            f"{source}: meta.json lists {len(meta['classes'])} classes, the weights have "
+            f"{num_classes} outputs."
+        )
+    return model, meta
+
+
+def _raise_mismatch(sd: Mapping[str, torch.Tensor], relu: bool, num_classes: int, source: str):
+    want = build_model(relu=relu, num_classes=num_classes).state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}"
+        for k in want
+        if k in sd and sd[k].shape != want[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
+    if shapes:
+        parts.append(f"shape mismatches {shapes}")
+    variant = "with ReLU" if relu else "tutorial (no ReLU)"
+    raise CheckpointError(
+        f"{source} does not hold CIFAR10-quick weights ({variant} variant, expected keys "
+        f"{expected_keys(relu, num_classes)[0]} ... {expected_keys(relu, num_classes)[-1]}): "
+        + "; ".join(parts)
+        + ". Pass a state_dict of the tutorial's MyNetwork / cifar.model.CifarQuick."
+    )
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load any accepted model source onto ``device`` in eval mode (weights_only=True)."""
+    sd_path, meta = resolve_model(path)
+    sd = load_state_dict_file(sd_path)
+    model, meta = build_from_state_dict(sd, meta, str(sd_path))
+    model.to(device).eval()
+    return LoadedModel(model=model, meta=meta, path=str(path), state_dict_path=str(sd_path))

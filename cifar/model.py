@@ -1,0 +1,82 @@
+"""CIFAR10-quick, exactly as the tutorial defines it.
+
+The network is pure: no device moves, no dtype casts, no file access. Parameter names match the
+tutorial's ``MyNetwork`` (``model1.0.weight`` ... ``model1.8.bias``) so a ``state_dict`` saved by
+the tutorial's code loads as is. ``relu=True`` adds the ReLUs of the Caffe original; that variant
+has different parameter indices, and checkpoints record which variant they hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+ARCH = "cifar10_quick"
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+class CifarQuick(nn.Module):
+    """CIFAR10-quick: 3x (5x5 conv, 2x2 max-pool), Flatten, Linear(1024, 64), Linear(64, classes).
+
+    Input: float images ``[B, 3, 32, 32]``. Output: logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, relu: bool = False) -> None:
+        super().__init__()
+        self.relu = relu
+        act = [nn.ReLU(inplace=True)] if relu else []
+        self.model1 = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=5, stride=1, padding=2),
+            *act,
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, kernel_size=5, stride=1, padding=2),
+            *act,
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=5, stride=1, padding=2),
+            *act,
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 64),  # 64 channels @ 4x4 after three 2x pools
+            *act,
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model1(x)
+
+
+def build_model(relu: bool = False, num_classes: int = NUM_CLASSES) -> CifarQuick:
+    return CifarQuick(num_classes=num_classes, relu=relu)
+
+
+def expected_keys(relu: bool, num_classes: int = NUM_CLASSES) -> list[str]:
+    return list(build_model(relu=relu, num_classes=num_classes).state_dict().keys())
+
+
+def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[bool, int] | None:
+    """Return ``(relu, num_classes)`` whose parameter names and shapes match ``state_dict``.
+
+    ``None`` when neither variant matches, so the caller can name the mismatch.
+    """
+    for relu in (False, True):
+        keys = expected_keys(relu)
+        if set(keys) != set(state_dict):
+            continue
+        last = state_dict[keys[-1]]  # final bias: [num_classes]
+        return relu, int(last.shape[0])
+    return None
