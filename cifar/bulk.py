@@ -1,0 +1,414 @@
+"""Bulk prediction with Ray Data: list files -> CPU decode tasks -> actor pool -> result files.
+
+Every file found is accounted for exactly once: a file that cannot be read or decoded becomes a
+row with ``error`` set, never a failed job or a missing row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifar.checkpoint import load_model
+from cifar.cli import ConfigError
+from cifar.predict import IMAGE_EXTENSIONS, BatchPredictor, _filesystem, decode_batch
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "csv", "jsonl")
+_SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".json"}
+
+
+@dataclass
+class PredictConfig:
+    model: str | None = field(
+        default=None, metadata={"help": "run dir, checkpoint dir, model/ dir or .pt/.pth file"}
+    )
+    input: list[str] | None = field(
+        default=None,
+        metadata={"help": "folder (recursive), file, glob or URI; repeatable", "metavar": "IN"},
+    )
+    output: str | None = field(default=None, metadata={"help": "output folder", "metavar": "OUT"})
+    format: str = field(default="parquet", metadata={"choices": FORMATS, "help": "result format"})
+    batch_size: int = field(default=256, metadata={"help": "images per inference batch"})
+    num_actors: str = field(
+        default="auto",
+        metadata={
+            "help": "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with "
+            "GPUs, else 1 per 4 CPUs, at least 1)"
+        },
+    )
+    gpus_per_actor: float | None = field(
+        default=None,
+        metadata={"help": "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)"},
+    )
+    cpus_per_actor: float = field(
+        default=1.0, metadata={"help": "CPUs per inference actor (torch threads on CPU)"}
+    )
+    top_k: int = field(default=3, metadata={"help": "top-k classes to write"})
+    extensions: str | None = field(
+        default=None,
+        metadata={
+            "help": "only these extensions, e.g. 'jpg,png' (others are skipped and "
+            "counted); default: every file"
+        },
+    )
+    labels_from_dirs: bool = field(
+        default=False,
+        metadata={"help": "folders are named after classes: report accuracy + confusion matrix"},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace results already in OUT"})
+    files_per_block: int = field(
+        default=1024, metadata={"help": "files per Ray Data block (decode task)"}
+    )
+
+    def validate(self) -> None:
+        errors = []
+        if not self.model:
+            errors.append("--model is required")
+        if not self.input:
+            errors.append("at least one --input is required")
+        if not self.output:
+            errors.append("--output is required")
+        if self.batch_size < 1:
+            errors.append(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.top_k < 1:
+            errors.append(f"--top-k must be at least 1 (got {self.top_k})")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            errors.append("--gpus-per-actor must be >= 0")
+        if self.cpus_per_actor <= 0:
+            errors.append("--cpus-per-actor must be > 0")
+        if self.files_per_block < 1:
+            errors.append("--files-per-block must be at least 1")
+        try:
+            parse_actors(self.num_actors)
+        except ValueError as e:
+            errors.append(str(e))
+        if errors:
+            raise ConfigError("; ".join(errors) + ".")
+
+
+def parse_actors(spec: str) -> tuple[int, int] | None:
+    """'auto' -> None, 'N' -> (N, N), 'MIN-MAX' -> (MIN, MAX)."""
+    if spec == "auto":
+        return None
+    try:
+        lo, _, hi = spec.partition("-")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise ValueError(f"--num-actors must be N, MIN-MAX or auto (got {spec!r})") from None
+    if lo_i < 1 or hi_i < lo_i:
+        raise ValueError(f"--num-actors {spec!r}: need 1 <= MIN <= MAX")
+    return lo_i, hi_i
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _list_uri(uri: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, path = _filesystem(uri)
+    scheme = uri.split("://", 1)[0]
+    pattern = None
+    if _has_magic(path):
+        pattern = path
+        path = path[: min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+    info = fs.get_file_info(path)
+    if info.type == pyarrow.fs.FileType.File:
+        found = [path]
+    elif info.type == pyarrow.fs.FileType.Directory:
+        sel = pyarrow.fs.FileSelector(path, recursive=True)
+        found = [i.path for i in fs.get_file_info(sel) if i.type == pyarrow.fs.FileType.File]
+    else:
+        found = []
+    if pattern is not None:
+        found = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
+    return [f"{scheme}://{p}" for p in sorted(found)]
+
+
+def _list_local(spec: str) -> list[str]:
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return [str(p.resolve())]
+    if p.is_dir():
+        return sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file())
+    if _has_magic(spec):
+        return sorted(
+            str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True) if Path(f).is_file()
+        )
+    return []
+
+
+def list_inputs(inputs: list[str], extensions: str | None) -> tuple[list[str], int]:
+    """Every file under the inputs, once each, sorted -> (files, skipped by --extensions)."""
+    seen: dict[str, None] = {}
+    missing = []
+    for spec in inputs:
+        found = _list_uri(spec) if "://" in spec else _list_local(spec)
+        if not found:
+            missing.append(spec)
+        for f in found:
+            seen.setdefault(f, None)
+    if missing and not seen:
+        raise ConfigError(
+            f"no files found in {', '.join(map(repr, missing))}. Pass a folder (searched "
+            "recursively), an image file, a quoted glob like 'photos/**/*.jpg', or a URI."
+        )
+    if missing:
+        log.warning("no files found for %s", ", ".join(missing))
+    files = list(seen)
+    if not extensions:
+        return files, 0
+    wanted = tuple("." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip())
+    kept = [f for f in files if f.lower().endswith(wanted)]
+    if not kept:
+        raise ConfigError(
+            f"none of the {len(files)} files found has an extension in {wanted}. Known image "
+            f"extensions: {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    return kept, len(files) - len(kept)
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse an output that holds results (unless --overwrite) or that cannot be written."""
+    if "://" in output:
+        import pyarrow.fs
+
+        fs, path = _filesystem(output)
+        info = fs.get_file_info(path)
+        if info.type != pyarrow.fs.FileType.NotFound:
+            entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+            if entries and not overwrite:
+                raise ConfigError(
+                    f"--output {output} already holds {len(entries)} entries. Pass --overwrite "
+                    "to replace them, or choose another --output."
+                )
+            if entries:
+                fs.delete_dir_contents(path)
+        fs.create_dir(path, recursive=True)
+        return
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; pass a folder path.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"--output {out} already holds results. Pass --overwrite to replace them, "
+                "or choose another --output."
+            )
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"--output {out} is not writable ({e.strerror or e}). Choose a folder you can write."
+        ) from None
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class Plan:
+    actors: tuple[int, int]
+    gpus_per_actor: float
+    device: str
+
+
+def plan_resources(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float) -> Plan:
+    """Actor pool size and device; fails before any work when the cluster cannot do it."""
+    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if cluster_gpus else 0)
+    if gpus > 0 and cluster_gpus < gpus:
+        raise ConfigError(
+            f"--gpus-per-actor {gpus:g} but the Ray cluster has {cluster_gpus:g} GPUs. Use "
+            "--gpus-per-actor 0 to classify on CPU, or connect to a cluster with GPUs."
+        )
+    actors = parse_actors(cfg.num_actors)
+    if actors is None:
+        n = int(cluster_gpus // gpus) if gpus > 0 else max(1, int(cluster_cpus) // 4)
+        actors = (max(1, n), max(1, n))
+    if gpus == 0 and actors[0] * cfg.cpus_per_actor >= cluster_cpus:
+        raise ConfigError(
+            f"{actors[0]} inference actor(s) x {cfg.cpus_per_actor:g} CPU would take all "
+            f"{cluster_cpus:g} CPUs of the cluster and leave none for decoding images. Lower "
+            "--num-actors or --cpus-per-actor."
+        )
+    return Plan(actors=actors, gpus_per_actor=gpus, device="cuda" if gpus > 0 else "cpu")
+
+
+def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
+    import pyarrow as pa
+    import ray.data
+
+    tables = [
+        pa.table({"path": files[i : i + cfg.files_per_block]})
+        for i in range(0, len(files), cfg.files_per_block)
+    ]
+    ds = ray.data.from_arrow(tables)
+    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1)
+    lo, hi = plan.actors
+    return ds.map_batches(
+        BatchPredictor,
+        fn_constructor_kwargs={
+            "model_path": cfg.model,
+            "device": plan.device,
+            "top_k": cfg.top_k,
+            "threads": max(1, int(cfg.cpus_per_actor)),
+            "label_dirs": cfg.labels_from_dirs,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor,
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+
+
+def write(ds, cfg: PredictConfig) -> None:
+    if cfg.format == "parquet":
+        ds.write_parquet(cfg.output)
+    elif cfg.format == "csv":
+        ds.write_csv(cfg.output)
+    else:
+        ds.write_json(cfg.output)
+
+
+def read_results(output: str, fmt: str):
+    """The written result files back as one pyarrow Table (summary.json excluded)."""
+    import pyarrow.dataset as pds
+
+    fs = None
+    base = output
+    if "://" in output:
+        fs, base = _filesystem(output)
+    pa_format = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}[fmt]
+    suffix = _SUFFIX[fmt]
+    import pyarrow.fs
+
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    files = [
+        i.path
+        for i in fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
+        if i.type == pyarrow.fs.FileType.File and i.path.endswith(suffix)
+    ]
+    return pds.dataset(sorted(files), format=pa_format, filesystem=fs).to_table()
+
+
+def summarize(
+    table, cfg: PredictConfig, files: int, skipped: int, seconds: float, model_meta: dict
+) -> dict[str, Any]:
+    names = table.column("class_name").to_pylist()
+    errors = table.column("error").to_pylist()
+    paths = table.column("path").to_pylist()
+    predicted = sum(e is None for e in errors)
+    summary: dict[str, Any] = {
+        "files": files,
+        "rows": table.num_rows,
+        "predicted": predicted,
+        "errors": table.num_rows - predicted,
+        "skipped": skipped,
+        "seconds": seconds,
+        "images_per_s": files / seconds if seconds > 0 else None,
+        "output": cfg.output,
+        "format": cfg.format,
+        "model": cfg.model,
+        "model_meta": {k: v for k, v in model_meta.items() if k != "config"},
+        "class_histogram": dict(sorted(Counter(n for n in names if n is not None).items())),
+        "error_examples": [
+            {"path": p, "error": e} for p, e in zip(paths, errors, strict=True) if e is not None
+        ][:20],
+    }
+    if cfg.labels_from_dirs:
+        classes = list(model_meta["classes"])
+        labels = table.column("label").to_pylist()
+        pairs = [
+            (lab, pred)
+            for lab, pred, err in zip(labels, names, errors, strict=True)
+            if lab is not None and err is None
+        ]
+        idx = {c: i for i, c in enumerate(classes)}
+        confusion = [[0] * len(classes) for _ in classes]
+        for lab, pred in pairs:
+            confusion[idx[lab]][idx[pred]] += 1
+        summary["labelled"] = len(pairs)
+        summary["accuracy"] = (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None
+        summary["confusion_matrix"] = {"classes": classes, "rows_true_cols_pred": confusion}
+    return summary
+
+
+def write_summary(output: str, summary: dict[str, Any]) -> None:
+    text = json.dumps(summary, indent=2, default=str)
+    if "://" in output:
+        fs, path = _filesystem(output)
+        with fs.open_output_stream(f"{path.rstrip('/')}/summary.json") as f:
+            f.write(text.encode())
+    else:
+        Path(output, "summary.json").write_text(text)
+
+
+def run(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float) -> dict[str, Any]:
+    """Check everything, classify every file, write results + summary.json. Ray must be up."""
+    cfg.validate()
+    loaded = load_model(cfg.model)  # refuse a bad model before any work starts
+    plan = plan_resources(cfg, cluster_cpus, cluster_gpus)
+    files, skipped = list_inputs(cfg.input, cfg.extensions)
+    prepare_output(cfg.output, cfg.overwrite)
+    log.info(
+        "classifying %d files (%d skipped) with %s actors on %s",
+        len(files),
+        skipped,
+        f"{plan.actors[0]}-{plan.actors[1]}",
+        plan.device,
+    )
+    t0 = time.perf_counter()
+    write(build_dataset(cfg, files, plan), cfg)
+    seconds = time.perf_counter() - t0
+    table = read_results(cfg.output, cfg.format)
+    summary = summarize(table, cfg, len(files), skipped, seconds, loaded.meta)
+    summary["config"] = asdict(cfg)
+    if summary["rows"] != len(files):
+        raise RuntimeError(
+            f"{summary['rows']} result rows for {len(files)} files: results are incomplete"
+        )
+    write_summary(cfg.output, summary)
+    return summary
+
+
+def cluster_resources() -> tuple[float, float]:
+    import ray
+
+    r = ray.cluster_resources()
+    return r.get("CPU", 0.0), r.get("GPU", 0.0)
+
+
+def default_ray_init() -> float:
+    """Start or join Ray; returns the seconds it took (reported apart from the pipeline)."""
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("CIFAR_RAY_PROGRESS", "1") != "0"
+    return time.perf_counter() - t0
