@@ -57,6 +57,10 @@ class DataError(RuntimeError):
 # --------------------------------------------------------------------------- safe reading
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Builds dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
 
@@ -75,7 +79,7 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
+        raise _RefusedGlobal(
             f"refusing to load global '{module}.{name}': CIFAR batch files hold only "
             "plain containers and numpy arrays"
         )
@@ -85,13 +89,21 @@ def safe_unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _SafeUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except _RefusedGlobal as e:
         raise DataError(
             f"{path} is not a plain CIFAR batch file and was not loaded ({e}). It may have been "
             "tampered with: delete it and re-download with --download, or regenerate it with "
             "`python -m cifar.synthetic`."
         ) from e
-    except (EOFError, ValueError, OSError, IndexError, KeyError, TypeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+        TypeError,
+    ) as e:
         raise DataError(
             f"{path} is corrupt or truncated ({type(e).__name__}: {e}). Delete the folder "
             f"{path.parent} and download again with --download."

@@ -1,4 +1,4 @@
-"""Classify image folders with Ray Data: ``python -m jobs.predict --model M --input IN --output OUT``.
+"""Classify image folders with Ray Data: ``python -m jobs.predict --model M --input I --output O``.
 
 Examples:
   python -m jobs.predict --model ~/ray_results/run1 --input photos/ --output preds/

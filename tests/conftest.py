@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A small learnable CIFAR-format set (data_dir holding cifar-10-batches-py)."""
+    from cifar.synthetic import write_synthetic
+
+    d = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(d, n_train=2000, n_test=600, seed=3)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One embedded Ray runtime (loopback only) for the in-process Ray tests."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def job_env(tmp_path) -> dict[str, str]:
+    """Environment for running jobs as subprocesses, from the repo root."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    env["CIFAR_RAY_CACHE"] = str(tmp_path / "cache")
+    env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,97 @@
+import pytest
+
+from cifar.cli import ConfigError, build_parser, parse_explicit
+from cifar.train import ClusterInfo, TrainConfig, prepare_run, resolve_config, resolve_scale
+
+
+def _cfg(argv):
+    p = build_parser(TrainConfig, "t", "d")
+    return resolve_config(parse_explicit(p, argv))
+
+
+def test_defaults_are_the_tuned_recipe():
+    c = _cfg([])
+    assert (c.lr, c.momentum, c.nesterov, c.schedule, c.augment, c.normalize) == (
+        0.02,
+        0.9,
+        True,
+        "onecycle",
+        True,
+        True,
+    )
+    assert c.label_smoothing == 0.1 and c.batch_size == 256
+
+
+def test_tutorial_recipe_reproduces_the_tutorial_and_flags_still_win():
+    c = _cfg(["--recipe", "tutorial"])
+    assert (c.lr, c.batch_size, c.epochs, c.momentum, c.weight_decay) == (0.01, 64, 10, 0, 0)
+    assert not c.augment and not c.normalize and c.schedule == "constant"
+    assert c.label_smoothing == 0 and not c.nesterov
+    assert _cfg(["--recipe", "tutorial", "--epochs", "3"]).epochs == 3
+
+
+def test_smoke_test_preset():
+    c = _cfg(["--smoke-test"])
+    assert c.num_workers == 2 and c.epochs == 1 and c.use_gpu is False and c.synthetic
+
+
+def test_bool_flags_have_negations():
+    c = _cfg(["--no-augment", "--no-download", "--relu", "--use-gpu"])
+    assert (c.augment, c.download, c.relu, c.use_gpu) == (False, False, True, True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-workers", "0"], "--num-workers must be at least 1"),
+        (["--lr", "-0.1"], "--lr must be positive"),
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "2", "--num-workers", "4"], "global batch"),
+        (["--resume"], "--resume needs --name"),
+        (["--momentum", "0"], "--nesterov needs --momentum"),
+    ],
+)
+def test_impossible_values_are_refused_with_the_flag_named(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(argv)
+
+
+def test_unknown_flag_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        _cfg(["--num-wrkers", "2"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --num-wrkers" in capsys.readouterr().err
+
+
+def test_use_gpu_without_gpus_fails_fast_and_defaults_follow_the_cluster():
+    with pytest.raises(ConfigError, match="no GPUs"):
+        resolve_scale(_cfg(["--use-gpu"]), ClusterInfo(cpus=8, gpus=0))
+    assert resolve_scale(_cfg([]), ClusterInfo(cpus=8, gpus=2))[0] is True
+    use_gpu, cpus, threads = resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(8, 0))
+    assert (use_gpu, cpus, threads) == (False, 4, 4)
+
+
+def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):
+    with pytest.raises(ConfigError, match="no run named 'ghost'"):
+        prepare_run(_cfg(["--resume", "--name", "ghost", "--storage-path", str(tmp_path)]))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ConfigError, match="already exists.*--resume"):
+        prepare_run(_cfg(["--name", "taken", "--storage-path", str(tmp_path)]))
+    named = prepare_run(_cfg(["--storage-path", str(tmp_path)]))
+    assert named.name.startswith("cifar-")
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    import json
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(_cfg([]).to_dict()))
+    with pytest.raises(ConfigError, match="--lr 0.02 -> 0.1"):
+        prepare_run(
+            _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--lr", "0.1"])
+        )
+    ok = prepare_run(
+        _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--num-workers", "3"])
+    )
+    assert ok.num_workers == 3

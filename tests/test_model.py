@@ -1,0 +1,63 @@
+import torch
+from torch import nn
+
+from cifar.model import CIFAR10_CLASSES, CifarQuick, build_model, infer_variant
+
+
+class MyNetwork(nn.Module):
+    """The tutorial's model.py, verbatim."""
+
+    def __init__(self):
+        super().__init__()
+        self.model1 = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=5, stride=1, padding=2),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, kernel_size=5, stride=1, padding=2),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=5, stride=1, padding=2),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 64),
+            nn.Linear(64, 10),
+        )
+
+    def forward(self, x):
+        return self.model1(x)
+
+
+def test_output_shape_matches_tutorial():
+    out = CifarQuick()(torch.ones(64, 3, 32, 32))
+    assert out.shape == (64, 10)
+
+
+def test_parameter_names_and_shapes_equal_the_tutorials():
+    ours = CifarQuick().state_dict()
+    theirs = MyNetwork().state_dict()
+    assert list(ours) == list(theirs)
+    assert list(ours)[0] == "model1.0.weight" and list(ours)[-1] == "model1.8.bias"
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_tutorial_weights_give_identical_outputs():
+    torch.manual_seed(0)
+    tut = MyNetwork().eval()
+    ours = CifarQuick().eval()
+    ours.load_state_dict(tut.state_dict(), strict=True)
+    x = torch.rand(8, 3, 32, 32)
+    assert torch.equal(ours(x), tut(x))
+
+
+def test_relu_variant_is_nonlinear_and_recorded_by_key_names():
+    m = build_model(relu=True)
+    assert sum(isinstance(layer, nn.ReLU) for layer in m.model1) == 4
+    assert infer_variant(m.state_dict()) == (True, 10)
+    assert infer_variant(build_model().state_dict()) == (False, 10)
+    assert infer_variant({"fc.weight": torch.zeros(1)}) is None
+    # without ReLU the conv stack is piecewise linear only through max-pool; with ReLU,
+    # negating the input does not negate the output
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(m(x) - m(torch.zeros_like(x)), -(m(-x) - m(torch.zeros_like(x))))
+
+
+def test_class_names():
+    assert len(CIFAR10_CLASSES) == 10 and CIFAR10_CLASSES[3] == "cat"
