@@ -75,7 +75,7 @@ def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):
     with pytest.raises(ConfigError, match="no run named 'ghost'"):
         prepare_run(_cfg(["--resume", "--name", "ghost", "--storage-path", str(tmp_path)]))
     (tmp_path / "taken").mkdir()
-    with pytest.raises(ConfigError, match="already exists.*--resume"):
+    with pytest.raises(ConfigError, match=r"already exists.*--resume"):
         prepare_run(_cfg(["--name", "taken", "--storage-path", str(tmp_path)]))
     named = prepare_run(_cfg(["--storage-path", str(tmp_path)]))
     assert named.name.startswith("cifar-")
@@ -87,7 +87,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(_cfg([]).to_dict()))
-    with pytest.raises(ConfigError, match="--lr 0.02 -> 0.1"):
+    with pytest.raises(ConfigError, match=r"--lr 0\.02 -> 0\.1"):
         prepare_run(
             _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--lr", "0.1"])
         )

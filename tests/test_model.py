@@ -34,7 +34,8 @@ def test_parameter_names_and_shapes_equal_the_tutorials():
     ours = CifarQuick().state_dict()
     theirs = MyNetwork().state_dict()
     assert list(ours) == list(theirs)
-    assert list(ours)[0] == "model1.0.weight" and list(ours)[-1] == "model1.8.bias"
+    names = list(ours)
+    assert names[0] == "model1.0.weight" and names[-1] == "model1.8.bias"
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
