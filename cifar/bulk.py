@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv", "jsonl")
 _SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".json"}
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -186,43 +187,61 @@ def list_inputs(inputs: list[str], extensions: str | None) -> tuple[list[str], i
 # --------------------------------------------------------------------------- output folder
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse an output that holds results (unless --overwrite) or that cannot be written."""
+def prepare_output(output: str, overwrite: bool, check_only: bool = False) -> None:
+    """Refuse an output that holds results (unless --overwrite) or that cannot be written;
+    unless ``check_only``, clear it (with --overwrite) and create it."""
     if "://" in output:
         import pyarrow.fs
 
         fs, path = _filesystem(output)
-        info = fs.get_file_info(path)
-        if info.type != pyarrow.fs.FileType.NotFound:
-            entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-            if entries and not overwrite:
-                raise ConfigError(
-                    f"--output {output} already holds {len(entries)} entries. Pass --overwrite "
-                    "to replace them, or choose another --output."
-                )
+        entries = []
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+            entries = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=False))
+        if entries and not overwrite:
+            raise ConfigError(
+                f"--output {output} already holds {len(entries)} entries. Pass --overwrite "
+                "to replace them, or choose another --output."
+            )
+        if not check_only:
             if entries:
                 fs.delete_dir_contents(path)
-        fs.create_dir(path, recursive=True)
+            fs.create_dir(path, recursive=True)
         return
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file; pass a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"--output {out} already holds results. Pass --overwrite to replace them, "
+            "or choose another --output."
+        )
+    probe_dir = out if out.is_dir() else next(p for p in out.parents if p.exists())
+    if not os.access(probe_dir, os.W_OK):
+        raise ConfigError(f"--output {out} is not writable. Choose a folder you can write.")
+    if check_only:
+        return
     if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"--output {out} already holds results. Pass --overwrite to replace them, "
-                "or choose another --output."
-            )
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
-        raise ConfigError(
-            f"--output {out} is not writable ({e.strerror or e}). Choose a folder you can write."
-        ) from None
+        raise ConfigError(f"--output {out} cannot be created ({e.strerror or e}).") from None
+
+
+@dataclass
+class Preflight:
+    model: Any  # LoadedModel
+    files: list[str]
+    skipped: int
+
+
+def preflight(cfg: PredictConfig) -> Preflight:
+    """Every check that needs no cluster: config, model, inputs, output. Runs before Ray starts."""
+    cfg.validate()
+    loaded = load_model(cfg.model)
+    files, skipped = list_inputs(cfg.input, cfg.extensions)
+    prepare_output(cfg.output, cfg.overwrite, check_only=True)
+    return Preflight(loaded, files, skipped)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -281,8 +300,8 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
         num_cpus=cfg.cpus_per_actor,
         num_gpus=plan.gpus_per_actor,
-        max_restarts=-1,
-        max_task_retries=-1,
+        # Ray Data's actor pools already restart dead actors and retry their tasks
+        # (max_restarts=-1, max_task_retries=-1), so a killed actor loses no rows.
     )
 
 
@@ -311,7 +330,9 @@ def read_results(output: str, fmt: str):
     files = [
         i.path
         for i in fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
-        if i.type == pyarrow.fs.FileType.File and i.path.endswith(suffix)
+        if i.type == pyarrow.fs.FileType.File
+        and i.path.endswith(suffix)
+        and i.base_name != SUMMARY_FILE
     ]
     return pds.dataset(sorted(files), format=pa_format, filesystem=fs).to_table()
 
@@ -362,37 +383,37 @@ def write_summary(output: str, summary: dict[str, Any]) -> None:
     text = json.dumps(summary, indent=2, default=str)
     if "://" in output:
         fs, path = _filesystem(output)
-        with fs.open_output_stream(f"{path.rstrip('/')}/summary.json") as f:
+        with fs.open_output_stream(f"{path.rstrip('/')}/{SUMMARY_FILE}") as f:
             f.write(text.encode())
     else:
-        Path(output, "summary.json").write_text(text)
+        Path(output, SUMMARY_FILE).write_text(text)
 
 
-def run(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float) -> dict[str, Any]:
-    """Check everything, classify every file, write results + summary.json. Ray must be up."""
-    cfg.validate()
-    loaded = load_model(cfg.model)  # refuse a bad model before any work starts
+def run(
+    cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float, pre: Preflight | None = None
+) -> dict[str, Any]:
+    """Classify every file, write results + summary.json. Ray must be up."""
+    pre = pre or preflight(cfg)
     plan = plan_resources(cfg, cluster_cpus, cluster_gpus)
-    files, skipped = list_inputs(cfg.input, cfg.extensions)
     prepare_output(cfg.output, cfg.overwrite)
     log.info(
-        "classifying %d files (%d skipped) with %s actors on %s",
-        len(files),
-        skipped,
-        f"{plan.actors[0]}-{plan.actors[1]}",
+        "classifying %d files (%d skipped) with %s-%s actors on %s",
+        len(pre.files),
+        pre.skipped,
+        *plan.actors,
         plan.device,
     )
     t0 = time.perf_counter()
-    write(build_dataset(cfg, files, plan), cfg)
+    write(build_dataset(cfg, pre.files, plan), cfg)
     seconds = time.perf_counter() - t0
     table = read_results(cfg.output, cfg.format)
-    summary = summarize(table, cfg, len(files), skipped, seconds, loaded.meta)
+    summary = summarize(table, cfg, len(pre.files), pre.skipped, seconds, pre.model.meta)
     summary["config"] = asdict(cfg)
-    if summary["rows"] != len(files):
-        raise RuntimeError(
-            f"{summary['rows']} result rows for {len(files)} files: results are incomplete"
-        )
     write_summary(cfg.output, summary)
+    if summary["rows"] != len(pre.files):
+        raise RuntimeError(
+            f"{summary['rows']} result rows for {len(pre.files)} files: results are incomplete"
+        )
     return summary
 
 

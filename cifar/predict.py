@@ -103,10 +103,11 @@ def load_image_file(path: str, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def decode_batch(batch: dict[str, np.ndarray], size: int = IMAGE_SIZE) -> dict[str, np.ndarray]:
     """Ray Data CPU stage: ``{"path"}`` -> ``{"path", "image" uint8 [B,3,H,W], "error"}``.
-    A file that cannot be read or decoded gets a zero image and its reason in ``error``."""
+    A file that cannot be read or decoded gets a zero image and its reason in ``error``; a good
+    one gets ``""`` (an all-None column would not survive Arrow: it comes back as NaN)."""
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-    errors: list[str | None] = [None] * len(paths)
+    errors: list[str] = [""] * len(paths)
     for i, p in enumerate(paths):
         try:
             images[i] = load_image_file(p, size)
@@ -212,7 +213,7 @@ class BatchPredictor:
         """``{"path", "image", "error"}`` -> a pyarrow Table of results, one row per input row."""
         import pyarrow as pa
 
-        errors = [None if e is None else str(e) for e in batch["error"]]
+        errors = [str(e) or None for e in batch["error"]]
         paths = [str(p) for p in batch["path"]]
         ok = np.array([e is None for e in errors], dtype=bool)
         probs = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from cifar.bulk import PredictConfig, cluster_resources, default_ray_init, run
+from cifar.bulk import PredictConfig, cluster_resources, default_ray_init, preflight, run
 from cifar.checkpoint import CheckpointError
 from cifar.cli import ConfigError, build_parser, make_config, parse_explicit, run_main
 
@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         PredictConfig, "python -m jobs.predict", "Classify images in bulk with Ray Data.", __doc__
     )
     cfg = make_config(PredictConfig, parse_explicit(parser, argv))
-    cfg.validate()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    pre = preflight(cfg)  # bad model, inputs or output fail here, before Ray starts
     ray_seconds = default_ray_init()
-    summary = run(cfg, *cluster_resources())
+    summary = run(cfg, *cluster_resources(), pre=pre)
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
     print(
         f"[cifar] classified {summary['files']} files: {summary['predicted']} predicted, "

@@ -1,0 +1,154 @@
+"""Decoding and single-image prediction (no Ray)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar.checkpoint import load_model, save_checkpoint
+from cifar.model import build_model
+from cifar.predict import Classifier, classify_files, decode_image, load_image_file
+from tests.conftest import ROOT
+from tests.images import make_image_tree
+
+
+@pytest.fixture(scope="session")
+def tutorial_state_dict(tmp_path_factory):
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("tut") / "network_29.pth"
+    torch.save(build_model().state_dict(), p)
+    return p
+
+
+def test_every_format_and_mode_decodes_and_broken_files_are_reported(tmp_path):
+    good, bad = make_image_tree(tmp_path)
+    for p in good:
+        x = load_image_file(str(p))
+        assert x.shape == (3, 32, 32) and x.dtype == np.uint8, p
+    for p in bad:
+        with pytest.raises(ValueError) as e:
+            load_image_file(str(p))
+        reason = str(e.value)
+        if p.name == "empty.png":
+            assert reason == "empty file (0 bytes)"
+        elif p.name.startswith("truncated"):
+            assert "truncated or corrupt" in reason
+        else:
+            assert "not an image" in reason
+
+
+def test_preprocessing_is_the_tutorials_resize_and_totensor(tmp_path):
+    import torchvision
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    p = tmp_path / "dog.png"
+    img.convert("RGBA").save(p)
+    tutorial = torchvision.transforms.Compose(
+        [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]
+    )(Image.open(p).convert("RGB"))
+    ours = torch.from_numpy(load_image_file(str(p))).float() / 255
+    assert torch.allclose(ours, tutorial, atol=1 / 255 + 1e-6)
+
+
+def test_exif_rotation_gif_first_frame_and_16_bit_scaling(tmp_path):
+    a = np.zeros((32, 64, 3), dtype=np.uint8)
+    a[:, :32] = (255, 0, 0)  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    x = decode_image((tmp_path / "r.jpg").read_bytes())
+    # after rotating 90 degrees clockwise, the red half is on top
+    assert x[0, :12].mean() > 200 and x[0, -12:].mean() < 60
+
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    g = decode_image((tmp_path / "a.gif").read_bytes())
+    assert g[0].mean() > 200 and g[2].mean() < 50
+
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "s.png")
+    s = decode_image((tmp_path / "s.png").read_bytes())
+    assert abs(int(s.mean()) - 128) <= 1  # PIL's plain convert would clip this to 255
+
+
+def test_large_jpeg_decodes_at_reduced_size_close_to_full_decode(tmp_path):
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((2048, 2048), Image.NEAREST)
+    big.save(tmp_path / "big.jpg", quality=95)
+    fast = decode_image((tmp_path / "big.jpg").read_bytes()).astype(int)
+    full = (
+        np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((32, 32), Image.BILINEAR))
+        .transpose(2, 0, 1)
+        .astype(int)
+    )
+    assert np.abs(fast - full).mean() < 4
+
+
+def test_tutorial_state_dict_predicts_like_the_tutorials_test_py(tmp_path, tutorial_state_dict):
+    import torchvision
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(
+        tmp_path / "dog.png"
+    )
+    clf = Classifier.from_path(str(tutorial_state_dict))
+    [r] = classify_files(clf, [str(tmp_path / "dog.png")])
+    # the tutorial's test.py, step by step
+    image = Image.open(tmp_path / "dog.png").convert("RGB")
+    image = torchvision.transforms.Compose(
+        [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]
+    )(image)
+    model = build_model()
+    model.load_state_dict(torch.load(tutorial_state_dict, weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        output = model(torch.reshape(image, (1, 3, 32, 32)))
+    assert r.class_index == int(output.argmax(1))
+    assert r.confidence == pytest.approx(float(torch.softmax(output, 1).max()), abs=1e-3)
+
+
+def test_trained_meta_normalization_is_applied(tmp_path):
+    m = build_model()
+    meta = {
+        "arch": "cifar10_quick",
+        "relu": False,
+        "num_classes": 10,
+        "classes": [f"c{i}" for i in range(10)],
+        "normalize": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]},
+    }
+    save_checkpoint(tmp_path / "ck", m, meta)
+    clf = Classifier.from_path(str(tmp_path / "ck"))
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    t = torch.from_numpy(x).float() / 255
+    t = (t - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        want = torch.softmax(load_model(tmp_path / "ck").model(t), 1).numpy()
+    assert np.allclose(clf.probabilities(x), want, atol=1e-6)
+
+
+def test_single_image_cli_prints_lines_and_fails_on_bad_images(tmp_path, tutorial_state_dict):
+    good, bad = make_image_tree(tmp_path / "imgs")
+    args = [sys.executable, "-m", "cifar.predict", "--model", str(tutorial_state_dict)]
+    ok = subprocess.run([*args, *map(str, good[:3])], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert len(lines) == 3
+    path, cls, conf = lines[0].split("\t")
+    assert path == str(good[0]) and 0 < float(conf) <= 1
+    mixed = subprocess.run(
+        [*args, str(good[0]), str(bad[0])], capture_output=True, text=True, cwd=ROOT
+    )
+    assert mixed.returncode == 1
+    assert len(mixed.stdout.strip().splitlines()) == 1
+    assert str(bad[0]) in mixed.stderr and "empty file" in mixed.stderr
+    missing = subprocess.run(
+        [*args[:-1], str(tmp_path / "nope.pt"), str(good[0])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -1,0 +1,228 @@
+"""The bulk prediction job on a real (embedded) Ray runtime, results read back with pyarrow."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cifar.bulk import PredictConfig, preflight, read_results, run
+from cifar.checkpoint import CheckpointError, save_checkpoint
+from cifar.cli import ConfigError
+from cifar.data import TensorImageDataset, load_cifar10, train_loader
+from cifar.model import ARCH, build_model
+from cifar.predict import Classifier, classify_files
+from cifar.train import Batching, TrainConfig, make_optimizer, make_scheduler, train_one_epoch
+from tests.conftest import ROOT
+from tests.images import make_image_tree
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dir, tmp_path_factory):
+    """A model trained (plain loop, 3 epochs) on the synthetic set, saved as a checkpoint dir."""
+    data = load_cifar10(synthetic_dir)
+    mean, std = data.channel_stats()
+    cfg = TrainConfig(epochs=3, batch_size=64)
+    torch.manual_seed(0)
+    model = build_model()
+    tl = train_loader(TensorImageDataset(data.train_images, data.train_labels), 64, 0, 1, 0)
+    opt = make_optimizer(model, cfg)
+    sch = make_scheduler(opt, cfg, len(tl))
+    for e in range(cfg.epochs):
+        tl.sampler.set_epoch(e)
+        train_one_epoch(
+            model,
+            tl,
+            opt,
+            sch,
+            nn.CrossEntropyLoss(),
+            Batching(torch.device("cpu"), mean, std),
+            augment=False,
+        )
+    d = tmp_path_factory.mktemp("model") / "model"
+    save_checkpoint(
+        d,
+        model,
+        {
+            "arch": ARCH,
+            "relu": False,
+            "num_classes": 10,
+            "classes": list(data.classes),
+            "normalize": {"mean": mean, "std": std},
+            "image_size": 32,
+        },
+    )
+    return d, data
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    good, bad = make_image_tree(root)
+    return root, good, bad
+
+
+def _cfg(model, inputs, out, **kw):
+    return PredictConfig(
+        model=str(model),
+        input=[str(i) for i in inputs],
+        output=str(out),
+        num_actors="1",
+        batch_size=8,
+        files_per_block=7,
+        **kw,
+    )
+
+
+def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
+    ray_session, trained, tree, tmp_path
+):
+    model_dir, _ = trained
+    root, good, bad = tree
+    summary = run(_cfg(model_dir, [root], tmp_path / "out"), 2, 0)
+    table = pq.read_table(sorted((tmp_path / "out").glob("*.parquet")))
+    rows = table.to_pylist()
+    paths = [r["path"] for r in rows]
+    assert sorted(paths) == sorted(str(p.resolve()) for p in good + bad)  # once each
+    errors = {r["path"] for r in rows if r["error"] is not None}
+    assert errors == {str(p.resolve()) for p in bad}
+    assert summary["files"] == summary["rows"] == len(good) + len(bad)
+    assert summary["errors"] == len(bad) and summary["predicted"] == len(good)
+    assert sum(summary["class_histogram"].values()) == len(good)
+    single = {
+        r.path: r
+        for r in classify_files(
+            Classifier.from_path(str(model_dir)), [str(p.resolve()) for p in good + bad]
+        )
+    }
+    for r in rows:
+        s = single[r["path"]]
+        if s.error is not None:
+            assert r["error"] == s.error and r["class_name"] is None
+            continue
+        assert (r["class_name"], r["class_index"]) == (s.class_name, s.class_index)
+        assert r["confidence"] == pytest.approx(s.confidence, abs=1e-5)
+        assert r["top1_class"] == r["class_name"] and r["top1_prob"] >= r["top2_prob"]
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["files"] == len(good) + len(bad) and on_disk["images_per_s"] > 0
+    assert on_disk["model_meta"]["arch"] == ARCH
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_other_formats_read_back_with_pandas(ray_session, trained, tree, tmp_path, fmt):
+    model_dir, _ = trained
+    root, good, bad = tree
+    run(_cfg(model_dir, [root], tmp_path / "o", format=fmt, top_k=2), 2, 0)
+    files = sorted(
+        p
+        for p in (tmp_path / "o").glob("*.csv" if fmt == "csv" else "*.json")
+        if p.name != "summary.json"
+    )
+    df = pd.concat([pd.read_csv(f) if fmt == "csv" else pd.read_json(f, lines=True) for f in files])
+    assert len(df) == len(good) + len(bad)
+    assert df["error"].notna().sum() == len(bad)
+    assert {"path", "class_index", "class_name", "confidence", "top2_class", "top2_prob"} <= set(
+        df.columns
+    )
+    assert "top3_class" not in df.columns
+
+
+def test_extensions_filter_skips_and_counts(ray_session, trained, tree, tmp_path):
+    model_dir, _ = trained
+    root, good, bad = tree
+    s = run(_cfg(model_dir, [root], tmp_path / "o", extensions="png, .JPG"), 2, 0)
+    every = good + bad
+    kept = [p for p in every if p.suffix.lower() in (".png", ".jpg")]
+    assert s["files"] == len(kept) and s["skipped"] == len(every) - len(kept)
+    assert read_results(str(tmp_path / "o"), "parquet").num_rows == len(kept)
+
+
+def test_globs_single_files_and_file_uris(ray_session, trained, tree, tmp_path):
+    model_dir, _ = trained
+    root, good, _ = tree
+    one = next(p for p in good if "名前" in str(p))
+    s = run(
+        _cfg(model_dir, [f"{root}/jpeg/*.jp*g", one, f"file://{root}/deep"], tmp_path / "o"), 2, 0
+    )
+    jpegs = list((root / "jpeg").iterdir())
+    deep = [p for p in (root / "deep").rglob("*") if p.is_file()]
+    assert s["files"] == len(jpegs) + 1 + len(deep)
+    paths = read_results(str(tmp_path / "o"), "parquet").column("path").to_pylist()
+    assert str(one.resolve()) in paths
+    assert sum(p.startswith("file://") for p in paths) == len(deep)
+
+
+def test_labels_from_dirs_reports_accuracy_and_confusion(ray_session, trained, tmp_path):
+    model_dir, data = trained
+    root = tmp_path / "val"
+    for i in range(150):
+        label = data.classes[int(data.test_labels[i])]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(
+            root / label / f"{i}.png"
+        )
+    s = run(_cfg(model_dir, [root], tmp_path / "o", labels_from_dirs=True), 2, 0)
+    table = read_results(str(tmp_path / "o"), "parquet").to_pylist()
+    want = np.mean([r["label"] == r["class_name"] for r in table])
+    assert s["labelled"] == 150 and s["accuracy"] == pytest.approx(want)
+    assert s["accuracy"] > 0.5
+    cm = np.array(s["confusion_matrix"]["rows_true_cols_pred"])
+    assert cm.sum() == 150 and np.trace(cm) == round(want * 150)
+
+
+def test_bad_inputs_fail_before_any_work(ray_session, trained, tree, tmp_path):
+    model_dir, _ = trained
+    root, _, _ = tree
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no files found"):
+        preflight(_cfg(model_dir, [tmp_path / "empty"], tmp_path / "o"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "part-0.parquet").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        preflight(_cfg(model_dir, [root], tmp_path / "full"))
+    with pytest.raises(ConfigError, match="has 0 GPUs"):
+        run(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), 2, 0)
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(ConfigError, match="leave none for decoding"):
+        run(_cfg(model_dir, [root], tmp_path / "g2", cpus_per_actor=2), 2, 0)
+    sd = build_model(relu=True).state_dict()
+    torch.save(sd, tmp_path / "relu_without_meta_is_fine.pt")
+    preflight(_cfg(tmp_path / "relu_without_meta_is_fine.pt", [root], tmp_path / "o"))
+    sd.pop("model1.12.bias")
+    torch.save(sd, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="model1.8.bias"):
+        preflight(_cfg(tmp_path / "broken.pt", [root], tmp_path / "o"))
+
+
+def test_job_cli_exits_2_with_one_paragraph_before_ray_starts(trained, tmp_path, job_env):
+    model_dir, _ = trained
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.predict",
+            "--model",
+            str(model_dir),
+            "--input",
+            str(tmp_path / "empty"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=job_env,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: no files found") and "Traceback" not in r.stderr
+    assert "Ray" not in r.stderr  # failed before ray.init
