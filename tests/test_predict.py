@@ -137,7 +137,7 @@ def test_single_image_cli_prints_lines_and_fails_on_bad_images(tmp_path, tutoria
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
     assert len(lines) == 3
-    path, cls, conf = lines[0].split("\t")
+    path, _cls, conf = lines[0].split("\t")
     assert path == str(good[0]) and 0 < float(conf) <= 1
     mixed = subprocess.run(
         [*args, str(good[0]), str(bad[0])], capture_output=True, text=True, cwd=ROOT

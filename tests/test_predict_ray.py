@@ -198,7 +198,7 @@ def test_bad_inputs_fail_before_any_work(ray_session, trained, tree, tmp_path):
     preflight(_cfg(tmp_path / "relu_without_meta_is_fine.pt", [root], tmp_path / "o"))
     sd.pop("model1.12.bias")
     torch.save(sd, tmp_path / "broken.pt")
-    with pytest.raises(CheckpointError, match="model1.8.bias"):
+    with pytest.raises(CheckpointError, match=r"model1\.8\.bias"):
         preflight(_cfg(tmp_path / "broken.pt", [root], tmp_path / "o"))
 
 
