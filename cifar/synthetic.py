@@ -42,7 +42,7 @@ def generate(
     for start in range(0, n, 4096):
         lab = labels[start : start + 4096]
         b = len(lab)
-        x = protos[lab] * 70.0  # [b, 3, 32, 32]
+        x = protos[lab] * 40.0  # [b, 3, 32, 32]
         shifts = rng.integers(-3, 4, size=(b, 2))
         for i in range(b):
             x[i] = np.roll(x[i], shift=tuple(shifts[i]), axis=(1, 2))

@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +59,7 @@ RECIPE_PRESETS: dict[str, dict[str, Any]] = {
         "weight_decay": 0.0,
         "schedule": "constant",
         "label_smoothing": 0.0,
+        "grad_clip": 0.0,
         "augment": False,
         "normalize": False,
         "relu": False,
@@ -104,6 +106,13 @@ class TrainConfig:
         default="onecycle", metadata={"choices": SCHEDULES, "help": "learning-rate schedule"}
     )
     label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy smoothing"})
+    grad_clip: float = field(
+        default=2.0,
+        metadata={
+            "help": "clip the gradient norm (0: off); keeps the ReLU-less model from "
+            "diverging at high learning rates"
+        },
+    )
     augment: bool = field(
         default=True, metadata={"help": "random crop (4px padding) + horizontal flip"}
     )
@@ -181,6 +190,7 @@ class TrainConfig:
             (self.max_failures >= -1, "--max-failures must be >= 0 (or -1 for unlimited)"),
             (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.grad_clip >= 0, f"--grad-clip must be >= 0 (got {self.grad_clip})"),
             (not (self.resume and not self.name), "--resume needs --name of the run to continue"),
             (
                 not (self.nesterov and self.momentum == 0),
@@ -253,6 +263,7 @@ def train_one_epoch(
     generator: torch.Generator | None = None,
     on_log: Callable[[int, float], None] | None = None,
     log_every: int = 50,
+    grad_clip: float = 0.0,
 ) -> EpochStats:
     """One pass over this rank's shard. ``on_log(step_in_epoch, mean_loss)`` every ``log_every``
     steps (the only host syncs besides the epoch total)."""
@@ -268,6 +279,8 @@ def train_one_epoch(
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -496,9 +509,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"(restart #{restarts}); continuing at epoch {start_epoch + 1}/{cfg.epochs}"
         )
     elif rank == 0:
-        out.call(
-            lambda w: w.add_graph(raw, torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))
-        )
+        with warnings.catch_warnings():  # add_graph traces with the deprecated torch.jit
+            warnings.simplefilter("ignore", FutureWarning)
+            example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+            out.call(lambda w: w.add_graph(raw, example))
         grid = make_grid_sample(
             random_crop_flip(data.train_images[:64]) if cfg.augment else data.train_images[:64]
         )
@@ -535,6 +549,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             gen,
             on_log if rank == 0 else None,
             cfg.log_every,
+            cfg.grad_clip,
         )
         loss_sum, samples = all_reduce_sum([stats.loss_sum, stats.samples], device)
         t_all = torch.tensor([stats.seconds], device=device)
@@ -818,6 +833,8 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     from ray.train import TrainingFailedError
 
     use_gpu, cpus, threads = resolve_scale(cfg, cluster)
+    # workers do not share the driver's cwd: hand them an absolute data path
+    cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     cfg = prepare_run(cfg)
     data = obtain_data(cfg)
     if data.kind == "synthetic":
@@ -832,7 +849,7 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
         except TrainingFailedError as e:
             raise TrainingError(
                 f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
-                f"{_root_cause(e)}. Its checkpoints are in {rdir}; continue it with "
+                f"{_root_cause(e).rstrip('.')}. Its checkpoints are in {rdir}; continue it with "
                 f"--resume --name {cfg.name}."
             ) from e
     summary = summarize(result, cfg, data, t[0])

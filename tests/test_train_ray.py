@@ -19,7 +19,7 @@ def _cfg(data_dir, storage, name, **kw) -> TrainConfig:
         data_dir=str(data_dir),
         download=False,
         epochs=EPOCHS,
-        batch_size=128,
+        batch_size=64,
         num_workers=2,
         use_gpu=False,
         cpus_per_worker=1,
