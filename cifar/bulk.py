@@ -417,13 +417,6 @@ def run(
     return summary
 
 
-def cluster_resources() -> tuple[float, float]:
-    import ray
-
-    r = ray.cluster_resources()
-    return r.get("CPU", 0.0), r.get("GPU", 0.0)
-
-
 def default_ray_init() -> float:
     """Start or join Ray; returns the seconds it took (reported apart from the pipeline)."""
     import ray

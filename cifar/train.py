@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -40,6 +39,7 @@ from cifar.data import (
     train_loader,
 )
 from cifar.model import ARCH, IMAGE_SIZE, build_model
+from cifar.raycluster import ClusterInfo
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
@@ -70,6 +70,7 @@ RESUMABLE_FIELDS = {
     "num_workers",
     "use_gpu",
     "cpus_per_worker",
+    "placement",
     "storage_path",
     "name",
     "resume",
@@ -131,6 +132,13 @@ class TrainConfig:
         metadata={
             "help": "CPUs (and torch threads) per worker (default: CPU runs share the "
             "cluster's CPUs evenly, GPU runs take 2)"
+        },
+    )
+    placement: str = field(
+        default="PACK",
+        metadata={
+            "choices": ("PACK", "SPREAD", "STRICT_SPREAD"),
+            "help": "worker placement across nodes (STRICT_SPREAD: one per node)",
         },
     )
     # run
@@ -699,12 +707,6 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-@dataclass
-class ClusterInfo:
-    cpus: float
-    gpus: float
-
-
 def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int, int]:
     """(use_gpu, cpus_per_worker, torch threads) for this cluster; fails fast when impossible."""
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.gpus > 0
@@ -750,7 +752,7 @@ def build_trainer(cfg: TrainConfig, data: CifarData, use_gpu: bool, cpus: int, t
             num_workers=cfg.num_workers,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
-            placement_strategy=os.environ.get("CIFAR_RAY_PLACEMENT", "PACK"),
+            placement_strategy=cfg.placement,
         ),
         run_config=RunConfig(
             name=cfg.name,

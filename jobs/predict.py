@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from cifar.bulk import PredictConfig, cluster_resources, default_ray_init, preflight, run
+from cifar.bulk import PredictConfig, default_ray_init, preflight, run
 from cifar.checkpoint import CheckpointError
 from cifar.cli import ConfigError, build_parser, make_config, parse_explicit, run_main
+from cifar.raycluster import cluster_info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pre = preflight(cfg)  # bad model, inputs or output fail here, before Ray starts
     ray_seconds = default_ray_init()
-    summary = run(cfg, *cluster_resources(), pre=pre)
+    cluster = cluster_info()
+    summary = run(cfg, cluster.cpus, cluster.gpus, pre=pre)
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
     print(
         f"[cifar] classified {summary['files']} files: {summary['predicted']} predicted, "

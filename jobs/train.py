@@ -19,7 +19,8 @@ import sys
 from cifar.checkpoint import CheckpointError
 from cifar.cli import ConfigError, build_parser, parse_explicit, run_main
 from cifar.data import DataError
-from cifar.train import ClusterInfo, TrainConfig, TrainingError, resolve_config, run
+from cifar.raycluster import cluster_info
+from cifar.train import TrainConfig, TrainingError, resolve_config, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(log_to_driver=True, configure_logging=False)
-    resources = ray.cluster_resources()
-    summary = run(cfg, ClusterInfo(resources.get("CPU", 0.0), resources.get("GPU", 0.0)))
+    summary = run(cfg, cluster_info())
     brief = {k: v for k, v in summary.items() if k not in ("history", "config")}
     print(json.dumps(brief, indent=2))
     label = " (GENERATED synthetic data, not CIFAR-10)" if summary["dataset"] == "synthetic" else ""

@@ -1,7 +1,8 @@
 import pytest
 
 from cifar.cli import ConfigError, build_parser, parse_explicit
-from cifar.train import ClusterInfo, TrainConfig, prepare_run, resolve_config, resolve_scale
+from cifar.raycluster import ClusterInfo
+from cifar.train import TrainConfig, prepare_run, resolve_config, resolve_scale
 
 
 def _cfg(argv):

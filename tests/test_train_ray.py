@@ -8,7 +8,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar.checkpoint import load_model
-from cifar.train import ClusterInfo, TrainConfig, TrainingError, run
+from cifar.raycluster import ClusterInfo
+from cifar.train import TrainConfig, TrainingError, run
 
 pytestmark = pytest.mark.ray
 EPOCHS = 3

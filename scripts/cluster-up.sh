@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Start a local multi-node Ray cluster on this machine, loopback only, token authentication on.
+set -euo pipefail
+usage() {
+  cat <<'USAGE'
+Usage: scripts/cluster-up.sh [--workers K] [--num-cpus N] [--num-gpus N] [--port P]
+                             [--dashboard-port D] [--client-port C] [--expose]
+
+Starts a Ray head on 127.0.0.1 plus K extra worker nodes on this machine (default K=1), each
+with N CPUs and N GPUs (default: Ray detects them). Every Ray server (GCS, raylets, dashboard/
+job server, client server) listens on 127.0.0.1 only, and token authentication is on: clients
+need RAY_AUTH_MODE=token and the token in ~/.ray/auth_token (created here if missing).
+
+  --port P            GCS port (default 6389)
+  --dashboard-port D  dashboard / job-submission port (default 8265)
+  --client-port C     Ray client server port (default 10001)
+  --expose            listen on this machine's network address instead of loopback (only on a
+                      trusted network: anyone who reaches the ports and has the token can run
+                      code here)
+
+Idempotent: if this cluster is already up it prints how to use it and exits 0. Refuses if a
+port is taken by anything else. Stop it with scripts/cluster-down.sh (same --port).
+USAGE
+}
+WORKERS=1 NUM_CPUS="" NUM_GPUS="" PORT=6389 DASH=8265 CLIENT=10001 EXPOSE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --workers) WORKERS=$2; shift 2 ;;
+    --num-cpus) NUM_CPUS=$2; shift 2 ;;
+    --num-gpus) NUM_GPUS=$2; shift 2 ;;
+    --port) PORT=$2; shift 2 ;;
+    --dashboard-port) DASH=$2; shift 2 ;;
+    --client-port) CLIENT=$2; shift 2 ;;
+    --expose) EXPOSE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "cluster-up: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+cd "$(dirname "$0")/.."
+REPO=$PWD
+[ -x .venv/bin/ray ] || scripts/setup.sh
+export PATH="$REPO/.venv/bin:$PATH" RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+TMP="${CIFAR_RAY_CLUSTER_TMP:-/tmp/cifar-ray-cluster-$PORT}"
+STATE="$TMP/cluster.env"
+HOST=127.0.0.1
+GCS="$HOST:$PORT"
+
+print_usage() {
+  # shellcheck disable=SC1090
+  . "$STATE"
+  cat <<INFO
+Ray cluster is up: head $GCS_ADDRESS + $WORKER_NODES worker node(s), token authentication on.
+  job submission / dashboard: $RAY_ADDRESS   (listening on $LISTEN only)
+  submit a job:   scripts/submit.sh train --smoke-test      (RAY_ADDRESS=$RAY_ADDRESS)
+  or by hand:     RAY_AUTH_MODE=token RAY_ADDRESS=$RAY_ADDRESS ray job submit --working-dir . -- python -m jobs.train --smoke-test
+  connect:        RAY_AUTH_MODE=token python -c "import ray; ray.init('$GCS_ADDRESS')"
+  stop:           scripts/cluster-down.sh --port $PORT
+INFO
+}
+
+if [ -f "$STATE" ] && .venv/bin/python scripts/localcluster.py count --temp-dir "$TMP" \
+    --address "$GCS" | grep -qv '^0$' && \
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 timeout 30 ray status --address "$GCS" >/dev/null 2>&1; then
+  echo "cluster-up: already running (state in $STATE)"
+  print_usage
+  exit 0
+fi
+if ! busy=$(.venv/bin/python scripts/localcluster.py ports-free "$PORT" "$DASH" "$CLIENT"); then
+  echo "cluster-up: port(s) $busy on 127.0.0.1 are in use by another program, not by a cluster" \
+    "this script started. Stop that program, or pick free ports with --port/--dashboard-port/" \
+    "--client-port." >&2
+  exit 1
+fi
+rm -rf "$TMP"
+mkdir -p "$TMP"
+ray get-auth-token --generate >/dev/null 2>&1 || true
+res=()
+[ -n "$NUM_CPUS" ] && res+=(--num-cpus "$NUM_CPUS")
+[ -n "$NUM_GPUS" ] && res+=(--num-gpus "$NUM_GPUS")
+if [ "$EXPOSE" = 1 ]; then
+  echo "cluster-up: WARNING --expose: Ray listens on this machine's network address; keep it on" \
+    "a trusted network." >&2
+  ray start --head --port "$PORT" --dashboard-host 0.0.0.0 --dashboard-port "$DASH" \
+    --ray-client-server-port "$CLIENT" --temp-dir "$TMP" --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
+    || { cat "$TMP/head.log" >&2; exit 1; }
+  HEAD_IP=$(.venv/bin/python -c "import ray._private.services as s; print(s.get_node_ip_address())")
+  GCS="$HEAD_IP:$PORT"
+  for _ in $(seq 1 "$WORKERS"); do
+    ray start --address "$GCS" --disable-usage-stats "${res[@]}" >>"$TMP/workers.log" 2>&1 \
+      || { cat "$TMP/workers.log" >&2; exit 1; }
+  done
+  LISTEN="all interfaces"
+else
+  # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use 127.0.0.1 as the head's address, and a
+  # node whose address is 127.0.0.1 binds its servers to loopback (see scripts/localcluster.py).
+  RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --port "$PORT" --dashboard-host "$HOST" \
+    --dashboard-port "$DASH" --ray-client-server-port "$CLIENT" --temp-dir "$TMP" \
+    --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
+    || { cat "$TMP/head.log" >&2; exit 1; }
+  wargs=(--address "$GCS" --temp-dir "$TMP")
+  [ -n "$NUM_CPUS" ] && wargs+=(--num-cpus "$NUM_CPUS")
+  [ -n "$NUM_GPUS" ] && wargs+=(--num-gpus "$NUM_GPUS")
+  for _ in $(seq 1 "$WORKERS"); do
+    .venv/bin/python scripts/localcluster.py worker "${wargs[@]}" >>"$TMP/workers.log" 2>&1 \
+      || { cat "$TMP/workers.log" >&2; exit 1; }
+  done
+  LISTEN="127.0.0.1"
+fi
+cat >"$STATE" <<ENV
+GCS_ADDRESS=$GCS
+RAY_ADDRESS=http://127.0.0.1:$DASH
+WORKER_NODES=$WORKERS
+LISTEN="$LISTEN"
+ENV
+# wait until every node has registered
+want=$((WORKERS + 1))
+for _ in $(seq 1 60); do
+  n=$(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python - "$GCS" <<'PY' 2>/dev/null || echo 0
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print(sum(n["Alive"] for n in ray.nodes()))
+PY
+)
+  [ "$n" = "$want" ] && break
+  sleep 1
+done
+[ "$n" = "$want" ] || { echo "cluster-up: only $n of $want nodes came up; see $TMP" >&2; exit 1; }
+print_usage
