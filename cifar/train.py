@@ -577,7 +577,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         history.append(
             {
                 k: metrics[k]
-                for k in ("epoch", "train_loss", "test_loss", "test_accuracy", "images_per_s")
+                for k in (
+                    "epoch",
+                    "train_loss",
+                    "test_loss",
+                    "test_accuracy",
+                    "images_per_s",
+                    "train_seconds",
+                )
             }
         )
         out.scalar("test/loss", metrics["test_loss"], epoch + 1)

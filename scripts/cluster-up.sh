@@ -85,8 +85,9 @@ if [ "$EXPOSE" = 1 ]; then
     || { cat "$TMP/head.log" >&2; exit 1; }
   HEAD_IP=$(.venv/bin/python -c "import ray._private.services as s; print(s.get_node_ip_address())")
   GCS="$HEAD_IP:$PORT"
-  for _ in $(seq 1 "$WORKERS"); do
-    ray start --address "$GCS" --disable-usage-stats "${res[@]}" >>"$TMP/workers.log" 2>&1 \
+  for i in $(seq 1 "$WORKERS"); do
+    ray start --address "$GCS" --temp-dir "$TMP/node$i" --disable-usage-stats "${res[@]}" \
+      >>"$TMP/workers.log" 2>&1 \
       || { cat "$TMP/workers.log" >&2; exit 1; }
   done
   LISTEN="all interfaces"
@@ -97,11 +98,14 @@ else
     --dashboard-port "$DASH" --ray-client-server-port "$CLIENT" --temp-dir "$TMP" \
     --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
     || { cat "$TMP/head.log" >&2; exit 1; }
-  wargs=(--address "$GCS" --temp-dir "$TMP")
+  wargs=(--address "$GCS")
   [ -n "$NUM_CPUS" ] && wargs+=(--num-cpus "$NUM_CPUS")
   [ -n "$NUM_GPUS" ] && wargs+=(--num-gpus "$NUM_GPUS")
-  for _ in $(seq 1 "$WORKERS"); do
-    .venv/bin/python scripts/localcluster.py worker "${wargs[@]}" >>"$TMP/workers.log" 2>&1 \
+  for i in $(seq 1 "$WORKERS"); do
+    # Each node its own temp dir: nodes sharing one would unpack job working dirs into the
+    # same folder and delete it from under each other's running jobs.
+    .venv/bin/python scripts/localcluster.py worker "${wargs[@]}" --temp-dir "$TMP/node$i" \
+      >>"$TMP/workers.log" 2>&1 \
       || { cat "$TMP/workers.log" >&2; exit 1; }
   done
   LISTEN="127.0.0.1"

@@ -50,6 +50,9 @@ def ports_free(ports: list[int]) -> int:
     busy = []
     for port in ports:
         with socket.socket() as s:
+            # as the servers themselves do: a port whose old connections linger in TIME_WAIT
+            # is free to listen on
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

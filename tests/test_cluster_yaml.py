@@ -11,8 +11,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # vCPUs and GPUs of the instance types cluster.yaml may use
-INSTANCE_TYPES = {"m6i.xlarge": (4, 0), "m6i.2xlarge": (8, 0), "g5.xlarge": (4, 1),
-                  "g5.2xlarge": (8, 1), "g6.xlarge": (4, 1), "g5.12xlarge": (48, 4)}
+INSTANCE_TYPES = {
+    "m6i.xlarge": (4, 0),
+    "m6i.2xlarge": (8, 0),
+    "g5.xlarge": (4, 1),
+    "g5.2xlarge": (8, 1),
+    "g6.xlarge": (4, 1),
+    "g5.12xlarge": (48, 4),
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +27,13 @@ def config():
 
 
 def test_valid_against_rays_own_schema(config):
-    schema = json.loads(
-        (Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
     jsonschema.validate(config, schema)
 
 
 def test_schema_check_is_live(config):
     broken = dict(config, available_node_types={"head": {"resources": {"CPU": -1}}})
-    schema = json.loads(
-        (Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
 

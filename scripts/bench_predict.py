@@ -1,0 +1,148 @@
+"""Prediction throughput: the Ray Data job vs a one-image-at-a-time loop, same files, same run.
+
+    .venv/bin/python scripts/bench_predict.py [--small 3000] [--large 300] [--json out.json]
+
+Builds a folder of small PNGs (32-64 px, like CIFAR crops) and one of larger JPEG photos
+(1024x768), then for each folder times
+  (a) the tutorial's test.py way, one file at a time: open, convert, resize, ToTensor, forward;
+  (b) the bulk job (cifar.bulk.run) on an already started Ray runtime: Ray start-up is timed
+      apart and left out of (b), as the job's summary does.
+Prints images/s and the ratio (b)/(a); writes the figures as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cifar.bulk import PredictConfig, run
+from cifar.checkpoint import save_checkpoint
+from cifar.model import ARCH, CIFAR10_CLASSES, build_model
+
+
+def make_small(folder: Path, n: int, rng) -> None:
+    for i in range(n):
+        s = int(rng.integers(32, 65))
+        d = folder / f"d{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def make_large(folder: Path, n: int, rng) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    for i in range(n):  # smooth, photo-like content compresses like a photo
+        img = Image.fromarray(np.roll(base, i, axis=1)).resize((1024, 768), Image.BICUBIC)
+        img.save(folder / f"photo_{i}.jpg", quality=90)
+
+
+def one_at_a_time(model_dir: Path, files: list[Path]) -> float:
+    """The tutorial's test.py per file (its preprocessing: Resize((32, 32)) + ToTensor)."""
+    import torchvision
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = build_model()
+    model.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
+    model.eval()
+    tf = torchvision.transforms.Compose(
+        [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]
+    )
+    t = time.perf_counter()
+    for f in files:
+        image = tf(Image.open(f).convert("RGB"))
+        with torch.no_grad():
+            model(torch.reshape(image, (1, 3, 32, 32))).argmax(1)
+    return len(files) / (time.perf_counter() - t)
+
+
+def bulk(model_dir: Path, folder: Path, out: Path, args) -> dict:
+    cfg = PredictConfig(
+        model=str(model_dir),
+        input=[str(folder)],
+        output=str(out),
+        overwrite=True,
+        batch_size=args.batch_size,
+        files_per_block=args.files_per_block,
+        num_actors=args.num_actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+    )
+    cpus = float(os.cpu_count() or 1)
+    return run(cfg, cpus, float(torch.cuda.device_count()))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", type=int, default=3000)
+    p.add_argument("--large", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--files-per-block", type=int, default=1024)
+    p.add_argument("--num-actors", default="auto")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--json")
+    args = p.parse_args()
+    import ray
+
+    rng = np.random.default_rng(0)
+    root = Path(tempfile.mkdtemp(prefix="bench-predict-"))
+    model_dir = root / "model"
+    save_checkpoint(
+        model_dir,
+        build_model(),
+        {
+            "arch": ARCH,
+            "relu": False,
+            "num_classes": 10,
+            "classes": list(CIFAR10_CLASSES),
+            "normalize": None,
+            "image_size": 32,
+        },
+    )
+    make_small(root / "small", args.small, rng)
+    make_large(root / "large", args.large, rng)
+
+    t = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray_start = time.perf_counter() - t
+
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}",
+        "ray_start_s": ray_start,
+    }
+    for name in ("small", "large"):
+        files = sorted((root / name).rglob("*.*"))
+        loop = one_at_a_time(model_dir, files)
+        s = bulk(model_dir, root / name, root / f"out-{name}", args)
+        assert s["rows"] == len(files) and s["errors"] == 0
+        results[name] = {
+            "files": len(files),
+            "one_at_a_time_img_s": loop,
+            "job_img_s": s["images_per_s"],
+            "ratio": s["images_per_s"] / loop,
+        }
+        print(
+            f"{name:5s} {len(files):6d} files  one-at-a-time {loop:8.0f} img/s  "
+            f"job {s['images_per_s']:8.0f} img/s  ratio {s['images_per_s'] / loop:5.2f}x"
+        )
+    print(f"Ray start-up (not included above): {ray_start:.1f}s  [{results['machine']}]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
