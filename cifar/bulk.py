@@ -20,7 +20,13 @@ from typing import Any
 
 from cifar.checkpoint import load_model
 from cifar.cli import ConfigError
-from cifar.predict import IMAGE_EXTENSIONS, BatchPredictor, _filesystem, decode_batch
+from cifar.predict import (
+    IMAGE_EXTENSIONS,
+    PRECISIONS,
+    BatchPredictor,
+    _filesystem,
+    decode_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,14 @@ class PredictConfig:
         default=1.0, metadata={"help": "CPUs per inference actor (torch threads on CPU)"}
     )
     top_k: int = field(default=3, metadata={"help": "top-k classes to write"})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "choices": PRECISIONS,
+            "help": "auto: bf16 on GPUs and bf16-capable CPUs; "
+            "fp32: exactly the tutorial's arithmetic",
+        },
+    )
     extensions: str | None = field(
         default=None,
         metadata={
@@ -294,6 +308,7 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
             "top_k": cfg.top_k,
             "threads": max(1, int(cfg.cpus_per_actor)),
             "label_dirs": cfg.labels_from_dirs,
+            "precision": cfg.precision,
         },
         batch_size=cfg.batch_size,
         batch_format="numpy",

@@ -125,25 +125,50 @@ def decode_batch(batch: dict[str, np.ndarray], size: int = IMAGE_SIZE) -> dict[s
 # --------------------------------------------------------------------------- classifying
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """True for bf16 autocast. ``auto``: bf16 on GPUs and on CPUs with bf16 instructions."""
+    from cifar.train import cpu_has_native_bf16
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return device.type == "cuda" or cpu_has_native_bf16()
+    return precision == "bf16"
+
+
 class Classifier:
     """A loaded model plus the preprocessing its metadata asks for."""
 
-    def __init__(self, model: LoadedModel, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, model: LoadedModel, device: torch.device | str = "cpu", precision: str = "fp32"
+    ) -> None:
         self.device = torch.device(device)
+        self.amp = resolve_precision(precision, self.device)
         self.loaded = model
-        self.model = model.model.to(self.device).eval()
+        # channels_last: 2x the images/s of the default layout on CPU (CIFAR10-quick, batch 256)
+        self.model = model.model.to(self.device, memory_format=torch.channels_last).eval()
         self.classes = model.classes
         self.mean, self.std = model.mean, model.std
 
     @classmethod
-    def from_path(cls, path: str, device: torch.device | str = "cpu") -> Classifier:
-        return cls(load_model(path, "cpu"), device)
+    def from_path(
+        cls, path: str, device: torch.device | str = "cpu", precision: str = "fp32"
+    ) -> Classifier:
+        return cls(load_model(path, "cpu"), device, precision)
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[B, 3, 32, 32]`` -> softmax probabilities ``[B, classes]`` (float32)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
-        logits = self.model(normalize(x, self.mean, self.std))
+        x = normalize(x, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        if self.amp:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
@@ -201,10 +226,11 @@ class BatchPredictor:
         top_k: int = 3,
         threads: int = 1,
         label_dirs: bool = False,
+        precision: str = "auto",
     ) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.classifier = Classifier.from_path(model_path, device)
+        self.classifier = Classifier.from_path(model_path, device, precision)
         self.top_k = top_k
         self.label_dirs = label_dirs
         self.schema = result_schema(top_k, len(self.classifier.classes), label_dirs)
@@ -279,9 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, model/ or .pt/.pth")
     p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 on GPUs and bf16-capable CPUs (what jobs.predict uses); fp32: exactly "
+        "the tutorial's test.py arithmetic",
+    )
     a = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        classifier = Classifier.from_path(a.model)
+        classifier = Classifier.from_path(a.model, device, a.precision)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -85,7 +85,7 @@ def bulk(model_dir: Path, folder: Path, out: Path, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", type=int, default=3000)
+    p.add_argument("--small", type=int, default=20000)
     p.add_argument("--large", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--files-per-block", type=int, default=1024)

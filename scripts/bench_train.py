@@ -34,8 +34,8 @@ from cifar.data import TensorImageDataset, eval_loader, load_cifar10, train_load
 from cifar.model import build_model
 from cifar.synthetic import write_synthetic
 from cifar.train import (
-    Batching,
     TrainConfig,
+    batching_for,
     epoch_generator,
     evaluate,
     make_optimizer,
@@ -106,11 +106,11 @@ def project_loop(data, device, epochs, cfg: TrainConfig):
         TensorImageDataset(data.test_images.to(store), data.test_labels.to(store)), 1024, 0, 1
     )
     mean, std = data.channel_stats()
-    cuda = device.type == "cuda"
-    b = Batching(device, mean, std, channels_last=cuda, amp_dtype=torch.bfloat16 if cuda else None)
+    b = batching_for(cfg, device, mean, std)  # the job's own --amp/--channels-last defaults
     model = build_model().to(device)
-    if cuda:
+    if b.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     opt = make_optimizer(model, cfg)
     sch = make_scheduler(opt, cfg, len(tl))
@@ -216,6 +216,9 @@ def main() -> None:
         "epochs": a.epochs,
         "target_accuracy": a.target,
     }
+    b = batching_for(cfg, device, None, None)
+    res["project_amp"] = str(b.amp_dtype) if b.amp_dtype else "off"
+    res["project_channels_last"] = b.channels_last
     runs = {}
     if not a.skip_tutorial:
         runs["tutorial"] = tutorial_loop(data, device, a.epochs, a.target)

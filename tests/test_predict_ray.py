@@ -100,7 +100,8 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
     single = {
         r.path: r
         for r in classify_files(
-            Classifier.from_path(str(model_dir)), [str(p.resolve()) for p in good + bad]
+            Classifier.from_path(str(model_dir), precision="auto"),
+            [str(p.resolve()) for p in good + bad],
         )
     }
     for r in rows:
@@ -226,3 +227,14 @@ def test_job_cli_exits_2_with_one_paragraph_before_ray_starts(trained, tmp_path,
     assert r.returncode == 2
     assert r.stderr.startswith("error: no files found") and "Traceback" not in r.stderr
     assert "Ray" not in r.stderr  # failed before ray.init
+
+
+def test_bf16_inference_agrees_with_fp32(trained):
+    """precision=auto may run in bf16: its classes must match the fp32 (tutorial) arithmetic."""
+    model_dir, data = trained
+    images = data.test_images[:500].numpy()
+    fp32 = Classifier.from_path(str(model_dir), precision="fp32").probabilities(images)
+    bf16 = Classifier.from_path(str(model_dir), precision="bf16").probabilities(images)
+    agree = (fp32.argmax(1) == bf16.argmax(1)).mean()
+    assert agree >= 0.98
+    assert np.abs(fp32 - bf16).max() < 0.05
