@@ -505,7 +505,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     channels_last = batching.channels_last
 
     model = build_model(relu=cfg.relu)
-    start_epoch, restarts, history = 0, 0, []
+    start_epoch, restarts, history, restored_from = 0, 0, [], []
     train_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -514,6 +514,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             train_state = ckpt.load_train_state(d)
         start_epoch = int(train_state["epoch"]) + 1
         restarts = int(train_state.get("restarts", 0)) + 1
+        restored_from = [*train_state.get("restored_from", []), start_epoch]
         history = list(train_state.get("history", []))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -635,6 +636,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         "epoch": epoch,
                         "rng": rngs,
                         "restarts": restarts,
+                        "restored_from": restored_from,
                         "history": history,
                     },
                 )
@@ -837,6 +839,8 @@ def summarize(result, cfg: TrainConfig, data: CifarData, seconds: float) -> dict
         "train_images_per_s": sum(ips) / len(ips) if ips else None,
         "seconds": seconds,
         "restarts": int(state.get("restarts", 0)),
+        # the epoch whose checkpoint each restart (worker failure or --resume) continued from
+        "restored_from_epochs": list(state.get("restored_from", [])),
         "best_epoch": int(best_meta["epoch"]),
         "model_path": model_path,
         "tensorboard_dir": f"{rdir}/tensorboard",

@@ -189,6 +189,9 @@ def test_bad_inputs_fail_before_any_work(ray_session, trained, tree, tmp_path):
     (tmp_path / "full" / "part-0.parquet").write_bytes(b"x")
     with pytest.raises(ConfigError, match="--overwrite"):
         preflight(_cfg(model_dir, [root], tmp_path / "full"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        preflight(_cfg(model_dir, [root], tmp_path / "afile"))
     with pytest.raises(ConfigError, match="has 0 GPUs"):
         run(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), 2, 0)
     assert not (tmp_path / "g").exists()
