@@ -24,9 +24,9 @@ from cifar.predict import (
     IMAGE_EXTENSIONS,
     PRECISIONS,
     BatchPredictor,
-    _filesystem,
     decode_batch,
 )
+from cifar.storage import filesystem, write_text
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _has_magic(s: str) -> bool:
 def _list_uri(uri: str) -> list[str]:
     import pyarrow.fs
 
-    fs, path = _filesystem(uri)
+    fs, path = filesystem(uri)
     scheme = uri.split("://", 1)[0]
     pattern = None
     if _has_magic(path):
@@ -207,7 +207,7 @@ def prepare_output(output: str, overwrite: bool, check_only: bool = False) -> No
     if "://" in output:
         import pyarrow.fs
 
-        fs, path = _filesystem(output)
+        fs, path = filesystem(output)
         entries = []
         if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
             entries = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=False))
@@ -336,7 +336,7 @@ def read_results(output: str, fmt: str):
     fs = None
     base = output
     if "://" in output:
-        fs, base = _filesystem(output)
+        fs, base = filesystem(output)
     pa_format = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}[fmt]
     suffix = _SUFFIX[fmt]
     import pyarrow.fs
@@ -395,13 +395,7 @@ def summarize(
 
 
 def write_summary(output: str, summary: dict[str, Any]) -> None:
-    text = json.dumps(summary, indent=2, default=str)
-    if "://" in output:
-        fs, path = _filesystem(output)
-        with fs.open_output_stream(f"{path.rstrip('/')}/{SUMMARY_FILE}") as f:
-            f.write(text.encode())
-    else:
-        Path(output, SUMMARY_FILE).write_text(text)
+    write_text(f"{output.rstrip('/')}/{SUMMARY_FILE}", json.dumps(summary, indent=2, default=str))
 
 
 def run(

@@ -18,7 +18,6 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,35 +26,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cifar.checkpoint import CheckpointError, LoadedModel, load_model
 from cifar.data import normalize
 from cifar.model import IMAGE_SIZE
+from cifar.storage import read_bytes
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_FS_CACHE: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- reading + decoding
-
-
-def _filesystem(uri: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path inside it) for a URI; one filesystem per scheme and bucket."""
-    import pyarrow.fs
-
-    scheme, rest = uri.split("://", 1)
-    key = f"{scheme}://{rest.split('/', 1)[0]}"
-    if key not in _FS_CACHE:
-        _FS_CACHE[key] = pyarrow.fs.FileSystem.from_uri(uri)[0]
-    return _FS_CACHE[key], rest
-
-
-def read_bytes(path: str) -> bytes:
-    """Bytes of a local path or a URI pyarrow can read (s3://, gs://, file://, ...)."""
-    if "://" not in path:
-        with open(path, "rb") as f:
-            return f.read()
-    fs, fs_path = _filesystem(path)
-    with fs.open_input_stream(fs_path) as f:
-        return f.read()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

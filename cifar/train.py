@@ -12,11 +12,10 @@ import json
 import logging
 import math
 import random
-import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cifar import checkpoint as ckpt
+from cifar import storage
 from cifar.cli import ConfigError
 from cifar.data import (
     CifarData,
@@ -671,38 +671,6 @@ def run_dir(cfg: TrainConfig) -> str:
     return f"{base.rstrip('/')}/{cfg.name}"
 
 
-def _exists(uri_or_path: str) -> bool:
-    if "://" not in uri_or_path:
-        return Path(uri_or_path).exists()
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri_or_path)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
-def _write_text(uri_or_path: str, text: str) -> None:
-    if "://" not in uri_or_path:
-        Path(uri_or_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(uri_or_path).write_text(text)
-        return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri_or_path)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
-def _read_text(uri_or_path: str) -> str:
-    if "://" not in uri_or_path:
-        return Path(uri_or_path).read_text()
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri_or_path)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
 def prepare_run(cfg: TrainConfig) -> TrainConfig:
     """Name the run, and on --resume reload its saved config (flags may only change scale)."""
     if cfg.name is None:
@@ -710,12 +678,12 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
     rdir = run_dir(cfg)
     config_file = f"{rdir}/config.json"
     if cfg.resume:
-        if not _exists(config_file):
+        if not storage.exists(config_file):
             raise ConfigError(
                 f"--resume: no run named '{cfg.name}' in {cfg.storage_path} (no {config_file}). "
                 "Check --name and --storage-path, or drop --resume to start a new run."
             )
-        saved = json.loads(_read_text(config_file))
+        saved = json.loads(storage.read_text(config_file))
         current = cfg.to_dict()
         changed = [
             f"--{k.replace('_', '-')} {saved.get(k)!r} -> {current[k]!r}"
@@ -729,7 +697,7 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
                 "a new run with another --name."
             )
         return cfg
-    if _exists(rdir):
+    if storage.exists(rdir):
         raise ConfigError(
             f"run '{cfg.name}' already exists in {cfg.storage_path}. Pass --resume to continue "
             "it from its latest checkpoint, or choose another --name."
@@ -805,17 +773,7 @@ def export_model(result, rdir: str) -> tuple[str, dict[str, Any]]:
     target = f"{rdir}/model"
     with best.as_directory() as d:
         meta = ckpt.read_meta(d)
-        if "://" in target:
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(target)
-            fs.create_dir(path, recursive=True)
-            for f in (ckpt.MODEL_FILE, ckpt.META_FILE):
-                pyarrow.fs.copy_files(str(Path(d) / f), f"{target}/{f}")
-        else:
-            Path(target).mkdir(parents=True, exist_ok=True)
-            for f in (ckpt.MODEL_FILE, ckpt.META_FILE):
-                shutil.copy2(Path(d) / f, Path(target) / f)
+        storage.copy_files(d, [ckpt.MODEL_FILE, ckpt.META_FILE], target)
     return target, meta
 
 
@@ -850,16 +808,6 @@ def summarize(result, cfg: TrainConfig, data: CifarData, seconds: float) -> dict
     }
 
 
-@contextlib.contextmanager
-def _timer() -> Iterator[list[float]]:
-    box = [0.0]
-    t = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box[0] = time.perf_counter() - t
-
-
 def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     """Driver: check data, build the trainer, fit, export ``model/`` and write ``summary.json``.
 
@@ -875,19 +823,19 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
         log.warning("training on a GENERATED synthetic set, not CIFAR-10 (%s)", data.root)
     rdir = run_dir(cfg)
     if not cfg.resume:
-        _write_text(f"{rdir}/config.json", json.dumps(cfg.to_dict(), indent=2))
+        storage.write_text(f"{rdir}/config.json", json.dumps(cfg.to_dict(), indent=2))
     trainer = build_trainer(cfg, data, use_gpu, cpus, threads)
-    with _timer() as t:
-        try:
-            result = trainer.fit()
-        except TrainingFailedError as e:
-            raise TrainingError(
-                f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
-                f"{_root_cause(e).rstrip('.')}. Its checkpoints are in {rdir}; continue it with "
-                f"--resume --name {cfg.name}."
-            ) from e
-    summary = summarize(result, cfg, data, t[0])
-    _write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:
+        raise TrainingError(
+            f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
+            f"{_root_cause(e).rstrip('.')}. Its checkpoints are in {rdir}; continue it with "
+            f"--resume --name {cfg.name}."
+        ) from e
+    summary = summarize(result, cfg, data, time.perf_counter() - t0)
+    storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
     return summary
 
 
