@@ -12,7 +12,6 @@ normalization run per batch on the worker's device.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import pickle
@@ -425,14 +424,3 @@ def make_grid_sample(images: torch.Tensor, n: int = 64) -> torch.Tensor:
     from torchvision.utils import make_grid
 
     return make_grid(images[:n].float() / 255.0, nrow=8)
-
-
-def describe(data: CifarData) -> str:
-    buf = io.StringIO()
-    buf.write(
-        f"{data.kind} data from {data.root}: {len(data.train_labels)} training, "
-        f"{len(data.test_labels)} test images, {len(data.classes)} classes"
-    )
-    if data.kind == "synthetic":
-        buf.write(" (GENERATED stand-in, not CIFAR-10)")
-    return buf.getvalue()
