@@ -1,7 +1,8 @@
+import pytest
 import torch
 from torch import nn
 
-from cifar.model import CIFAR10_CLASSES, CifarQuick, build_model, infer_variant
+from cifar.model import CIFAR10_CLASSES, CifarQuick, build_model, infer_variant, max_pool_2x2
 
 
 class MyNetwork(nn.Module):
@@ -62,3 +63,15 @@ def test_relu_variant_is_nonlinear_and_recorded_by_key_names():
 
 def test_class_names():
     assert len(CIFAR10_CLASSES) == 10 and CIFAR10_CLASSES[3] == "cat"
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inference_forward_gives_bit_identical_logits(relu, bf16):
+    torch.manual_seed(1)
+    model = build_model(relu=relu).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        assert torch.equal(model.forward_inference(x), model(x))
+    ties = torch.randint(-2, 3, (4, 5, 16, 16)).float()  # many windows with repeated maxima
+    assert torch.equal(max_pool_2x2(ties), torch.nn.functional.max_pool2d(ties, 2))
