@@ -20,12 +20,8 @@ from typing import Any
 
 from cifar.checkpoint import load_model
 from cifar.cli import ConfigError
-from cifar.predict import (
-    IMAGE_EXTENSIONS,
-    PRECISIONS,
-    BatchPredictor,
-    decode_batch,
-)
+from cifar.images import IMAGE_EXTENSIONS, decode_batch
+from cifar.predict import PRECISIONS, BatchPredictor
 from cifar.storage import filesystem, write_text
 
 log = logging.getLogger(__name__)
@@ -261,35 +257,63 @@ def preflight(cfg: PredictConfig) -> Preflight:
 # --------------------------------------------------------------------------- pipeline
 
 
+# CPU requests of the stages besides the inference actors. Measured on 2 cores (small PNGs):
+# decoding costs about half as much CPU per image as CIFAR10-quick's forward pass in bf16, so a
+# CPU-only cluster keeps about a third of its CPUs for decoding.
+DECODE_CPUS_WITH_CPU_ACTORS = 0.5  # != the actors' 1 CPU: see build_dataset
+WRITE_CPUS = 0.25  # a writer spends its time in Arrow and file I/O, ~10 ms per 1,024-row block
+DECODE_SHARE = 1 / 3
+
+
 @dataclass
 class Plan:
     actors: tuple[int, int]
     gpus_per_actor: float
     device: str
+    decode_cpus: float
+    write_cpus: float = WRITE_CPUS
 
 
 def plan_resources(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float) -> Plan:
-    """Actor pool size and device; fails before any work when the cluster cannot do it."""
+    """Actor pool size and device; fails before any work when the cluster cannot do it.
+
+    On CPU the actors never take the CPUs that decode and write tasks need: Ray Data would
+    otherwise wait forever for a CPU to decode the blocks the actors are waiting for."""
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if cluster_gpus else 0)
     if gpus > 0 and cluster_gpus < gpus:
         raise ConfigError(
             f"--gpus-per-actor {gpus:g} but the Ray cluster has {cluster_gpus:g} GPUs. Use "
             "--gpus-per-actor 0 to classify on CPU, or connect to a cluster with GPUs."
         )
+    decode_cpus = 1.0 if gpus > 0 else DECODE_CPUS_WITH_CPU_ACTORS
     actors = parse_actors(cfg.num_actors)
+    if gpus > 0:
+        if actors is None:
+            n = max(1, int(cluster_gpus // gpus))
+            actors = (n, n)
+        return Plan(actors=actors, gpus_per_actor=gpus, device="cuda", decode_cpus=decode_cpus)
+    keep = decode_cpus + WRITE_CPUS
     if actors is None:
-        n = int(cluster_gpus // gpus) if gpus > 0 else max(1, int(cluster_cpus) // 4)
-        actors = (max(1, n), max(1, n))
-    if gpus == 0 and actors[0] * cfg.cpus_per_actor >= cluster_cpus:
+        spare = cluster_cpus - max(keep, cluster_cpus * DECODE_SHARE)
+        n = max(1, int(spare // cfg.cpus_per_actor))
+        actors = (n, n)
+    if actors[0] * cfg.cpus_per_actor > cluster_cpus - keep:
         raise ConfigError(
-            f"{actors[0]} inference actor(s) x {cfg.cpus_per_actor:g} CPU would take all "
-            f"{cluster_cpus:g} CPUs of the cluster and leave none for decoding images. Lower "
-            "--num-actors or --cpus-per-actor."
+            f"{actors[0]} inference actor(s) x {cfg.cpus_per_actor:g} CPU would leave less than "
+            f"{keep:g} of the cluster's {cluster_cpus:g} CPUs for the tasks that decode images "
+            "and write results, and the job would stall. Lower --num-actors or "
+            "--cpus-per-actor."
         )
-    return Plan(actors=actors, gpus_per_actor=gpus, device="cuda" if gpus > 0 else "cpu")
+    return Plan(actors=actors, gpus_per_actor=0.0, device="cpu", decode_cpus=decode_cpus)
 
 
 def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
+    """paths -> decode tasks (CPU, no torch) -> inference actor pool -> result rows.
+
+    Decoding stays a separate task stage, also on CPU-only clusters: Ray Data fuses a map into
+    the next actor map when both ask for the same resources, and then only the actors' processes
+    decode, one core each, and only after they have imported torch. Apart, decode tasks start
+    at once, and run on the cores the actors leave free."""
     import pyarrow as pa
     import ray.data
 
@@ -298,7 +322,9 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
         for i in range(0, len(files), cfg.files_per_block)
     ]
     ds = ray.data.from_arrow(tables)
-    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1)
+    ds = ds.map_batches(
+        decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=plan.decode_cpus
+    )
     lo, hi = plan.actors
     return ds.map_batches(
         BatchPredictor,
@@ -320,13 +346,16 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
     )
 
 
-def write(ds, cfg: PredictConfig) -> None:
+def write(ds, cfg: PredictConfig, plan: Plan) -> None:
+    # Writers are light (WRITE_CPUS) and at most one per actor, so they run while the actors
+    # work instead of queueing up behind them, and Ray starts few processes for them.
+    kw = {"ray_remote_args": {"num_cpus": plan.write_cpus}, "concurrency": plan.actors[1]}
     if cfg.format == "parquet":
-        ds.write_parquet(cfg.output)
+        ds.write_parquet(cfg.output, **kw)
     elif cfg.format == "csv":
-        ds.write_csv(cfg.output)
+        ds.write_csv(cfg.output, **kw)
     else:
-        ds.write_json(cfg.output)
+        ds.write_json(cfg.output, **kw)
 
 
 def read_results(output: str, fmt: str):
@@ -413,7 +442,7 @@ def run(
         plan.device,
     )
     t0 = time.perf_counter()
-    write(build_dataset(cfg, pre.files, plan), cfg)
+    write(build_dataset(cfg, pre.files, plan), cfg, plan)
     seconds = time.perf_counter() - t0
     table = read_results(cfg.output, cfg.format)
     summary = summarize(table, cfg, len(pre.files), pre.skipped, seconds, pre.model.meta)

@@ -195,7 +195,7 @@ def test_bad_inputs_fail_before_any_work(ray_session, trained, tree, tmp_path):
     with pytest.raises(ConfigError, match="has 0 GPUs"):
         run(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), 2, 0)
     assert not (tmp_path / "g").exists()
-    with pytest.raises(ConfigError, match="leave none for decoding"):
+    with pytest.raises(ConfigError, match="decode images and write results"):
         run(_cfg(model_dir, [root], tmp_path / "g2", cpus_per_actor=2), 2, 0)
     sd = build_model(relu=True).state_dict()
     torch.save(sd, tmp_path / "relu_without_meta_is_fine.pt")
