@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = preflight(cfg)  # bad model, inputs or output fail here, before Ray starts
     ray_seconds = default_ray_init()
     cluster = cluster_info()
-    summary = run(cfg, cluster.cpus, cluster.gpus, pre=pre)
+    summary = run(cfg, cluster.cpus, cluster.gpus, pre=pre, ray_start_seconds=ray_seconds)
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
     print(
         f"[cifar] classified {summary['files']} files: {summary['predicted']} predicted, "

@@ -101,61 +101,64 @@ def main() -> None:
     import ray
 
     rng = np.random.default_rng(0)
-    root = Path(tempfile.mkdtemp(prefix="bench-predict-"))
-    model_dir = root / "model"
-    save_checkpoint(
-        model_dir,
-        build_model(),
-        {
-            "arch": ARCH,
-            "relu": False,
-            "num_classes": 10,
-            "classes": list(CIFAR10_CLASSES),
-            "normalize": None,
-            "image_size": 32,
-        },
-    )
-    make_small(root / "small", args.small, rng)
-    make_large(root / "large", args.large, rng)
-
-    t = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    ray_start = time.perf_counter() - t
-
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}",
-        "ray_start_s": ray_start,
-    }
-    for name in ("small", "large"):
-        files = sorted((root / name).rglob("*.*"))
-        loop = one_at_a_time(model_dir, files)
-        rates = []
-        for _ in range(max(1, args.repeats)):
-            s = bulk(model_dir, root / name, root / f"out-{name}", args)
-            assert s["rows"] == len(files) and s["errors"] == 0
-            rates.append(s["images_per_s"])
-        first, later = rates[0], max(rates[1:], default=None)
-        results[name] = {
-            "files": len(files),
-            "one_at_a_time_img_s": loop,
-            "job_img_s_each_run": rates,
-            "job_first_run_img_s": first,
-            "ratio_first_run": first / loop,
-            "job_later_runs_best_img_s": later,
-            "ratio_later_runs": later / loop if later else None,
-        }
-        line = (
-            f"{name:5s} {len(files):6d} files  one-at-a-time {loop:6.0f} img/s  "
-            f"job first run {first:6.0f} img/s ({first / loop:4.2f}x)"
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:  # GBs at --small 100000
+        root = Path(tmp)
+        model_dir = root / "model"
+        save_checkpoint(
+            model_dir,
+            build_model(),
+            {
+                "arch": ARCH,
+                "relu": False,
+                "num_classes": 10,
+                "classes": list(CIFAR10_CLASSES),
+                "normalize": None,
+                "image_size": 32,
+            },
         )
-        if later:
-            line += f"  later runs best {later:6.0f} img/s ({later / loop:4.2f}x)"
-        print(line, flush=True)
-    print(f"Ray start-up (not included above): {ray_start:.1f}s  [{results['machine']}]")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        make_small(root / "small", args.small, rng)
+        make_large(root / "large", args.large, rng)
+
+        t = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray_start = time.perf_counter() - t
+
+        results = {
+            "machine": f"{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}",
+            "ray_start_s": ray_start,
+        }
+        for name in ("small", "large"):
+            files = sorted((root / name).rglob("*.*"))
+            if not files:  # --small 0 / --large 0 skip that folder
+                continue
+            loop = one_at_a_time(model_dir, files)
+            rates = []
+            for _ in range(max(1, args.repeats)):
+                s = bulk(model_dir, root / name, root / f"out-{name}", args)
+                assert s["rows"] == len(files) and s["errors"] == 0
+                rates.append(s["images_per_s"])
+            first, later = rates[0], max(rates[1:], default=None)
+            results[name] = {
+                "files": len(files),
+                "one_at_a_time_img_s": loop,
+                "job_img_s_each_run": rates,
+                "job_first_run_img_s": first,
+                "ratio_first_run": first / loop,
+                "job_later_runs_best_img_s": later,
+                "ratio_later_runs": later / loop if later else None,
+            }
+            line = (
+                f"{name:5s} {len(files):6d} files  one-at-a-time {loop:6.0f} img/s  "
+                f"job first run {first:6.0f} img/s ({first / loop:4.2f}x)"
+            )
+            if later:
+                line += f"  later runs best {later:6.0f} img/s ({later / loop:4.2f}x)"
+            print(line, flush=True)
+        print(f"Ray start-up (not included above): {ray_start:.1f}s  [{results['machine']}]")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

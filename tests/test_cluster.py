@@ -402,7 +402,7 @@ def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster):
     )
     assert r.returncode == 0, r.stderr
 
-    # Ray Data's actor pool workers (decode is fused into them) have "MapWorker" process titles
+    # Ray Data's actor pool workers have "MapWorker" process titles (decode tasks do not)
     victims = _wait_for(lambda: _worker_processes(cluster, "MapWorker"), what="inference actor")
     time.sleep(1.0)  # let it take batches
     victims[0].send_signal(signal.SIGKILL)
@@ -412,6 +412,7 @@ def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster):
     assert len(paths) == len(files) and set(paths) == {str(p) for p in files}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == summary["files"] == 3000 and summary["errors"] == 0
+    assert summary["ray_start_seconds"] > 0 and summary["preflight_seconds"] > 0
 
 
 def test_spread_run_equals_single_node_run(cluster, train_data):

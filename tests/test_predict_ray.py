@@ -114,6 +114,7 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
         assert r["top1_class"] == r["class_name"] and r["top1_prob"] >= r["top2_prob"]
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["files"] == len(good) + len(bad) and on_disk["images_per_s"] > 0
+    assert on_disk["preflight_seconds"] > 0 and on_disk["ray_start_seconds"] is None
     assert on_disk["model_meta"]["arch"] == ARCH
 
 
