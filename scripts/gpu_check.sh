@@ -28,6 +28,7 @@ $PY scripts/bench_train.py --device cuda --train 50000 --test 10000 --epochs 3 -
   $RAYFLAG --json "$OUT/train.json"
 if [ -z "$RAYFLAG" ]; then
   echo "== prediction: Ray Data job with --gpus-per-actor 1 vs one image at a time"
-  $PY scripts/bench_predict.py --small 20000 --large 500 --gpus-per-actor 1 --json "$OUT/predict.json"
+  $PY scripts/bench_predict.py --small 20000 --large 500 --repeats 1 --gpus-per-actor 1 \
+    --json "$OUT/predict.json"
 fi
 echo "gpu_check: results in $OUT/"
