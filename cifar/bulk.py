@@ -54,8 +54,12 @@ class PredictConfig:
         default=None,
         metadata={"help": "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)"},
     )
-    cpus_per_actor: float = field(
-        default=1.0, metadata={"help": "CPUs per inference actor (torch threads on CPU)"}
+    cpus_per_actor: float | None = field(
+        default=None,
+        metadata={
+            "help": "CPUs per inference actor = its torch threads on CPU (default: 1, or what "
+            "is left beside decoding on a cluster smaller than 2 CPUs)"
+        },
     )
     top_k: int = field(default=3, metadata={"help": "top-k classes to write"})
     precision: str = field(
@@ -96,7 +100,7 @@ class PredictConfig:
             errors.append(f"--top-k must be at least 1 (got {self.top_k})")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             errors.append("--gpus-per-actor must be >= 0")
-        if self.cpus_per_actor <= 0:
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             errors.append("--cpus-per-actor must be > 0")
         if self.files_per_block < 1:
             errors.append("--files-per-block must be at least 1")
@@ -273,6 +277,7 @@ class Plan:
     gpus_per_actor: float
     device: str
     decode_cpus: float
+    actor_cpus: float = 1.0
     write_cpus: float = WRITE_CPUS
 
 
@@ -293,20 +298,32 @@ def plan_resources(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float)
         if actors is None:
             n = max(1, int(cluster_gpus // gpus))
             actors = (n, n)
-        return Plan(actors=actors, gpus_per_actor=gpus, device="cuda", decode_cpus=decode_cpus)
+        return Plan(
+            actors=actors,
+            gpus_per_actor=gpus,
+            device="cuda",
+            decode_cpus=decode_cpus,
+            actor_cpus=cfg.cpus_per_actor or 1.0,
+        )
     keep = decode_cpus + WRITE_CPUS
+    free = cluster_cpus - keep
+    cpus = cfg.cpus_per_actor
+    if cpus is None:  # 1 CPU, or all that is free beside decoding on a 1-CPU machine
+        cpus = min(1.0, free) if free > 0 else 1.0
     if actors is None:
         spare = cluster_cpus - max(keep, cluster_cpus * DECODE_SHARE)
-        n = max(1, int(spare // cfg.cpus_per_actor))
+        n = max(1, int(spare // cpus))
         actors = (n, n)
-    if actors[0] * cfg.cpus_per_actor > cluster_cpus - keep:
+    if actors[0] * cpus > free:
         raise ConfigError(
-            f"{actors[0]} inference actor(s) x {cfg.cpus_per_actor:g} CPU would leave less than "
+            f"{actors[0]} inference actor(s) x {cpus:g} CPU would leave less than "
             f"{keep:g} of the cluster's {cluster_cpus:g} CPUs for the tasks that decode images "
             "and write results, and the job would stall. Lower --num-actors or "
             "--cpus-per-actor."
         )
-    return Plan(actors=actors, gpus_per_actor=0.0, device="cpu", decode_cpus=decode_cpus)
+    return Plan(
+        actors=actors, gpus_per_actor=0.0, device="cpu", decode_cpus=decode_cpus, actor_cpus=cpus
+    )
 
 
 def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
@@ -334,14 +351,14 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
             "model_path": cfg.model,
             "device": plan.device,
             "top_k": cfg.top_k,
-            "threads": max(1, int(cfg.cpus_per_actor)),
+            "threads": max(1, int(plan.actor_cpus)),
             "label_dirs": cfg.labels_from_dirs,
             "precision": cfg.precision,
         },
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
-        num_cpus=cfg.cpus_per_actor,
+        num_cpus=plan.actor_cpus,
         num_gpus=plan.gpus_per_actor,
         # Ray Data's actor pools already restart dead actors and retry their tasks
         # (max_restarts=-1, max_task_retries=-1), so a killed actor loses no rows.

@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--files-per-block", type=int, default=1024)
     p.add_argument("--num-actors", default="auto")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--cpus-per-actor", type=float, default=None)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--json")
     args = p.parse_args()
