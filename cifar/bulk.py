@@ -368,13 +368,10 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
 def write(ds, cfg: PredictConfig, plan: Plan) -> None:
     # Writers are light (WRITE_CPUS) and at most one per actor, so they run while the actors
     # work instead of queueing up behind them, and Ray starts few processes for them.
-    kw = {"ray_remote_args": {"num_cpus": plan.write_cpus}, "concurrency": plan.actors[1]}
-    if cfg.format == "parquet":
-        ds.write_parquet(cfg.output, **kw)
-    elif cfg.format == "csv":
-        ds.write_csv(cfg.output, **kw)
-    else:
-        ds.write_json(cfg.output, **kw)
+    writer = {"parquet": ds.write_parquet, "csv": ds.write_csv, "jsonl": ds.write_json}
+    writer[cfg.format](
+        cfg.output, ray_remote_args={"num_cpus": plan.write_cpus}, concurrency=plan.actors[1]
+    )
 
 
 def read_results(output: str, fmt: str):

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar.model import ARCH, CIFAR10_CLASSES, IMAGE_SIZE, build_model, expected_keys, infer_variant
+from cifar.images import IMAGE_SIZE
+from cifar.model import ARCH, CIFAR10_CLASSES, build_model, expected_keys, infer_variant
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from cifar.images import IMAGE_SIZE  # noqa: F401  (re-exported; defined in the torch-free module)
-
 ARCH = "cifar10_quick"
 NUM_CLASSES = 10
 CIFAR10_CLASSES: tuple[str, ...] = (

@@ -23,17 +23,7 @@ import torch
 
 from cifar.checkpoint import CheckpointError, LoadedModel, load_model
 from cifar.data import normalize
-from cifar.images import IMAGE_EXTENSIONS, decode_batch, decode_image, load_image_file
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "BatchPredictor",
-    "Classifier",
-    "classify_files",
-    "decode_batch",
-    "decode_image",
-    "load_image_file",
-]
+from cifar.images import load_image_file
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from cifar.data import (
     to_device_batch,
     train_loader,
 )
-from cifar.model import ARCH, IMAGE_SIZE, build_model
+from cifar.images import IMAGE_SIZE
+from cifar.model import ARCH, build_model
 from cifar.raycluster import ClusterInfo
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from PIL import Image
 
 from cifar.checkpoint import load_model, save_checkpoint
 from cifar.cli import ConfigError
+from cifar.images import decode_image, load_image_file
 from cifar.model import build_model
-from cifar.predict import Classifier, classify_files, decode_image, load_image_file
+from cifar.predict import Classifier, classify_files
 from tests.conftest import ROOT
 from tests.images import make_image_tree
 
