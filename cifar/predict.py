@@ -103,14 +103,14 @@ def prediction_columns(
         prob = spread(np.take_along_axis(probs, idx[:, None], 1)[:, 0].astype(np.float64), 0.0)
         return name, pa.array(prob, type=pa.float64(), mask=null)
 
-    best_name, best_prob = column(0)
+    tops = [column(j) for j in range(k)]
     cols: dict[str, Any] = {
         "class_index": pa.array(spread(order[:, 0].astype(np.int64), 0), mask=null),
-        "class_name": best_name,
-        "confidence": best_prob,
+        "class_name": tops[0][0],
+        "confidence": tops[0][1],
     }
-    for j in range(k):
-        cols[f"top{j + 1}_class"], cols[f"top{j + 1}_prob"] = column(j)
+    for j, (name, prob) in enumerate(tops, start=1):
+        cols[f"top{j}_class"], cols[f"top{j}_prob"] = name, prob
     return cols
 
 
