@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,8 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def _list_uri(uri: str) -> list[str]:
+def _list_uri(uri: str) -> tuple[list[str], str]:
+    """(files, root) for a URI: a file, a prefix (recursive) or a glob."""
     import pyarrow.fs
 
     fs, path = filesystem(uri)
@@ -143,8 +145,10 @@ def _list_uri(uri: str) -> list[str]:
         pattern = path
         path = path[: min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
     info = fs.get_file_info(path)
+    root = path
     if info.type == pyarrow.fs.FileType.File:
         found = [path]
+        root = path.rsplit("/", 2)[0] if path.count("/") >= 2 else ""
     elif info.type == pyarrow.fs.FileType.Directory:
         sel = pyarrow.fs.FileSelector(path, recursive=True)
         found = [i.path for i in fs.get_file_info(sel) if i.type == pyarrow.fs.FileType.File]
@@ -152,32 +156,54 @@ def _list_uri(uri: str) -> list[str]:
         found = []
     if pattern is not None:
         found = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
-    return [f"{scheme}://{p}" for p in sorted(found)]
+    return [f"{scheme}://{p}" for p in sorted(found)], f"{scheme}://{root}"
 
 
-def _list_local(spec: str) -> list[str]:
+def _list_local(spec: str) -> tuple[list[str], str]:
+    """(files, root) for a local file, folder (recursive) or glob."""
     p = Path(spec).expanduser()
     if p.is_file():
-        return [str(p.resolve())]
+        return [str(p.resolve())], str(p.resolve().parent.parent)
     if p.is_dir():
-        return sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file())
+        return sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file()), str(p.resolve())
     if _has_magic(spec):
-        return sorted(
-            str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True) if Path(f).is_file()
-        )
-    return []
+        head = spec[: min(spec.find(c) for c in "*?[" if c in spec)]
+        root = Path(head).expanduser() if head.endswith("/") else Path(head).expanduser().parent
+        found = sorted(str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True))
+        return [f for f in found if Path(f).is_file()], str(root.resolve())
+    return [], ""
 
 
-def list_inputs(inputs: list[str], extensions: str | None) -> tuple[list[str], int]:
-    """Every file under the inputs, once each, sorted -> (files, skipped by --extensions)."""
-    seen: dict[str, None] = {}
+def label_from_dirs(path: str, root: str, classes: Sequence[str]) -> str | None:
+    """The class a file's folders name, read as training reads a tree: the first folder below
+    the input ``root`` whose name is a class (case-insensitive), so ``val/cat/x.png``,
+    ``val/cat/closeups/x.png`` and, with ``root`` above ``val/``, ``data/val/cat/x.png`` all
+    say ``cat``. None when no folder names a class."""
+    rel = path[len(root) :] if root and path.startswith(root) else path
+    lookup = {c.lower(): c for c in classes}
+    for folder in rel.strip("/").split("/")[:-1]:
+        if folder.lower() in lookup:
+            return lookup[folder.lower()]
+    return None
+
+
+@dataclass
+class Inputs:
+    files: list[str]  # every file, once, sorted
+    roots: list[str]  # for each file, the root of the --input it was found under
+    skipped: int  # left out by --extensions
+
+
+def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
+    """Every file under the inputs, once each, sorted, with the input root it came from."""
+    seen: dict[str, str] = {}
     missing = []
     for spec in inputs:
-        found = _list_uri(spec) if "://" in spec else _list_local(spec)
+        found, root = _list_uri(spec) if "://" in spec else _list_local(spec)
         if not found:
             missing.append(spec)
         for f in found:
-            seen.setdefault(f, None)
+            seen.setdefault(f, root)
     if missing and not seen:
         raise ConfigError(
             f"no files found in {', '.join(map(repr, missing))}. Pass a folder (searched "
@@ -185,9 +211,9 @@ def list_inputs(inputs: list[str], extensions: str | None) -> tuple[list[str], i
         )
     if missing:
         log.warning("no files found for %s", ", ".join(missing))
-    files = list(seen)
+    files = sorted(seen)
     if not extensions:
-        return files, 0
+        return Inputs(files, [seen[f] for f in files], 0)
     wanted = tuple("." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip())
     kept = [f for f in files if f.lower().endswith(wanted)]
     if not kept:
@@ -195,7 +221,7 @@ def list_inputs(inputs: list[str], extensions: str | None) -> tuple[list[str], i
             f"none of the {len(files)} files found has an extension in {wanted}. Known image "
             f"extensions: {', '.join(IMAGE_EXTENSIONS)}."
         )
-    return kept, len(files) - len(kept)
+    return Inputs(kept, [seen[f] for f in kept], len(files) - len(kept))
 
 
 # --------------------------------------------------------------------------- output folder
@@ -248,6 +274,7 @@ class Preflight:
     files: list[str]
     skipped: int
     seconds: float = 0.0
+    labels: list[str | None] | None = None  # with --labels-from-dirs
 
 
 def preflight(cfg: PredictConfig) -> Preflight:
@@ -255,9 +282,15 @@ def preflight(cfg: PredictConfig) -> Preflight:
     t0 = time.perf_counter()
     cfg.validate()
     loaded = load_model(cfg.model)
-    files, skipped = list_inputs(cfg.input, cfg.extensions)
+    found = list_inputs(cfg.input, cfg.extensions)
+    labels = None
+    if cfg.labels_from_dirs:
+        labels = [
+            label_from_dirs(f, r, loaded.classes)
+            for f, r in zip(found.files, found.roots, strict=True)
+        ]
     prepare_output(cfg.output, cfg.overwrite, check_only=True)
-    return Preflight(loaded, files, skipped, time.perf_counter() - t0)
+    return Preflight(loaded, found.files, found.skipped, time.perf_counter() - t0, labels)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -326,7 +359,9 @@ def plan_resources(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float)
     )
 
 
-def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
+def build_dataset(
+    cfg: PredictConfig, files: list[str], plan: Plan, labels: list[str | None] | None = None
+):
     """paths -> decode tasks (CPU, no torch) -> inference actor pool -> result rows.
 
     Decoding stays a separate task stage, also on CPU-only clusters: Ray Data fuses a map into
@@ -336,10 +371,13 @@ def build_dataset(cfg: PredictConfig, files: list[str], plan: Plan):
     import pyarrow as pa
     import ray.data
 
-    tables = [
-        pa.table({"path": files[i : i + cfg.files_per_block]})
-        for i in range(0, len(files), cfg.files_per_block)
-    ]
+    def block(i: int) -> pa.Table:
+        cols = {"path": pa.array(files[i : i + cfg.files_per_block], pa.string())}
+        if labels is not None:
+            cols["label"] = pa.array(labels[i : i + cfg.files_per_block], pa.string())
+        return pa.table(cols)
+
+    tables = [block(i) for i in range(0, len(files), cfg.files_per_block)]
     ds = ray.data.from_arrow(tables)
     ds = ds.map_batches(
         decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=plan.decode_cpus
@@ -466,7 +504,7 @@ def run(
         plan.device,
     )
     t0 = time.perf_counter()
-    write(build_dataset(cfg, pre.files, plan), cfg, plan)
+    write(build_dataset(cfg, pre.files, plan, pre.labels), cfg, plan)
     seconds = time.perf_counter() - t0
     table = read_results(cfg.output, cfg.format)
     summary = summarize(table, cfg, len(pre.files), pre.skipped, seconds, pre.model.meta)

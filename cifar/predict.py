@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,17 +164,10 @@ class BatchPredictor:
         )
         cols: dict[str, Any] = {"path": paths}
         cols.update(prediction_columns(probs, ok, self.classifier.classes, self.top_k))
-        if self.label_dirs:
-            cols["label"] = [label_from_path(p, self.classifier.classes) for p in paths]
+        if self.label_dirs:  # labels read from the folders by the driver (bulk.label_from_dirs)
+            cols["label"] = [None if v is None else str(v) for v in batch["label"]]
         cols["error"] = errors
         return pa.table(cols, schema=self.schema)
-
-
-def label_from_path(path: str, classes: Sequence[str]) -> str | None:
-    """The class named by the file's parent folder (``.../cat/x.png`` -> ``cat``), if any."""
-    parent = os.path.basename(os.path.dirname(path.rstrip("/"))).lower()
-    lookup = {c.lower(): c for c in classes}
-    return lookup.get(parent)
 
 
 # --------------------------------------------------------------------------- single-image CLI

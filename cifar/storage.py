@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 _FS_CACHE: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file found by :func:`list_files`: its path relative to the folder listed, size, mtime."""
+
+    rel: str  # posix, relative to the listed folder
+    size: int
+    mtime_ns: int  # 0 where the store does not say
 
 
 def is_uri(path: str) -> bool:
@@ -21,6 +33,68 @@ def filesystem(uri: str) -> tuple[Any, str]:
     if key not in _FS_CACHE:
         _FS_CACHE[key] = pyarrow.fs.FileSystem.from_uri(uri)[0]
     return _FS_CACHE[key], rest
+
+
+def _fs_path(path: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path in it) for a local path (made absolute) or a URI."""
+    if is_uri(path):
+        return filesystem(path)
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def is_dir(path: str) -> bool:
+    if not is_uri(path):
+        return Path(path).expanduser().is_dir()
+    import pyarrow.fs
+
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pyarrow.fs.FileType.Directory
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the folders directly inside ``path`` (sorted; hidden ones left out)."""
+    import pyarrow.fs
+
+    fs, p = _fs_path(path)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(p, recursive=False))
+    return sorted(
+        i.base_name
+        for i in infos
+        if i.type == pyarrow.fs.FileType.Directory and not i.base_name.startswith(".")
+    )
+
+
+def list_files(path: str) -> list[FileEntry]:
+    """Every file below the folder ``path``, recursively, sorted by relative path. Hidden files
+    and folders (a leading ``.``, like ``.DS_Store`` or caches) are left out."""
+    import pyarrow.fs
+
+    fs, p = _fs_path(path)
+    base = p.rstrip("/") + "/"
+    out = []
+    for i in fs.get_file_info(pyarrow.fs.FileSelector(p, recursive=True)):
+        if i.type != pyarrow.fs.FileType.File:
+            continue
+        rel = i.path[len(base) :] if i.path.startswith(base) else i.base_name
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        out.append(FileEntry(rel, int(i.size or 0), int(i.mtime_ns or 0)))
+    out.sort(key=lambda e: e.rel)
+    return out
+
+
+def join(path: str, rel: str) -> str:
+    """``path``/``rel`` for a local path (made absolute) or a URI."""
+    if is_uri(path):
+        return f"{path.rstrip('/')}/{rel}"
+    return str(Path(path).expanduser().resolve() / rel)
+
+
+def cache_root() -> Path:
+    """This node's cache folder: ``$CIFAR_RAY_CACHE``, else ``<tmp>/cifar-ray``."""
+    return Path(os.environ.get("CIFAR_RAY_CACHE") or tempfile.gettempdir()) / "cifar-ray"
 
 
 def exists(path: str) -> bool:

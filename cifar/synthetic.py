@@ -1,12 +1,17 @@
-"""Generate a CIFAR-format dataset with learnable classes, for tests, smoke runs and offline use.
+"""Generate learnable datasets for tests, smoke runs and offline use.
 
     python -m cifar.synthetic OUT_DIR [--train N] [--test M] [--seed S]
+    python -m cifar.synthetic OUT_DIR --folders [--classes K] [--train N] [--test M]
 
-writes ``OUT_DIR/cifar-10-batches-py/`` with the same files, keys and dtypes as the official
-archive. Each class is a smooth random colour pattern; every image is its class pattern shifted by a
-few pixels, with random brightness and strong per-pixel noise, so a small CNN must actually learn
+The first writes ``OUT_DIR/cifar-10-batches-py/`` with the same files, keys and dtypes as the
+official archive; the second a labelled image-folder tree, ``OUT_DIR/train/<class>/*.png|jpg``
+and ``OUT_DIR/val/<class>/...``, of images between 32 and 96 pixels wide.
+
+Each class is a smooth random colour pattern; every image is its class pattern shifted by a few
+pixels, with random brightness and strong per-pixel noise, so a small CNN must actually learn
 (chance is 10%, a trained CIFAR10-quick gets far above it). ``batches.meta`` carries
-``generator: "cifar.synthetic"`` so runs trained on it are labelled as synthetic everywhere.
+``generator: "cifar.synthetic"`` (a folder tree: a ``.cifar-ray-generated`` file) so runs
+trained on it are labelled as generated everywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar.data import BATCH_DIR, META_FILE, SYNTHETIC_MARKER, TEST_FILE, TRAIN_FILES
+from cifar.cifar10 import BATCH_DIR, META_FILE, SYNTHETIC_MARKER, TEST_FILE, TRAIN_FILES
 from cifar.model import CIFAR10_CLASSES
 
 
@@ -33,11 +38,17 @@ def _prototypes(rng: np.random.Generator, num_classes: int) -> np.ndarray:
 
 
 def generate(
-    n: int, protos: np.ndarray, rng: np.random.Generator, noise: float = 110.0
+    n: int,
+    protos: np.ndarray,
+    rng: np.random.Generator,
+    noise: float = 110.0,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """n images (uint8 [n, 3072], CIFAR row layout) and their labels."""
+    """n images (uint8 [n, 3072], CIFAR row layout) and their labels (drawn uniformly unless
+    given)."""
     num_classes = protos.shape[0]
-    labels = rng.integers(0, num_classes, size=n)
+    if labels is None:
+        labels = rng.integers(0, num_classes, size=n)
     out = np.empty((n, 3, 32, 32), dtype=np.uint8)
     for start in range(0, n, 4096):
         lab = labels[start : start + 4096]
@@ -86,12 +97,60 @@ def write_synthetic(
     return d
 
 
+def class_names(num_classes: int) -> list[str]:
+    """CIFAR-10's names for up to 10 classes, ``class_000``... beyond."""
+    if num_classes <= len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES[:num_classes])
+    return [f"class_{i:03d}" for i in range(num_classes)]
+
+
+def write_folders(
+    out_dir: str | Path,
+    n_train: int = 600,
+    n_val: int = 150,
+    num_classes: int = 3,
+    seed: int = 0,
+    noise: float = 110.0,
+) -> Path:
+    """A labelled image-folder tree (PNG, every fourth image JPEG; sizes 32-96 px, upscaled
+    from the 32x32 pattern). ``n_val=0`` writes no val/ folder. Returns ``out_dir``."""
+    from PIL import Image
+
+    from cifar.folders import GENERATED_MARKER
+
+    if num_classes < 2 or n_train < num_classes:
+        raise ValueError("need at least 2 classes and one training image per class")
+    rng = np.random.default_rng(seed)
+    protos = _prototypes(rng, num_classes)
+    names = class_names(num_classes)
+    root = Path(out_dir).expanduser()
+    for split, n in (("train", n_train), ("val", n_val)):
+        if n == 0:
+            continue
+        labels = rng.integers(0, num_classes, size=n)
+        if split == "train":  # every class present, even in tiny sets
+            labels[:num_classes] = np.arange(num_classes)
+        data, labels = generate(n, protos, rng, noise, labels)
+        for i, (row, label) in enumerate(zip(data.reshape(n, 3, 32, 32), labels, strict=True)):
+            img = Image.fromarray(row.transpose(1, 2, 0), "RGB")
+            side = int(rng.integers(32, 97))
+            img = img.resize((side, side), Image.BILINEAR)
+            folder = root / split / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            if i % 4 == 3:
+                img.save(folder / f"{split}_{i:06d}.jpg", quality=92)
+            else:
+                img.save(folder / f"{split}_{i:06d}.png")
+    (root / GENERATED_MARKER).write_text("written by cifar.synthetic.write_folders\n")
+    return root
+
+
 def ensure_synthetic(n_train: int, n_test: int, seed: int, root: str | None = None) -> Path:
     """A generated set in a per-node cache folder, written once under a lock (every process that
     asks for the same sizes and seed gets the same files). Returns its data_dir."""
     from filelock import FileLock
 
-    from cifar.data import has_cifar10
+    from cifar.cifar10 import has_cifar10
 
     base = Path(root or os.environ.get("CIFAR_RAY_CACHE", tempfile.gettempdir())) / "cifar-ray"
     d = base / f"synthetic-{n_train}-{n_test}-seed{seed}"
@@ -105,13 +164,30 @@ def ensure_synthetic(n_train: int, n_test: int, seed: int, root: str | None = No
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m cifar.synthetic",
-        description="Write a learnable CIFAR-format dataset (NOT CIFAR-10) to OUT_DIR.",
+        description="Write a learnable generated dataset (NOT CIFAR-10) to OUT_DIR: CIFAR-format "
+        "batch files, or with --folders a labelled image-folder tree.",
+        allow_abbrev=False,
     )
     p.add_argument("out_dir")
     p.add_argument("--train", type=int, default=5000, help="training images (default 5000)")
-    p.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument(
+        "--test", type=int, default=1000, help="test (with --folders: val) images (default 1000)"
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--folders", action="store_true", help="write OUT_DIR/train/<class>/, OUT_DIR/val/<class>/"
+    )
+    p.add_argument("--classes", type=int, default=3, help="classes with --folders (default 3)")
     a = p.parse_args(argv)
+    if a.folders:
+        if a.classes < 2 or a.train < a.classes or a.test < 0:
+            p.error("--folders needs --classes >= 2, --train >= --classes and --test >= 0")
+        d = write_folders(a.out_dir, a.train, a.test, a.classes, a.seed)
+        print(
+            f"wrote a generated image-folder tree ({a.classes} classes, {a.train} train / "
+            f"{a.test} val images) to {d}"
+        )
+        return
     if a.train < len(TRAIN_FILES) or a.test < 1:
         p.error(f"--train must be >= {len(TRAIN_FILES)} and --test >= 1")
     d = write_synthetic(a.out_dir, a.train, a.test, a.seed)

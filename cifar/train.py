@@ -29,12 +29,12 @@ from cifar import checkpoint as ckpt
 from cifar import storage
 from cifar.cli import ConfigError
 from cifar.data import (
-    CifarData,
+    ImageData,
     TensorImageDataset,
     eval_loader,
     make_grid_sample,
-    prepare_data,
     random_crop_flip,
+    tensors_from_arrays,
     to_device_batch,
     train_loader,
 )
@@ -88,10 +88,21 @@ RESUMABLE_FIELDS = {
 class TrainConfig:
     # data
     data_dir: str = field(
-        default="data", metadata={"help": "folder that holds (or will hold) cifar-10-batches-py"}
+        default="data",
+        metadata={
+            "help": "CIFAR-10 (a folder that holds or will hold cifar-10-batches-py), or your "
+            "labelled images: DIR/train/<class>/... and DIR/val/<class>/... (path or URI)"
+        },
     )
     download: bool = field(
         default=True, metadata={"help": "download CIFAR-10 (MD5-checked) if it is not there"}
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "image folders without val/ or test/: evaluate on this share of each "
+            "class's training files (picked by a hash of the path, the same every run)"
+        },
     )
     # recipe
     recipe: str = field(
@@ -174,6 +185,7 @@ class TrainConfig:
     stop_after_epoch: int | None = field(default=None, metadata={"cli": False})
     # filled in by resolve(): not flags
     synthetic: list[int] | None = field(default=None, metadata={"cli": False})
+    classes: list[str] | None = field(default=None, metadata={"cli": False})  # from the data
 
     def validate(self) -> None:
         checks = [
@@ -200,6 +212,10 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
             (self.log_every >= 1, "--log-every must be at least 1"),
             (self.grad_clip >= 0, f"--grad-clip must be >= 0 (got {self.grad_clip})"),
+            (
+                0 <= self.val_fraction < 1,
+                f"--val-fraction must be in [0, 1) (got {self.val_fraction})",
+            ),
             (not (self.resume and not self.name), "--resume needs --name of the run to continue"),
             (
                 not (self.nesterov and self.momentum == 0),
@@ -467,18 +483,16 @@ def _fmt_seconds(s: float) -> str:
 # --------------------------------------------------------------------------- per-worker loop
 
 
-def obtain_data(cfg: TrainConfig) -> CifarData:
-    """This node's copy of the data: generated (smoke test) or read/downloaded, under a lock."""
-    if cfg.synthetic:
-        from cifar.synthetic import ensure_synthetic
+def load_data(cfg: TrainConfig) -> ImageData:
+    """The run's dataset, read (or generated, or downloaded) once, on the driver."""
+    from cifar.sources import load_data as load
 
-        n_train, n_test, seed = cfg.synthetic
-        return prepare_data(ensure_synthetic(n_train, n_test, seed), download=False)
-    return prepare_data(cfg.data_dir, cfg.download)
+    return load(cfg.data_dir, cfg.download, cfg.val_fraction, cfg.synthetic)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build, restore, then train/evaluate/checkpoint/report every epoch."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -494,10 +508,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical init on every rank
     random.seed(cfg.seed + rank)
 
-    data = obtain_data(cfg)
+    # The driver read the data once and put it in Ray's object store (cifar.train.run).
+    data = tensors_from_arrays(ray.get(config["data"]))
     store = device if device.type == "cuda" else torch.device("cpu")  # small: keep it on the GPU
-    train_ds = TensorImageDataset(data.train_images.to(store), data.train_labels.to(store))
-    test_ds = TensorImageDataset(data.test_images.to(store), data.test_labels.to(store))
+    train_ds = TensorImageDataset(data["train_images"].to(store), data["train_labels"].to(store))
+    test_ds = TensorImageDataset(data["test_images"].to(store), data["test_labels"].to(store))
     per_worker_batch = max(1, cfg.batch_size // world)
     tl = train_loader(train_ds, per_worker_batch, rank, world, cfg.seed, device.type == "cuda")
     el = eval_loader(test_ds, 1024, rank, world, device.type == "cuda")
@@ -505,7 +520,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batching = batching_for(cfg, device, mean, std)
     channels_last = batching.channels_last
 
-    model = build_model(relu=cfg.relu)
+    classes = config["dataset"]["classes"]
+    model = build_model(relu=cfg.relu, num_classes=len(classes))
     start_epoch, restarts, history, restored_from = 0, 0, [], []
     train_state = None
     checkpoint = ray.train.get_checkpoint()
@@ -544,16 +560,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             warnings.simplefilter("ignore", FutureWarning)
             example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
             out.call(lambda w: w.add_graph(raw, example))
-        grid = make_grid_sample(
-            random_crop_flip(data.train_images[:64]) if cfg.augment else data.train_images[:64]
-        )
+        first = data["train_images"][:64]
+        grid = make_grid_sample(random_crop_flip(first) if cfg.augment else first)
         out.call(lambda w: w.add_image("train/samples", grid, 0))
+        out.call(lambda w: w.add_text("dataset", dataset_markdown(config["dataset"]), 0))
     t_run = time.perf_counter()
     meta_base = {
         "arch": ARCH,
         "relu": cfg.relu,
-        "num_classes": len(data.classes),
-        "classes": list(data.classes),
+        "num_classes": len(classes),
+        "classes": list(classes),
         "normalize": {"mean": mean, "std": std} if mean is not None else None,
         "image_size": IMAGE_SIZE,
         "dataset": config["dataset"],
@@ -689,7 +705,7 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
         changed = [
             f"--{k.replace('_', '-')} {saved.get(k)!r} -> {current[k]!r}"
             for k in current
-            if k not in RESUMABLE_FIELDS and k in saved and saved[k] != current[k]
+            if k not in RESUMABLE_FIELDS | {"classes"} and k in saved and saved[k] != current[k]
         ]
         if changed:
             raise ConfigError(
@@ -724,8 +740,101 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int, in
     return use_gpu, cpus, cpus
 
 
-def build_trainer(cfg: TrainConfig, data: CifarData, use_gpu: bool, cpus: int, threads: int):
-    """The TorchTrainer for a prepared config (run named, data checked on the driver)."""
+def check_classes(cfg: TrainConfig, data: ImageData) -> TrainConfig:
+    """Record the data's classes in the config; a resumed run must see the classes it began with
+    (its model has one output per class)."""
+    classes = list(data.classes)
+    if cfg.resume:
+        saved = json.loads(storage.read_text(f"{run_dir(cfg)}/config.json")).get("classes")
+        if saved is not None and saved != classes:
+            raise ConfigError(
+                f"--resume of '{cfg.name}': the data's classes changed ({saved} -> {classes}). "
+                "A resumed run keeps its classes: point --data-dir at the data it started with, "
+                "or start a new run with another --name."
+            )
+    return dataclasses.replace(cfg, classes=classes)
+
+
+def describe_data(data: ImageData) -> dict[str, Any]:
+    """What meta.json, summary.json and TensorBoard say about the dataset."""
+    return {
+        "kind": data.kind,
+        "root": data.root,
+        "classes": list(data.classes),
+        "train_images": len(data.train_labels),
+        "test_images": len(data.test_labels),
+        "class_counts": data.class_counts(),
+        **{k: v for k, v in data.info.items() if k != "skipped_files"},
+    }
+
+
+def dataset_markdown(d: dict[str, Any]) -> str:
+    """The class counts as a Markdown table (TensorBoard's Text tab)."""
+    counts = d["class_counts"]
+    rows = [
+        f"| {i} | {c} | {counts['train'][c]} | {counts['test'][c]} |"
+        for i, c in enumerate(d["classes"])
+    ]
+    head = [
+        f"{d['kind']} dataset at `{d['root']}`: {d['train_images']} training and "
+        f"{d['test_images']} evaluation images"
+        + (f", {d['skipped']} unreadable files skipped" if d.get("skipped") else ""),
+        "",
+        "| index | class | train | test |",
+        "| ---: | --- | ---: | ---: |",
+    ]
+    return "\n".join(head + rows)
+
+
+def log_data(data: ImageData, d: dict[str, Any]) -> None:
+    """The dataset in the job's log: where, how split, per-class counts, decode, skips."""
+    what = {"folder": "image folders", "synthetic": "GENERATED CIFAR-format set (not CIFAR-10)"}
+    split = f", evaluated on {d['eval_split']}" if d.get("eval_split") else ""
+    progress.info(
+        "[cifar] data: %s %s: %d classes, %d train / %d test images%s",
+        what.get(data.kind, f"CIFAR-format ({data.kind})"),
+        data.root,
+        len(data.classes),
+        d["train_images"],
+        d["test_images"],
+        split,
+    )
+    width = max(len(c) for c in data.classes)
+    for c in data.classes:
+        n_train, n_test = d["class_counts"]["train"][c], d["class_counts"]["test"][c]
+        progress.info("[cifar]   %-*s %7d train %6d test", width, c, n_train, n_test)
+    dec = d.get("decode")
+    if dec:
+        how = "read from cache" if dec["cache"] == "hit" else "decoded and cached"
+        progress.info(
+            "[cifar] %d files %s in %.1fs (%s img/s): %s",
+            dec["files"],
+            how,
+            dec["seconds"],
+            dec["images_per_s"],
+            dec["cache_file"],
+        )
+    skipped = data.info.get("skipped_files") or []
+    if skipped:
+        shown = "; ".join(f"{s['path']} ({s['error']})" for s in skipped[:3])
+        log.warning(
+            "skipped %d unreadable file(s) in the training tree (all listed in summary.json): %s%s",
+            data.info["skipped"],
+            shown,
+            " ..." if data.info["skipped"] > 3 else "",
+        )
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    data: ImageData,
+    use_gpu: bool,
+    cpus: int,
+    threads: int,
+    dataset: dict[str, Any] | None = None,
+):
+    """The TorchTrainer for a prepared config (run named, data loaded on the driver)."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -737,12 +846,10 @@ def build_trainer(cfg: TrainConfig, data: CifarData, use_gpu: bool, cpus: int, t
         "std": std,
         "threads": threads,
         "tb_dir": f"{rdir}/tensorboard",
-        "dataset": {
-            "kind": data.kind,
-            "root": data.root,
-            "train_images": len(data.train_labels),
-            "test_images": len(data.test_labels),
-        },
+        # Read once here, shared by every worker through the object store (zero-copy on a
+        # node, fetched once by every other node): workers never need the data on their disk.
+        "data": ray.put(data.arrays()),
+        "dataset": dataset or describe_data(data),
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -778,7 +885,7 @@ def export_model(result, rdir: str) -> tuple[str, dict[str, Any]]:
     return target, meta
 
 
-def summarize(result, cfg: TrainConfig, data: CifarData, seconds: float) -> dict[str, Any]:
+def summarize(result, cfg: TrainConfig, data: ImageData, seconds: float) -> dict[str, Any]:
     rdir = run_dir(cfg)
     model_path, best_meta = export_model(result, rdir)
     with result.checkpoint.as_directory() as d:
@@ -790,6 +897,8 @@ def summarize(result, cfg: TrainConfig, data: CifarData, seconds: float) -> dict
         "run_dir": rdir,
         "dataset": data.kind,
         "dataset_root": data.root,
+        # classes, per-class counts, the evaluation split, decoding, every skipped file
+        "data": {**describe_data(data), "skipped_files": data.info.get("skipped_files", [])},
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "final_test_accuracy": last_meta["metrics"]["test_accuracy"],
         "final_test_loss": last_meta["metrics"]["test_loss"],
@@ -816,16 +925,17 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     from ray.train import TrainingFailedError
 
     use_gpu, cpus, threads = resolve_scale(cfg, cluster)
-    # workers do not share the driver's cwd: hand them an absolute data path
-    cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
+    if not storage.is_uri(cfg.data_dir):  # recorded in config.json: make it absolute
+        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     cfg = prepare_run(cfg)
-    data = obtain_data(cfg)
-    if data.kind == "synthetic":
-        log.warning("training on a GENERATED synthetic set, not CIFAR-10 (%s)", data.root)
+    data = load_data(cfg)
+    cfg = check_classes(cfg, data)
+    dataset = describe_data(data)
+    log_data(data, dataset)
     rdir = run_dir(cfg)
     if not cfg.resume:
         storage.write_text(f"{rdir}/config.json", json.dumps(cfg.to_dict(), indent=2))
-    trainer = build_trainer(cfg, data, use_gpu, cpus, threads)
+    trainer = build_trainer(cfg, data, use_gpu, cpus, threads, dataset)
     t0 = time.perf_counter()
     try:
         result = trainer.fit()

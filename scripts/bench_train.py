@@ -30,7 +30,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar.data import TensorImageDataset, eval_loader, load_cifar10, train_loader
+from cifar.cifar10 import load_cifar10
+from cifar.data import TensorImageDataset, eval_loader, train_loader
 from cifar.model import build_model
 from cifar.synthetic import write_synthetic
 from cifar.train import (

@@ -67,3 +67,47 @@ def make_image_tree(root: Path, seed: int = 0) -> tuple[list[Path], list[Path]]:
     put("broken/truncated.png", truncated("PNG"), broken=True)
     put("broken/notes.txt", lambda p: p.write_text("a note"), broken=True)
     return good, bad
+
+
+def make_class_tree(root: Path, seed: int = 0, val: bool = True) -> dict[str, list[Path]]:
+    """A labelled folder tree, ``train/{cat,dog}/`` (+ ``val/``), in every mode the training
+    reader must handle: JPEG, PNG, greyscale, RGBA, 16-bit, a nested folder, plus broken files
+    and a stray file outside any class folder. Returns {"good": [...], "broken": [...],
+    "stray": [...]} of training files (val files are all good)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {"good": [], "broken": [], "stray": []}
+
+    def save(rel: str, write, kind: str = "good") -> None:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write(p)
+        if rel.startswith("train/"):
+            out[kind].append(p)
+
+    for split in ("train", "val") if val else ("train",):
+        for cls in ("cat", "dog"):
+            n = 6 if split == "train" else 3
+            for i in range(n):
+                save(f"{split}/{cls}/rgb{i}.png", lambda p: _rgb(rng, 40, 36).save(p))
+            save(f"{split}/{cls}/photo.jpg", lambda p: _rgb(rng, 120, 90).save(p, quality=90))
+            save(f"{split}/{cls}/grey.png", lambda p: _rgb(rng).convert("L").save(p))
+            save(f"{split}/{cls}/alpha.png", lambda p: _rgb(rng).convert("RGBA").save(p))
+            save(
+                f"{split}/{cls}/deep.png",
+                lambda p: Image.fromarray(rng.integers(0, 65536, (33, 31), dtype=np.uint16)).save(
+                    p
+                ),
+            )
+            save(f"{split}/{cls}/nested/more/n.bmp", lambda p: _rgb(rng).save(p))
+    save("train/cat/empty.png", lambda p: p.write_bytes(b""), "broken")
+    save("train/dog/notes.txt", lambda p: p.write_text("not an image"), "broken")
+    save("train/dog/cut.jpg", lambda p: p.write_bytes(_jpeg(rng)[:300]), "broken")
+    save("train/stray.png", lambda p: _rgb(rng).save(p), "stray")
+    (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not listed
+    return out
+
+
+def _jpeg(rng) -> bytes:
+    buf = io.BytesIO()
+    _rgb(rng, 200, 150).save(buf, "JPEG")
+    return buf.getvalue()

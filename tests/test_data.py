@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from cifar import cifar10 as C
 from cifar import data as D
 from cifar.synthetic import write_synthetic
 
 
 def test_reader_loads_generated_set(synthetic_dir):
-    d = D.load_cifar10(synthetic_dir)
+    d = C.load_cifar10(synthetic_dir)
     assert d.train_images.shape == (2000, 3, 32, 32) and d.train_images.dtype == torch.uint8
     assert d.test_images.shape == (600, 3, 32, 32)
     assert d.train_labels.dtype == torch.int64
@@ -28,12 +29,12 @@ def test_reader_loads_generated_set(synthetic_dir):
 
 def test_reader_matches_official_row_layout(tmp_path):
     """CIFAR rows are 1024 R, then 1024 G, then 1024 B values, row-major 32x32."""
-    bd = tmp_path / D.BATCH_DIR
+    bd = tmp_path / C.BATCH_DIR
     write_synthetic(tmp_path, 5, 1, seed=1)
     row = np.arange(3072, dtype=np.int64) % 251
     with open(bd / "test_batch", "wb") as f:
         pickle.dump({"data": row[None].astype(np.uint8), "labels": [7]}, f, protocol=2)
-    d = D.load_cifar10(tmp_path)
+    d = C.load_cifar10(tmp_path)
     img = d.test_images[0]
     assert int(img[1, 0, 0]) == 1024 % 251  # first green pixel
     assert int(img[0, 1, 0]) == 32  # second row of red
@@ -42,12 +43,12 @@ def test_reader_matches_official_row_layout(tmp_path):
 
 def test_generated_set_is_labelled_synthetic_and_official_files_are_detected(tmp_path):
     write_synthetic(tmp_path, 10, 5)
-    meta = D.safe_unpickle(tmp_path / D.BATCH_DIR / D.META_FILE)
-    assert meta["generator"] == D.SYNTHETIC_MARKER
+    meta = C.safe_unpickle(tmp_path / C.BATCH_DIR / C.META_FILE)
+    assert meta["generator"] == C.SYNTHETIC_MARKER
     meta.pop("generator")
-    with open(tmp_path / D.BATCH_DIR / D.META_FILE, "wb") as f:
+    with open(tmp_path / C.BATCH_DIR / C.META_FILE, "wb") as f:
         pickle.dump(meta, f)
-    assert D.load_cifar10(tmp_path).kind == "custom"  # not official MD5s, not marked
+    assert C.load_cifar10(tmp_path).kind == "custom"  # not official MD5s, not marked
 
 
 class _Evil:
@@ -60,22 +61,22 @@ def test_code_running_batch_pickle_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
     evil = _Evil()
     evil.marker = marker
-    with open(tmp_path / D.BATCH_DIR / "data_batch_2", "wb") as f:
+    with open(tmp_path / C.BATCH_DIR / "data_batch_2", "wb") as f:
         pickle.dump({"data": evil, "labels": [0]}, f, protocol=2)
     with pytest.raises(D.DataError, match=r"posix\.system|os\.system|refusing"):
-        D.load_cifar10(tmp_path)
+        C.load_cifar10(tmp_path)
     assert not marker.exists()
 
 
 def test_missing_and_corrupt_data_errors_say_what_to_do(tmp_path):
     with pytest.raises(D.DataError, match="--download") as e:
-        D.load_cifar10(tmp_path)
+        C.load_cifar10(tmp_path)
     assert "cifar.synthetic" in str(e.value)
     write_synthetic(tmp_path, 10, 5)
-    p = tmp_path / D.BATCH_DIR / "test_batch"
+    p = tmp_path / C.BATCH_DIR / "test_batch"
     p.write_bytes(p.read_bytes()[:100])
     with pytest.raises(D.DataError, match="corrupt or truncated"):
-        D.load_cifar10(tmp_path)
+        C.load_cifar10(tmp_path)
 
 
 # ---------------------------------------------------------------- download
@@ -84,10 +85,10 @@ def test_missing_and_corrupt_data_errors_say_what_to_do(tmp_path):
 def _archive(tmp_path: Path) -> tuple[Path, str]:
     src = tmp_path / "src"
     write_synthetic(src, 10, 5)
-    arc = tmp_path / "served" / D.CIFAR10_ARCHIVE
+    arc = tmp_path / "served" / C.CIFAR10_ARCHIVE
     arc.parent.mkdir()
     with tarfile.open(arc, "w:gz") as tar:
-        tar.add(src / D.BATCH_DIR, arcname=D.BATCH_DIR)
+        tar.add(src / C.BATCH_DIR, arcname=C.BATCH_DIR)
     return arc, hashlib.md5(arc.read_bytes()).hexdigest()
 
 
@@ -108,7 +109,7 @@ class _CountingServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{D.CIFAR10_ARCHIVE}"
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{C.CIFAR10_ARCHIVE}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -117,7 +118,7 @@ class _CountingServer:
 
 def _download(args):
     root, url, md5 = args
-    return str(D.download_cifar10(root, url=url, md5=md5))
+    return str(C.download_cifar10(root, url=url, md5=md5))
 
 
 def test_download_verifies_md5_extracts_and_runs_once_for_concurrent_workers(tmp_path):
@@ -129,7 +130,7 @@ def test_download_verifies_md5_extracts_and_runs_once_for_concurrent_workers(tmp
             out = list(ex.map(_download, [(root, server.url, md5)] * 3))
         assert server.hits == 1
         assert len(set(out)) == 1
-        assert D.load_cifar10(root).kind == "synthetic"
+        assert C.load_cifar10(root).kind == "synthetic"
     finally:
         server.close()
 
@@ -139,8 +140,8 @@ def test_download_with_wrong_md5_extracts_nothing(tmp_path):
     server = _CountingServer(arc.parent)
     try:
         with pytest.raises(D.DataError, match="MD5"):
-            D.download_cifar10(tmp_path / "d", url=server.url, md5="0" * 32)
-        assert not (tmp_path / "d" / D.BATCH_DIR).exists()
+            C.download_cifar10(tmp_path / "d", url=server.url, md5="0" * 32)
+        assert not (tmp_path / "d" / C.BATCH_DIR).exists()
         assert not list((tmp_path / "d").glob("*.part"))
     finally:
         server.close()
@@ -148,7 +149,7 @@ def test_download_with_wrong_md5_extracts_nothing(tmp_path):
 
 def test_offline_download_error_explains_how_to_provide_the_data(tmp_path):
     with pytest.raises(D.DataError, match="offline") as e:
-        D.download_cifar10(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+        C.download_cifar10(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
     assert "cifar.synthetic" in str(e.value)
 
 
@@ -215,7 +216,7 @@ def test_normalize_without_stats_is_totensor():
 
 
 def test_channel_stats_match_numpy(synthetic_dir):
-    d = D.load_cifar10(synthetic_dir)
+    d = C.load_cifar10(synthetic_dir)
     mean, std = d.channel_stats()
     a = d.train_images.numpy().astype(np.float64) / 255
     assert np.allclose(mean, a.mean(axis=(0, 2, 3)), atol=1e-5)
@@ -226,5 +227,5 @@ def test_synthetic_cli_writes_requested_sizes(tmp_path):
     from cifar.synthetic import main
 
     main([str(tmp_path), "--train", "50", "--test", "7", "--seed", "2"])
-    d = D.load_cifar10(tmp_path)
+    d = C.load_cifar10(tmp_path)
     assert len(d.train_labels) == 50 and len(d.test_labels) == 7

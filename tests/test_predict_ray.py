@@ -14,8 +14,9 @@ from torch import nn
 
 from cifar.bulk import PredictConfig, preflight, read_results, run
 from cifar.checkpoint import CheckpointError, save_checkpoint
+from cifar.cifar10 import load_cifar10
 from cifar.cli import ConfigError
-from cifar.data import TensorImageDataset, load_cifar10, train_loader
+from cifar.data import TensorImageDataset, train_loader
 from cifar.model import ARCH, build_model
 from cifar.predict import Classifier, classify_files
 from cifar.train import Batching, TrainConfig, make_optimizer, make_scheduler, train_one_epoch

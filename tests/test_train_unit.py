@@ -9,7 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from cifar.data import TensorImageDataset, eval_loader, load_cifar10, train_loader
+from cifar.cifar10 import load_cifar10
+from cifar.data import TensorImageDataset, eval_loader, train_loader
 from cifar.model import build_model
 from cifar.train import (
     Batching,
