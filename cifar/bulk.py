@@ -8,109 +8,70 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import json
 import logging
 import os
-import shutil
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cifar.checkpoint import load_model
-from cifar.cli import ConfigError
+from cifar import storage
+from cifar.checkpoint import LoadedModel, load_model
+from cifar.config import Config, ConfigError, opt
+from cifar.device import PRECISIONS
 from cifar.images import IMAGE_EXTENSIONS, decode_batch
-from cifar.predict import PRECISIONS, BatchPredictor
-from cifar.storage import filesystem, write_text
+from cifar.predict import BatchPredictor
+from cifar.results import FORMATS, read_results, summarize, write_summary
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("parquet", "csv", "jsonl")
-_SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".json"}
-SUMMARY_FILE = "summary.json"
+io_opt, scale_opt, output_opt = (partial(opt, group=g) for g in ("data", "scale", "results"))
 
 
 @dataclass
-class PredictConfig:
-    model: str | None = field(
-        default=None, metadata={"help": "run dir, checkpoint dir, model/ dir or .pt/.pth file"}
-    )
-    input: list[str] | None = field(
-        default=None,
-        metadata={"help": "folder (recursive), file, glob or URI; repeatable", "metavar": "IN"},
-    )
-    output: str | None = field(default=None, metadata={"help": "output folder", "metavar": "OUT"})
-    format: str = field(default="parquet", metadata={"choices": FORMATS, "help": "result format"})
-    batch_size: int = field(default=256, metadata={"help": "images per inference batch"})
-    num_actors: str = field(
-        default="auto",
-        metadata={
-            "help": "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with "
-            "GPUs, else 1 per 4 CPUs, at least 1)"
-        },
-    )
-    gpus_per_actor: float | None = field(
-        default=None,
-        metadata={"help": "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)"},
-    )
-    cpus_per_actor: float | None = field(
-        default=None,
-        metadata={
-            "help": "CPUs per inference actor = its torch threads on CPU (default: 1, or what "
-            "is left beside decoding on a cluster smaller than 2 CPUs)"
-        },
-    )
-    top_k: int = field(default=3, metadata={"help": "top-k classes to write"})
-    precision: str = field(
-        default="auto",
-        metadata={
-            "choices": PRECISIONS,
-            "help": "auto: bf16 on GPUs and bf16-capable CPUs; "
-            "fp32: exactly the tutorial's arithmetic",
-        },
-    )
-    extensions: str | None = field(
-        default=None,
-        metadata={
-            "help": "only these extensions, e.g. 'jpg,png' (others are skipped and "
-            "counted); default: every file"
-        },
-    )
-    labels_from_dirs: bool = field(
-        default=False,
-        metadata={"help": "folders are named after classes: report accuracy + confusion matrix"},
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace results already in OUT"})
-    files_per_block: int = field(
-        default=1024, metadata={"help": "files per Ray Data block (decode task)"}
-    )
+class PredictConfig(Config):
+    # fmt: off
+    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file")
+    input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN")  # noqa: E501, RUF009
+    output: str | None = io_opt(None, "output folder", metavar="OUT")
+    extensions: str | None = io_opt(None, "only these extensions, e.g. 'jpg,png' (others are skipped and counted); default: every file")  # noqa: E501
+    labels_from_dirs: bool = io_opt(False, "folders are named after classes: report accuracy + confusion matrix")  # noqa: E501
+    format: str = output_opt("parquet", "result format", choices=tuple(FORMATS))
+    top_k: int = output_opt(3, "top-k classes to write")
+    overwrite: bool = output_opt(False, "replace results already in OUT")
+    batch_size: int = scale_opt(256, "images per inference batch")
+    num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else about 2/3 of the CPUs)")  # noqa: E501
+    gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
+    cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1, or what is left beside decoding on a cluster smaller than 2 CPUs)")  # noqa: E501
+    precision: str = scale_opt("auto", "auto: bf16 on GPUs and bf16-capable CPUs; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
+    files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")
+    # fmt: on
 
-    def validate(self) -> None:
-        errors = []
-        if not self.model:
-            errors.append("--model is required")
-        if not self.input:
-            errors.append("at least one --input is required")
-        if not self.output:
-            errors.append("--output is required")
-        if self.batch_size < 1:
-            errors.append(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.top_k < 1:
-            errors.append(f"--top-k must be at least 1 (got {self.top_k})")
-        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            errors.append("--gpus-per-actor must be >= 0")
-        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
-            errors.append("--cpus-per-actor must be > 0")
-        if self.files_per_block < 1:
-            errors.append("--files-per-block must be at least 1")
+    def checks(self) -> list[tuple[bool, str]]:
         try:
             parse_actors(self.num_actors)
+            actors_error = ""
         except ValueError as e:
-            errors.append(str(e))
-        if errors:
-            raise ConfigError("; ".join(errors) + ".")
+            actors_error = str(e)
+        return [
+            (bool(self.model), "--model is required"),
+            (bool(self.input), "at least one --input is required"),
+            (bool(self.output), "--output is required"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.top_k >= 1, f"--top-k must be at least 1 (got {self.top_k})"),
+            (
+                self.gpus_per_actor is None or self.gpus_per_actor >= 0,
+                "--gpus-per-actor must be >= 0",
+            ),
+            (
+                self.cpus_per_actor is None or self.cpus_per_actor > 0,
+                "--cpus-per-actor must be > 0",
+            ),
+            (self.files_per_block >= 1, "--files-per-block must be at least 1"),
+            (not actors_error, actors_error),
+        ]
 
 
 def parse_actors(spec: str) -> tuple[int, int] | None:
@@ -130,30 +91,28 @@ def parse_actors(spec: str) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- listing
 
 
-def _has_magic(s: str) -> bool:
-    return any(c in s for c in "*?[")
+def _magic_at(s: str) -> int:
+    """Index of the first glob character in ``s``, or -1."""
+    found = [s.find(c) for c in "*?[" if c in s]
+    return min(found) if found else -1
 
 
 def _list_uri(uri: str) -> tuple[list[str], str]:
     """(files, root) for a URI: a file, a prefix (recursive) or a glob."""
-    import pyarrow.fs
-
-    fs, path = filesystem(uri)
-    scheme = uri.split("://", 1)[0]
+    scheme, path = uri.split("://", 1)
     pattern = None
-    if _has_magic(path):
+    if _magic_at(path) >= 0:
         pattern = path
-        path = path[: min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
-    info = fs.get_file_info(path)
-    root = path
-    if info.type == pyarrow.fs.FileType.File:
+        path = path[: _magic_at(path)].rsplit("/", 1)[0]
+    base = f"{scheme}://{path}"
+    if storage.is_dir(base):
+        found = [f"{path.rstrip('/')}/{e.rel}" for e in storage.list_files(base, hidden=True)]
+        root = path
+    elif storage.exists(base):
         found = [path]
         root = path.rsplit("/", 2)[0] if path.count("/") >= 2 else ""
-    elif info.type == pyarrow.fs.FileType.Directory:
-        sel = pyarrow.fs.FileSelector(path, recursive=True)
-        found = [i.path for i in fs.get_file_info(sel) if i.type == pyarrow.fs.FileType.File]
     else:
-        found = []
+        found, root = [], path
     if pattern is not None:
         found = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
     return [f"{scheme}://{p}" for p in sorted(found)], f"{scheme}://{root}"
@@ -166,8 +125,8 @@ def _list_local(spec: str) -> tuple[list[str], str]:
         return [str(p.resolve())], str(p.resolve().parent.parent)
     if p.is_dir():
         return sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file()), str(p.resolve())
-    if _has_magic(spec):
-        head = spec[: min(spec.find(c) for c in "*?[" if c in spec)]
+    if _magic_at(spec) >= 0:
+        head = spec[: _magic_at(spec)]
         root = Path(head).expanduser() if head.endswith("/") else Path(head).expanduser().parent
         found = sorted(str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True))
         return [f for f in found if Path(f).is_file()], str(root.resolve())
@@ -199,7 +158,7 @@ def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
     seen: dict[str, str] = {}
     missing = []
     for spec in inputs:
-        found, root = _list_uri(spec) if "://" in spec else _list_local(spec)
+        found, root = _list_uri(spec) if storage.is_uri(spec) else _list_local(spec)
         if not found:
             missing.append(spec)
         for f in found:
@@ -212,65 +171,42 @@ def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
     if missing:
         log.warning("no files found for %s", ", ".join(missing))
     files = sorted(seen)
-    if not extensions:
-        return Inputs(files, [seen[f] for f in files], 0)
-    wanted = tuple("." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip())
-    kept = [f for f in files if f.lower().endswith(wanted)]
-    if not kept:
-        raise ConfigError(
-            f"none of the {len(files)} files found has an extension in {wanted}. Known image "
-            f"extensions: {', '.join(IMAGE_EXTENSIONS)}."
+    kept = files
+    if extensions:
+        wanted = tuple(
+            "." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip()
         )
+        kept = [f for f in files if f.lower().endswith(wanted)]
+        if not kept:
+            raise ConfigError(
+                f"none of the {len(files)} files found has an extension in {wanted}. Known "
+                f"image extensions: {', '.join(IMAGE_EXTENSIONS)}."
+            )
     return Inputs(kept, [seen[f] for f in kept], len(files) - len(kept))
 
 
 # --------------------------------------------------------------------------- output folder
 
 
-def prepare_output(output: str, overwrite: bool, check_only: bool = False) -> None:
-    """Refuse an output that holds results (unless --overwrite) or that cannot be written;
-    unless ``check_only``, clear it (with --overwrite) and create it."""
-    if "://" in output:
-        import pyarrow.fs
-
-        fs, path = filesystem(output)
-        entries = []
-        if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
-            entries = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=False))
-        if entries and not overwrite:
-            raise ConfigError(
-                f"--output {output} already holds {len(entries)} entries. Pass --overwrite "
-                "to replace them, or choose another --output."
-            )
-        if not check_only:
-            if entries:
-                fs.delete_dir_contents(path)
-            fs.create_dir(path, recursive=True)
-        return
-    out = Path(output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file; pass a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuse an output that holds results (unless --overwrite) or that cannot be written."""
+    if not storage.is_uri(output):
+        out = Path(output).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output {out} is a file; pass a folder path.")
+        probe_dir = out if out.is_dir() else next(p for p in out.parents if p.exists())
+        if not os.access(probe_dir, os.W_OK):
+            raise ConfigError(f"--output {out} is not writable. Choose a folder you can write.")
+    if storage.is_dir(output) and storage.has_entries(output) and not overwrite:
         raise ConfigError(
-            f"--output {out} already holds results. Pass --overwrite to replace them, "
+            f"--output {output} already holds results. Pass --overwrite to replace them, "
             "or choose another --output."
         )
-    probe_dir = out if out.is_dir() else next(p for p in out.parents if p.exists())
-    if not os.access(probe_dir, os.W_OK):
-        raise ConfigError(f"--output {out} is not writable. Choose a folder you can write.")
-    if check_only:
-        return
-    if out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--output {out} cannot be created ({e.strerror or e}).") from None
 
 
 @dataclass
 class Preflight:
-    model: Any  # LoadedModel
+    model: LoadedModel
     files: list[str]
     skipped: int
     seconds: float = 0.0
@@ -289,7 +225,7 @@ def preflight(cfg: PredictConfig) -> Preflight:
             label_from_dirs(f, r, loaded.classes)
             for f, r in zip(found.files, found.roots, strict=True)
         ]
-    prepare_output(cfg.output, cfg.overwrite, check_only=True)
+    check_output(cfg.output, cfg.overwrite)
     return Preflight(loaded, found.files, found.skipped, time.perf_counter() - t0, labels)
 
 
@@ -406,79 +342,8 @@ def build_dataset(
 def write(ds, cfg: PredictConfig, plan: Plan) -> None:
     # Writers are light (WRITE_CPUS) and at most one per actor, so they run while the actors
     # work instead of queueing up behind them, and Ray starts few processes for them.
-    writer = {"parquet": ds.write_parquet, "csv": ds.write_csv, "jsonl": ds.write_json}
-    writer[cfg.format](
-        cfg.output, ray_remote_args={"num_cpus": plan.write_cpus}, concurrency=plan.actors[1]
-    )
-
-
-def read_results(output: str, fmt: str):
-    """The written result files back as one pyarrow Table (summary.json excluded)."""
-    import pyarrow.dataset as pds
-
-    fs = None
-    base = output
-    if "://" in output:
-        fs, base = filesystem(output)
-    pa_format = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}[fmt]
-    suffix = _SUFFIX[fmt]
-    import pyarrow.fs
-
-    fs = fs or pyarrow.fs.LocalFileSystem()
-    files = [
-        i.path
-        for i in fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
-        if i.type == pyarrow.fs.FileType.File
-        and i.path.endswith(suffix)
-        and i.base_name != SUMMARY_FILE
-    ]
-    return pds.dataset(sorted(files), format=pa_format, filesystem=fs).to_table()
-
-
-def summarize(
-    table, cfg: PredictConfig, files: int, skipped: int, seconds: float, model_meta: dict
-) -> dict[str, Any]:
-    names = table.column("class_name").to_pylist()
-    errors = table.column("error").to_pylist()
-    paths = table.column("path").to_pylist()
-    predicted = sum(e is None for e in errors)
-    summary: dict[str, Any] = {
-        "files": files,
-        "rows": table.num_rows,
-        "predicted": predicted,
-        "errors": table.num_rows - predicted,
-        "skipped": skipped,
-        "seconds": seconds,
-        "images_per_s": files / seconds if seconds > 0 else None,
-        "output": cfg.output,
-        "format": cfg.format,
-        "model": cfg.model,
-        "model_meta": {k: v for k, v in model_meta.items() if k != "config"},
-        "class_histogram": dict(sorted(Counter(n for n in names if n is not None).items())),
-        "error_examples": [
-            {"path": p, "error": e} for p, e in zip(paths, errors, strict=True) if e is not None
-        ][:20],
-    }
-    if cfg.labels_from_dirs:
-        classes = list(model_meta["classes"])
-        labels = table.column("label").to_pylist()
-        pairs = [
-            (lab, pred)
-            for lab, pred, err in zip(labels, names, errors, strict=True)
-            if lab is not None and err is None
-        ]
-        idx = {c: i for i, c in enumerate(classes)}
-        confusion = [[0] * len(classes) for _ in classes]
-        for lab, pred in pairs:
-            confusion[idx[lab]][idx[pred]] += 1
-        summary["labelled"] = len(pairs)
-        summary["accuracy"] = (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None
-        summary["confusion_matrix"] = {"classes": classes, "rows_true_cols_pred": confusion}
-    return summary
-
-
-def write_summary(output: str, summary: dict[str, Any]) -> None:
-    write_text(f"{output.rstrip('/')}/{SUMMARY_FILE}", json.dumps(summary, indent=2, default=str))
+    writer = getattr(ds, FORMATS[cfg.format].writer)
+    writer(cfg.output, ray_remote_args={"num_cpus": plan.write_cpus}, concurrency=plan.actors[1])
 
 
 def run(
@@ -495,7 +360,7 @@ def run(
     (``ray_start_seconds``, when the caller passes it) are reported apart."""
     pre = pre or preflight(cfg)
     plan = plan_resources(cfg, cluster_cpus, cluster_gpus)
-    prepare_output(cfg.output, cfg.overwrite)
+    storage.clear_dir(cfg.output)
     log.info(
         "classifying %d files (%d skipped) with %s-%s actors on %s",
         len(pre.files),
@@ -507,10 +372,16 @@ def run(
     write(build_dataset(cfg, pre.files, plan, pre.labels), cfg, plan)
     seconds = time.perf_counter() - t0
     table = read_results(cfg.output, cfg.format)
-    summary = summarize(table, cfg, len(pre.files), pre.skipped, seconds, pre.model.meta)
-    summary["preflight_seconds"] = pre.seconds
-    summary["ray_start_seconds"] = ray_start_seconds
-    summary["config"] = asdict(cfg)
+    summary = summarize(
+        table,
+        cfg.to_dict(),
+        len(pre.files),
+        pre.skipped,
+        seconds,
+        pre.model.meta,
+        preflight_seconds=pre.seconds,
+        ray_start_seconds=ray_start_seconds,
+    )
     write_summary(cfg.output, summary)
     if summary["rows"] != len(pre.files):
         raise RuntimeError(

@@ -17,8 +17,8 @@ import pickle
 import platform
 import re
 import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,18 +156,34 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{p} is not valid JSON ({e}).") from None
 
 
-def tutorial_meta(relu: bool = False, num_classes: int = len(CIFAR10_CLASSES)) -> dict[str, Any]:
-    """Metadata for a bare state_dict: the tutorial's preprocessing and CIFAR-10 class names."""
-    classes = list(CIFAR10_CLASSES) if num_classes == len(CIFAR10_CLASSES) else None
+def model_meta(
+    classes: Sequence[str],
+    relu: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What ``meta.json`` must say to rebuild a model and feed it: architecture, variant,
+    classes (index = output), input normalization (None: the tutorial's ToTensor), image size;
+    ``extra`` adds run details (epoch, metrics, config, versions, dataset)."""
     return {
         "arch": ARCH,
         "relu": relu,
-        "num_classes": num_classes,
-        "classes": classes or [str(i) for i in range(num_classes)],
-        "normalize": None,  # tutorial: Resize((32, 32)) + ToTensor(), no normalization
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "normalize": {"mean": list(mean), "std": list(std)} if mean is not None else None,
         "image_size": IMAGE_SIZE,
-        "source": "bare state_dict (tutorial preprocessing assumed)",
+        **extra,
     }
+
+
+def tutorial_meta(relu: bool = False, num_classes: int = len(CIFAR10_CLASSES)) -> dict[str, Any]:
+    """Metadata for a bare state_dict: the tutorial's preprocessing and CIFAR-10 class names."""
+    if num_classes == len(CIFAR10_CLASSES):
+        classes = list(CIFAR10_CLASSES)
+    else:
+        classes = [str(i) for i in range(num_classes)]
+    return model_meta(classes, relu, source="bare state_dict (tutorial preprocessing assumed)")
 
 
 @dataclass
@@ -175,8 +191,6 @@ class LoadedModel:
     model: nn.Module
     meta: dict[str, Any]
     path: str
-    state_dict_path: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -299,4 +313,4 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     sd = load_state_dict_file(sd_path)
     model, meta = build_from_state_dict(sd, meta, str(sd_path))
     model.to(device).eval()
-    return LoadedModel(model=model, meta=meta, path=str(path), state_dict_path=str(sd_path))
+    return LoadedModel(model=model, meta=meta, path=str(path))

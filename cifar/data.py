@@ -56,14 +56,18 @@ class ImageData:
             out[split] = dict(zip(self.classes, counts, strict=True))
         return out
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The splits by name, as :func:`cifar.engine.build` takes them."""
+        return {
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+            "test_images": self.test_images,
+            "test_labels": self.test_labels,
+        }
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The tensors as numpy arrays, for Ray's object store (zero-copy on a node)."""
-        return {
-            "train_images": self.train_images.numpy(),
-            "train_labels": self.train_labels.numpy(),
-            "test_images": self.test_images.numpy(),
-            "test_labels": self.test_labels.numpy(),
-        }
+        return {k: v.numpy() for k, v in self.tensors().items()}
 
 
 def tensors_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

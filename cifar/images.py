@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar.storage import read_bytes
 
-IMAGE_SIZE = 32  # what CIFAR10-quick sees; cifar.model re-exports it
+IMAGE_SIZE = 32  # what CIFAR10-quick sees
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

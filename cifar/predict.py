@@ -1,5 +1,5 @@
-"""Prediction: one decode/preprocess function, one classifier, used by both the single-image CLI
-and the Ray Data batch job.
+"""Prediction: one classifier (a loaded model plus the preprocessing its metadata asks for),
+used by the single-image command and, as a Ray Data callable, by the bulk job.
 
     python -m cifar.predict --model MODEL IMAGE [IMAGE ...]
 
@@ -21,27 +21,11 @@ import numpy as np
 import torch
 
 from cifar.checkpoint import CheckpointError, LoadedModel, load_model
-from cifar.data import normalize
-from cifar.images import load_image_file
+from cifar.device import PRECISIONS, resolve_compute
+from cifar.images import decode_batch
+from cifar.results import prediction_columns, result_schema
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- classifying
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> bool:
-    """True for bf16 autocast. ``auto``: bf16 on GPUs and on CPUs with bf16 instructions."""
-    from cifar.train import cpu_has_native_bf16
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return device.type == "cuda" or cpu_has_native_bf16()
-    return precision == "bf16"
 
 
 class Classifier:
@@ -50,11 +34,8 @@ class Classifier:
     def __init__(
         self, model: LoadedModel, device: torch.device | str = "cpu", precision: str = "fp32"
     ) -> None:
-        self.device = torch.device(device)
-        self.amp = resolve_precision(precision, self.device)
-        self.loaded = model
-        # channels_last: 2x the images/s of the default layout on CPU (CIFAR10-quick, batch 256)
-        self.model = model.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.compute = resolve_compute(device, precision)
+        self.model = self.compute.place(model.model).eval()
         self.classes = model.classes
         self.mean, self.std = model.mean, model.std
 
@@ -67,68 +48,25 @@ class Classifier:
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[B, 3, 32, 32]`` -> softmax probabilities ``[B, classes]`` (float32)."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
-        x = normalize(x, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        x = self.compute.inputs(torch.from_numpy(np.ascontiguousarray(images)), self.mean, self.std)
         # On CPU the pools as strided maxima (identical values, ~1.6x the images/s); on GPU
         # cuDNN's pooling is already cheap.
-        forward = self.model.forward_inference if self.device.type == "cpu" else self.model
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        cpu = self.compute.device.type == "cpu"
+        forward = self.model.forward_inference if cpu else self.model
+        with self.compute.autocast():
             logits = forward(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-
-def prediction_columns(
-    probs: np.ndarray, ok: np.ndarray, classes: Sequence[str], top_k: int
-) -> dict[str, Any]:
-    """Result columns (pyarrow arrays) for a batch; ``probs`` has one row per ``ok`` row and the
-    failed rows are null. Vectorized: building them row by row in Python cost as much as the
-    forward pass of a small image."""
-    import pyarrow as pa
-
-    n, k = len(ok), min(top_k, len(classes))
-    rows = np.flatnonzero(ok)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    names = np.asarray(classes, dtype=object)
-    null = ~ok
-
-    def spread(values: np.ndarray, fill) -> np.ndarray:
-        out = np.full(n, fill, dtype=values.dtype)
-        out[rows] = values
-        return out
-
-    def column(j: int) -> tuple[pa.Array, pa.Array]:
-        idx = order[:, j]
-        name = pa.array(spread(names[idx], None), type=pa.string(), mask=null)
-        prob = spread(np.take_along_axis(probs, idx[:, None], 1)[:, 0].astype(np.float64), 0.0)
-        return name, pa.array(prob, type=pa.float64(), mask=null)
-
-    tops = [column(j) for j in range(k)]
-    cols: dict[str, Any] = {
-        "class_index": pa.array(spread(order[:, 0].astype(np.int64), 0), mask=null),
-        "class_name": tops[0][0],
-        "confidence": tops[0][1],
-    }
-    for j, (name, prob) in enumerate(tops, start=1):
-        cols[f"top{j}_class"], cols[f"top{j}_prob"] = name, prob
-    return cols
-
-
-def result_schema(top_k: int, num_classes: int, with_label: bool):
-    """The output columns, typed, so every block (even one of only errors) has one schema."""
-    import pyarrow as pa
-
-    fields = [
-        ("path", pa.string()),
-        ("class_index", pa.int64()),
-        ("class_name", pa.string()),
-        ("confidence", pa.float64()),
-    ]
-    for j in range(1, min(top_k, num_classes) + 1):
-        fields += [(f"top{j}_class", pa.string()), (f"top{j}_prob", pa.float64())]
-    if with_label:
-        fields.append(("label", pa.string()))
-    fields.append(("error", pa.string()))
-    return pa.schema(fields)
+    def predict(self, batch: dict[str, np.ndarray], top_k: int) -> dict[str, Any]:
+        """A decoded batch (``decode_batch``'s ``image``/``error``) -> result columns; rows that
+        failed to decode get null predictions."""
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        probs = (
+            self.probabilities(batch["image"][ok])
+            if ok.any()
+            else np.zeros((0, len(self.classes)), dtype=np.float32)
+        )
+        return prediction_columns(probs, ok, self.classes, top_k)
 
 
 class BatchPredictor:
@@ -154,19 +92,11 @@ class BatchPredictor:
         """``{"path", "image", "error"}`` -> a pyarrow Table of results, one row per input row."""
         import pyarrow as pa
 
-        errors = [str(e) or None for e in batch["error"]]
-        paths = [str(p) for p in batch["path"]]
-        ok = np.array([e is None for e in errors], dtype=bool)
-        probs = (
-            self.classifier.probabilities(batch["image"][ok])
-            if ok.any()
-            else np.zeros((0, len(self.classifier.classes)), dtype=np.float32)
-        )
-        cols: dict[str, Any] = {"path": paths}
-        cols.update(prediction_columns(probs, ok, self.classifier.classes, self.top_k))
+        cols: dict[str, Any] = {"path": [str(p) for p in batch["path"]]}
+        cols.update(self.classifier.predict(batch, self.top_k))
         if self.label_dirs:  # labels read from the folders by the driver (bulk.label_from_dirs)
             cols["label"] = [None if v is None else str(v) for v in batch["label"]]
-        cols["error"] = errors
+        cols["error"] = [str(e) or None for e in batch["error"]]
         return pa.table(cols, schema=self.schema)
 
 
@@ -182,31 +112,19 @@ class ImageResult:
     error: str | None
 
 
-def classify_files(
-    classifier: Classifier, paths: Sequence[str], top_k: int = 1
-) -> list[ImageResult]:
-    """The single-image path: same decode, same preprocessing, same classifier as the job."""
+def classify_files(classifier: Classifier, paths: Sequence[str]) -> list[ImageResult]:
+    """The single-image path: the job's decode (``decode_batch``), preprocessing and
+    classifier, one file after another."""
     results = []
     for p in paths:
-        try:
-            img = load_image_file(p)
-        except ValueError as e:
-            results.append(ImageResult(p, None, None, None, str(e)))
+        batch = decode_batch({"path": np.array([p], dtype=object)})
+        error = str(batch["error"][0])
+        if error:
+            results.append(ImageResult(p, None, None, None, error))
             continue
-        except OSError as e:
-            results.append(ImageResult(p, None, None, None, f"cannot read file: {e.strerror or e}"))
-            continue
-        probs = classifier.probabilities(img[None])
-        cols = prediction_columns(probs, np.array([True]), classifier.classes, top_k)
-        results.append(
-            ImageResult(
-                p,
-                cols["class_name"][0].as_py(),
-                cols["class_index"][0].as_py(),
-                cols["confidence"][0].as_py(),
-                None,
-            )
-        )
+        probs = classifier.probabilities(batch["image"])[0]
+        top = int(np.argmax(probs))
+        results.append(ImageResult(p, classifier.classes[top], top, float(probs[top]), None))
     return results
 
 

@@ -35,7 +35,7 @@ def filesystem(uri: str) -> tuple[Any, str]:
     return _FS_CACHE[key], rest
 
 
-def _fs_path(path: str) -> tuple[Any, str]:
+def fs_path(path: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path in it) for a local path (made absolute) or a URI."""
     if is_uri(path):
         return filesystem(path)
@@ -57,7 +57,7 @@ def list_dirs(path: str) -> list[str]:
     """Names of the folders directly inside ``path`` (sorted; hidden ones left out)."""
     import pyarrow.fs
 
-    fs, p = _fs_path(path)
+    fs, p = fs_path(path)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(p, recursive=False))
     return sorted(
         i.base_name
@@ -66,23 +66,38 @@ def list_dirs(path: str) -> list[str]:
     )
 
 
-def list_files(path: str) -> list[FileEntry]:
+def list_files(path: str, hidden: bool = False) -> list[FileEntry]:
     """Every file below the folder ``path``, recursively, sorted by relative path. Hidden files
-    and folders (a leading ``.``, like ``.DS_Store`` or caches) are left out."""
+    and folders (a leading ``.``, like ``.DS_Store`` or caches) are left out unless ``hidden``."""
     import pyarrow.fs
 
-    fs, p = _fs_path(path)
+    fs, p = fs_path(path)
     base = p.rstrip("/") + "/"
     out = []
     for i in fs.get_file_info(pyarrow.fs.FileSelector(p, recursive=True)):
         if i.type != pyarrow.fs.FileType.File:
             continue
         rel = i.path[len(base) :] if i.path.startswith(base) else i.base_name
-        if any(part.startswith(".") for part in rel.split("/")):
+        if not hidden and any(part.startswith(".") for part in rel.split("/")):
             continue
         out.append(FileEntry(rel, int(i.size or 0), int(i.mtime_ns or 0)))
     out.sort(key=lambda e: e.rel)
     return out
+
+
+def has_entries(path: str) -> bool:
+    """True if the folder ``path`` holds anything (a file or folder, hidden or not)."""
+    import pyarrow.fs
+
+    fs, p = fs_path(path)
+    return bool(fs.get_file_info(pyarrow.fs.FileSelector(p, recursive=False)))
+
+
+def clear_dir(path: str) -> None:
+    """Make ``path`` an empty folder: create it, or delete what it holds."""
+    fs, p = fs_path(path)
+    fs.create_dir(p, recursive=True)
+    fs.delete_dir_contents(p)
 
 
 def join(path: str, rel: str) -> str:

@@ -15,7 +15,7 @@ import sys
 
 from cifar.bulk import PredictConfig, default_ray_init, preflight, run
 from cifar.checkpoint import CheckpointError
-from cifar.cli import ConfigError, build_parser, make_config, parse_explicit, run_main
+from cifar.config import ConfigError, build_parser, make_config, parse_explicit, run_main
 from cifar.raycluster import cluster_info
 
 

@@ -17,10 +17,11 @@ import os
 import sys
 
 from cifar.checkpoint import CheckpointError
-from cifar.cli import ConfigError, build_parser, parse_explicit, run_main
+from cifar.config import ConfigError, build_parser, parse_explicit, run_main
 from cifar.data import DataError
 from cifar.raycluster import cluster_info
-from cifar.train import TrainConfig, TrainingError, resolve_config, run
+from cifar.train import TrainingError, run
+from cifar.train_config import TrainConfig, resolve_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar.bulk import PredictConfig, run
-from cifar.checkpoint import save_checkpoint
-from cifar.model import ARCH, CIFAR10_CLASSES, build_model
+from cifar.checkpoint import model_meta, save_checkpoint
+from cifar.model import CIFAR10_CLASSES, build_model
 
 
 def make_small(folder: Path, n: int, rng) -> None:
@@ -104,18 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:  # GBs at --small 100000
         root = Path(tmp)
         model_dir = root / "model"
-        save_checkpoint(
-            model_dir,
-            build_model(),
-            {
-                "arch": ARCH,
-                "relu": False,
-                "num_classes": 10,
-                "classes": list(CIFAR10_CLASSES),
-                "normalize": None,
-                "image_size": 32,
-            },
-        )
+        save_checkpoint(model_dir, build_model(), model_meta(CIFAR10_CLASSES))
         make_small(root / "small", args.small, rng)
         make_large(root / "large", args.large, rng)
 

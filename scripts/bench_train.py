@@ -31,18 +31,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar.cifar10 import load_cifar10
-from cifar.data import TensorImageDataset, eval_loader, train_loader
+from cifar.device import resolve_compute
+from cifar.engine import build, evaluate, train_one_epoch
 from cifar.model import build_model
 from cifar.synthetic import write_synthetic
-from cifar.train import (
-    TrainConfig,
-    batching_for,
-    epoch_generator,
-    evaluate,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from cifar.train_config import TrainConfig
 
 
 class TutorialCIFAR(torch.utils.data.Dataset):
@@ -94,44 +87,17 @@ def tutorial_loop(data, device, epochs, target):
 
 
 def project_loop(data, device, epochs, cfg: TrainConfig):
-    torch.manual_seed(cfg.seed)
-    store = device if device.type == "cuda" else torch.device("cpu")
-    tl = train_loader(
-        TensorImageDataset(data.train_images.to(store), data.train_labels.to(store)),
-        cfg.batch_size,
-        0,
-        1,
-        0,
-    )
-    el = eval_loader(
-        TensorImageDataset(data.test_images.to(store), data.test_labels.to(store)), 1024, 0, 1
-    )
-    mean, std = data.channel_stats()
-    b = batching_for(cfg, device, mean, std)  # the job's own --amp/--channels-last defaults
-    model = build_model().to(device)
-    if b.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    """The job's own loop (cifar.engine), built as the Ray Train worker builds it."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    opt = make_optimizer(model, cfg)
-    sch = make_scheduler(opt, cfg, len(tl))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mean, std = data.channel_stats()
+    compute = resolve_compute(device, cfg.precision, cfg.channels_last)  # the job's defaults
+    e = build(cfg, data.tensors(), len(data.classes), compute, mean, std)
     hist, spent, wall = [], 0.0, time.perf_counter()
-    for e in range(epochs):
-        tl.sampler.set_epoch(e)
-        st = train_one_epoch(
-            model,
-            tl,
-            opt,
-            sch,
-            loss_fn,
-            b,
-            cfg.augment,
-            epoch_generator(device, cfg.seed, 0, e),
-            grad_clip=cfg.grad_clip,
-        )
+    for epoch in range(epochs):
+        st = train_one_epoch(e, epoch)
+        acc = evaluate(e)["test_accuracy"]
         spent += st.seconds
-        acc = evaluate(model, el, b)["test_accuracy"]
         hist.append(
             {
                 "img_s": st.samples / st.seconds,
@@ -147,7 +113,7 @@ def ray_loop(data_dir, epochs, device, threads):
     import ray
 
     from cifar.raycluster import ClusterInfo
-    from cifar.train import TrainConfig, run
+    from cifar.train import run
 
     t0 = time.perf_counter()
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -217,9 +183,9 @@ def main() -> None:
         "epochs": a.epochs,
         "target_accuracy": a.target,
     }
-    b = batching_for(cfg, device, None, None)
-    res["project_amp"] = str(b.amp_dtype) if b.amp_dtype else "off"
-    res["project_channels_last"] = b.channels_last
+    c = resolve_compute(device, cfg.precision, cfg.channels_last)
+    res["project_precision"] = c.precision
+    res["project_channels_last"] = c.channels_last
     runs = {}
     if not a.skip_tutorial:
         runs["tutorial"] = tutorial_loop(data, device, a.epochs, a.target)

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +44,3 @@ def job_env(tmp_path) -> dict[str, str]:
     env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
     env.pop("RAY_ADDRESS", None)
     return env
-
-
-PYTHON = sys.executable

@@ -8,7 +8,7 @@ from torch import nn
 
 from cifar import checkpoint as C
 from cifar.model import build_model
-from tests.test_model import MyNetwork
+from tests.tutorial import MyNetwork
 
 
 def test_round_trip_restores_identical_outputs_and_meta(tmp_path):

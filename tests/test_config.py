@@ -1,8 +1,9 @@
 import pytest
 
-from cifar.cli import ConfigError, build_parser, parse_explicit
+from cifar.config import ConfigError, build_parser, parse_explicit
 from cifar.raycluster import ClusterInfo
-from cifar.train import TrainConfig, prepare_run, resolve_config, resolve_scale
+from cifar.train import prepare_run, resolve_scale
+from cifar.train_config import TrainConfig, resolve_config
 
 
 def _cfg(argv):
@@ -68,8 +69,8 @@ def test_use_gpu_without_gpus_fails_fast_and_defaults_follow_the_cluster():
     with pytest.raises(ConfigError, match="no GPUs"):
         resolve_scale(_cfg(["--use-gpu"]), ClusterInfo(cpus=8, gpus=0))
     assert resolve_scale(_cfg([]), ClusterInfo(cpus=8, gpus=2))[0] is True
-    use_gpu, cpus, threads = resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(8, 0))
-    assert (use_gpu, cpus, threads) == (False, 4, 4)
+    use_gpu, cpus = resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(8, 0))
+    assert (use_gpu, cpus) == (False, 4)  # cpus is also the torch threads
 
 
 def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):
@@ -96,3 +97,22 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
         _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--num-workers", "3"])
     )
     assert ok.num_workers == 3
+
+
+def test_one_precision_vocabulary_and_the_old_amp_spelling():
+    assert _cfg([]).precision == "auto"
+    assert _cfg(["--precision", "bf16"]).precision == "bf16"
+    assert _cfg(["--amp", "off"]).precision == "fp32"  # what --amp off always meant
+    with pytest.raises(SystemExit):
+        _cfg(["--precision", "fp16"])
+
+
+def test_flags_are_listed_in_groups():
+    text = build_parser(TrainConfig, "t", "d").format_help()
+    sections = {}
+    for group in ("data", "recipe", "scale", "run", "speed"):
+        assert f"\n{group}:\n" in text
+        sections[group] = text.split(f"\n{group}:\n", 1)[1].split("\n\n", 1)[0]
+    assert "--val-fraction" in sections["data"] and "--lr" in sections["recipe"]
+    assert "--num-workers" in sections["scale"] and "--precision" in sections["speed"]
+    assert "--lr" not in sections["data"]

@@ -222,8 +222,9 @@ def test_prediction_labels_follow_the_training_layout(path, root, want):
 
 
 def test_resume_refuses_data_with_other_classes(tmp_path):
-    from cifar.cli import ConfigError
-    from cifar.train import TrainConfig, check_classes
+    from cifar.config import ConfigError
+    from cifar.train import check_classes
+    from cifar.train_config import TrainConfig
 
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)

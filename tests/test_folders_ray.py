@@ -16,8 +16,8 @@ from cifar.checkpoint import load_model
 from cifar.images import decode_batch
 from cifar.raycluster import ClusterInfo
 from cifar.synthetic import write_folders
-from cifar.train import TrainConfig
 from cifar.train import run as train
+from cifar.train_config import TrainConfig
 
 pytestmark = pytest.mark.ray
 
@@ -48,7 +48,7 @@ def folder_run(ray_session, tmp_path_factory):
         storage_path=str(storage),
         name="pets",
         max_failures=0,
-        amp="off",  # the prediction below runs in fp32 too: identical arithmetic
+        precision="fp32",  # as the prediction below: identical arithmetic
     )
     summary = train(cfg, ClusterInfo(cpus=2, gpus=0))
     return data, storage / "pets", summary

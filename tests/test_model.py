@@ -3,27 +3,7 @@ import torch
 from torch import nn
 
 from cifar.model import CIFAR10_CLASSES, CifarQuick, build_model, infer_variant, max_pool_2x2
-
-
-class MyNetwork(nn.Module):
-    """The tutorial's model.py, verbatim."""
-
-    def __init__(self):
-        super().__init__()
-        self.model1 = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=5, stride=1, padding=2),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, kernel_size=5, stride=1, padding=2),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, kernel_size=5, stride=1, padding=2),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64 * 4 * 4, 64),
-            nn.Linear(64, 10),
-        )
-
-    def forward(self, x):
-        return self.model1(x)
+from tests.tutorial import MyNetwork
 
 
 def test_output_shape_matches_tutorial():

@@ -10,57 +10,35 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
-from cifar.bulk import PredictConfig, preflight, read_results, run
-from cifar.checkpoint import CheckpointError, save_checkpoint
+from cifar.bulk import PredictConfig, preflight, run
+from cifar.checkpoint import CheckpointError, model_meta, save_checkpoint
 from cifar.cifar10 import load_cifar10
-from cifar.cli import ConfigError
-from cifar.data import TensorImageDataset, train_loader
+from cifar.config import ConfigError
+from cifar.device import resolve_compute
+from cifar.engine import build, train_one_epoch
 from cifar.model import ARCH, build_model
 from cifar.predict import Classifier, classify_files
-from cifar.train import Batching, TrainConfig, make_optimizer, make_scheduler, train_one_epoch
-from tests.conftest import ROOT
+from cifar.results import read_results
+from cifar.train_config import TrainConfig
 from tests.images import make_image_tree
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def trained(synthetic_dir, tmp_path_factory):
-    """A model trained (plain loop, 3 epochs) on the synthetic set, saved as a checkpoint dir."""
+    """A model trained (the job's loop, 3 epochs, fp32) on the synthetic set, saved as a
+    checkpoint dir."""
     data = load_cifar10(synthetic_dir)
     mean, std = data.channel_stats()
-    cfg = TrainConfig(epochs=3, batch_size=64)
-    torch.manual_seed(0)
-    model = build_model()
-    tl = train_loader(TensorImageDataset(data.train_images, data.train_labels), 64, 0, 1, 0)
-    opt = make_optimizer(model, cfg)
-    sch = make_scheduler(opt, cfg, len(tl))
-    for e in range(cfg.epochs):
-        tl.sampler.set_epoch(e)
-        train_one_epoch(
-            model,
-            tl,
-            opt,
-            sch,
-            nn.CrossEntropyLoss(),
-            Batching(torch.device("cpu"), mean, std),
-            augment=False,
-        )
+    cfg = TrainConfig(epochs=3, batch_size=64, augment=False, label_smoothing=0.0, grad_clip=0.0)
+    e = build(cfg, data.tensors(), 10, resolve_compute("cpu", "fp32", False), mean, std)
+    for epoch in range(cfg.epochs):
+        train_one_epoch(e, epoch)
     d = tmp_path_factory.mktemp("model") / "model"
-    save_checkpoint(
-        d,
-        model,
-        {
-            "arch": ARCH,
-            "relu": False,
-            "num_classes": 10,
-            "classes": list(data.classes),
-            "normalize": {"mean": mean, "std": std},
-            "image_size": 32,
-        },
-    )
+    save_checkpoint(d, e.raw, model_meta(data.classes, False, mean, std))
     return d, data
 
 

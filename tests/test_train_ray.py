@@ -9,7 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cifar.checkpoint import load_model
 from cifar.raycluster import ClusterInfo
-from cifar.train import TrainConfig, TrainingError, run
+from cifar.train import TrainingError, run
+from cifar.train_config import TrainConfig
 
 pytestmark = pytest.mark.ray
 EPOCHS = 3
@@ -102,7 +103,7 @@ def test_interrupted_run_resumes_at_next_epoch_with_same_state(finished_run, syn
 def test_use_gpu_on_cpu_cluster_fails_before_starting(ray_session, synthetic_dir, tmp_path):
     import ray
 
-    from cifar.cli import ConfigError
+    from cifar.config import ConfigError
 
     cpus = ray.cluster_resources().get("CPU", 0)
     with pytest.raises(ConfigError, match="no GPUs"):

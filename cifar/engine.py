@@ -1,0 +1,240 @@
+"""Pure torch training: one :func:`build` of model, loaders, optimizer and schedule, then
+:func:`train_one_epoch` and :func:`evaluate`. No Ray here: the Ray Train worker
+(:mod:`cifar.worker`), the benchmark and the tests all call these, with their rank, world size
+and model wrapper, so a benchmark figure is a figure of the job's own loop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cifar.checkpoint import unwrap
+from cifar.data import TensorImageDataset, eval_loader, train_loader
+from cifar.device import Compute
+from cifar.model import build_model
+from cifar.train_config import TrainConfig
+
+EVAL_BATCH = 1024
+
+
+def distributed() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@dataclass
+class Engine:
+    """Everything one rank trains with."""
+
+    cfg: TrainConfig
+    model: nn.Module  # what runs forward/backward: maybe DDP-wrapped or compiled
+    raw: nn.Module  # the plain module inside: what checkpoints save
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: nn.Module
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    compute: Compute
+    mean: list[float] | None
+    std: list[float] | None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def restore(self, model: dict, optimizer: dict, scheduler: dict | None) -> None:
+        self.raw.load_state_dict(model)
+        self.optimizer.load_state_dict(optimizer)
+        if self.scheduler is not None and scheduler is not None:
+            self.scheduler.load_state_dict(scheduler)
+
+
+def build(
+    cfg: TrainConfig,
+    data: dict[str, torch.Tensor],
+    num_classes: int,
+    compute: Compute,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> Engine:
+    """Model (same initial weights on every rank), this rank's loaders over ``data``
+    (``train_images``/``train_labels``/``test_images``/``test_labels`` uint8/int64 tensors),
+    optimizer and schedule. ``wrap`` distributes the model (Ray's ``prepare_model``: DDP)."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed + rank)
+    model = compute.place(build_model(relu=cfg.relu, num_classes=num_classes))
+    if wrap is not None:
+        model = wrap(model)
+    raw = unwrap(model)
+    if cfg.compile:
+        model = torch.compile(model)
+    cuda = compute.device.type == "cuda"
+    store = compute.device if cuda else torch.device("cpu")  # small: keep it on the GPU
+
+    def dataset(split: str) -> TensorImageDataset:
+        return TensorImageDataset(
+            data[f"{split}_images"].to(store), data[f"{split}_labels"].to(store)
+        )
+
+    per_rank_batch = max(1, cfg.batch_size // world)
+    tl = train_loader(dataset("train"), per_rank_batch, rank, world, cfg.seed, cuda)
+    el = eval_loader(dataset("test"), EVAL_BATCH, rank, world, cuda)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    )
+    return Engine(
+        cfg=cfg,
+        model=model,
+        raw=raw,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, cfg, len(tl)),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        train_loader=tl,
+        eval_loader=el,
+        compute=compute,
+        mean=mean,
+        std=std,
+        rank=rank,
+        world=world,
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    total = cfg.epochs * steps_per_epoch + 1  # +1: the lr after the last step stays >= 0
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25, anneal_strategy="linear"
+        )
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def epoch_generator(device: torch.device, seed: int, rank: int, epoch: int) -> torch.Generator:
+    """Augmentation RNG: a pure function of (seed, rank, epoch), so a resumed epoch draws the same
+    crops and flips as an uninterrupted one, on every rank."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + rank * 10_007 + epoch) % (2**63))
+    return g
+
+
+@dataclass
+class EpochStats:
+    loss_sum: float  # sum over this rank's samples
+    samples: int
+    seconds: float
+    steps: int
+
+
+def train_one_epoch(
+    e: Engine, epoch: int, on_log: Callable[[int, float], None] | None = None
+) -> EpochStats:
+    """One pass over this rank's shard. ``on_log(step_in_epoch, mean_loss)`` every
+    ``cfg.log_every`` steps (the only host syncs besides the epoch total)."""
+    cfg, device = e.cfg, e.compute.device
+    e.train_loader.sampler.set_epoch(epoch)
+    generator = epoch_generator(device, cfg.seed, e.rank, epoch)
+    e.model.train()
+    loss_sum = torch.zeros((), device=device)
+    window = torch.zeros((), device=device)
+    samples = steps = 0
+    t0 = time.perf_counter()
+    for images, labels in e.train_loader:
+        x = e.compute.inputs(images, e.mean, e.std, cfg.augment, generator)
+        y = labels.to(device, non_blocking=True)
+        with e.compute.autocast():
+            logits = e.model(x)
+        loss = e.loss_fn(logits.float(), y)
+        e.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(e.model.parameters(), cfg.grad_clip)
+        e.optimizer.step()
+        if e.scheduler is not None:
+            e.scheduler.step()
+        detached = loss.detach()
+        loss_sum += detached * y.shape[0]
+        window += detached
+        samples += y.shape[0]
+        steps += 1
+        if on_log is not None and steps % cfg.log_every == 0:
+            on_log(steps, float(window) / cfg.log_every)
+            window.zero_()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return EpochStats(float(loss_sum), samples, time.perf_counter() - t0, steps)
+
+
+def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """Sum (or max) across ranks; the values themselves without a process group. float64, so
+    counts stay exact."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+@torch.inference_mode()
+def evaluate(e: Engine) -> dict[str, float]:
+    """Exact test loss/accuracy: each rank's loader covers a disjoint share (no padding), sums are
+    all-reduced, so every test image counts exactly once whatever the world size."""
+    e.model.eval()
+    device = e.compute.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    for images, labels in e.eval_loader:
+        x = e.compute.inputs(images, e.mean, e.std)
+        y = labels.to(device, non_blocking=True)
+        with e.compute.autocast():
+            logits = e.model(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        n += y.shape[0]
+    total_loss, total_correct, total_n = all_reduce(
+        [float(loss_sum), float(correct), float(n)], device
+    )
+    return {
+        "test_loss": total_loss / max(total_n, 1),
+        "test_accuracy": total_correct / max(total_n, 1),
+        "test_correct": int(total_correct),
+        "test_images": int(total_n),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tupleize(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _tupleize(x):
+    return tuple(_tupleize(v) for v in x) if isinstance(x, list | tuple) else x

@@ -1,0 +1,167 @@
+"""Prediction results: the one table of output formats, the typed schema, the columns built
+from probabilities, reading the files back, and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cifar import storage
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Format:
+    suffix: str  # of the files Ray Data writes
+    writer: str  # ray.data.Dataset method
+    arrow: str  # pyarrow.dataset format that reads them back
+
+
+FORMATS = {
+    "parquet": Format(".parquet", "write_parquet", "parquet"),
+    "csv": Format(".csv", "write_csv", "csv"),
+    "jsonl": Format(".json", "write_json", "json"),
+}
+
+
+def result_schema(top_k: int, num_classes: int, with_label: bool):
+    """The output columns, typed, so every block (even one of only errors) has one schema."""
+    import pyarrow as pa
+
+    fields = [
+        ("path", pa.string()),
+        ("class_index", pa.int64()),
+        ("class_name", pa.string()),
+        ("confidence", pa.float64()),
+    ]
+    for j in range(1, min(top_k, num_classes) + 1):
+        fields += [(f"top{j}_class", pa.string()), (f"top{j}_prob", pa.float64())]
+    if with_label:
+        fields.append(("label", pa.string()))
+    fields.append(("error", pa.string()))
+    return pa.schema(fields)
+
+
+def prediction_columns(
+    probs: np.ndarray, ok: np.ndarray, classes: Sequence[str], top_k: int
+) -> dict[str, Any]:
+    """Result columns (pyarrow arrays) for a batch; ``probs`` has one row per ``ok`` row and the
+    failed rows are null. Vectorized: building them row by row in Python cost as much as the
+    forward pass of a small image."""
+    import pyarrow as pa
+
+    n, k = len(ok), min(top_k, len(classes))
+    rows = np.flatnonzero(ok)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    names = np.asarray(classes, dtype=object)
+    null = ~ok
+
+    def spread(values: np.ndarray, fill) -> np.ndarray:
+        out = np.full(n, fill, dtype=values.dtype)
+        out[rows] = values
+        return out
+
+    def column(j: int) -> tuple[pa.Array, pa.Array]:
+        idx = order[:, j]
+        name = pa.array(spread(names[idx], None), type=pa.string(), mask=null)
+        prob = spread(np.take_along_axis(probs, idx[:, None], 1)[:, 0].astype(np.float64), 0.0)
+        return name, pa.array(prob, type=pa.float64(), mask=null)
+
+    tops = [column(j) for j in range(k)]
+    cols: dict[str, Any] = {
+        "class_index": pa.array(spread(order[:, 0].astype(np.int64), 0), mask=null),
+        "class_name": tops[0][0],
+        "confidence": tops[0][1],
+    }
+    for j, (name, prob) in enumerate(tops, start=1):
+        cols[f"top{j}_class"], cols[f"top{j}_prob"] = name, prob
+    return cols
+
+
+def read_results(output: str, fmt: str):
+    """The written result files back as one pyarrow Table (side files like summary.json left
+    out)."""
+    import pyarrow.dataset as pds
+
+    f = FORMATS[fmt]
+    fs, base = storage.fs_path(output)
+    files = [
+        f"{base.rstrip('/')}/{e.rel}"
+        for e in storage.list_files(output)
+        if e.rel.endswith(f.suffix) and e.rel != SUMMARY_FILE
+    ]
+    return pds.dataset(files, format=f.arrow, filesystem=fs).to_table()
+
+
+def summarize(
+    table,
+    config: dict[str, Any],
+    files: int,
+    skipped: int,
+    seconds: float,
+    model_meta: dict[str, Any],
+    **timings: float | None,
+) -> dict[str, Any]:
+    """What ``summary.json`` says about a finished job. ``timings``: the seconds reported apart
+    from the pipeline's (``preflight_seconds``, ``ray_start_seconds``)."""
+    names = table.column("class_name").to_pylist()
+    errors = table.column("error").to_pylist()
+    paths = table.column("path").to_pylist()
+    predicted = sum(e is None for e in errors)
+    summary: dict[str, Any] = {
+        "files": files,
+        "rows": table.num_rows,
+        "predicted": predicted,
+        "errors": table.num_rows - predicted,
+        "skipped": skipped,
+        "seconds": seconds,
+        "images_per_s": files / seconds if seconds > 0 else None,
+        **timings,
+        "output": config["output"],
+        "format": config["format"],
+        "model": config["model"],
+        "model_meta": {k: v for k, v in model_meta.items() if k != "config"},
+        "class_histogram": dict(sorted(Counter(n for n in names if n is not None).items())),
+        "error_examples": [
+            {"path": p, "error": e} for p, e in zip(paths, errors, strict=True) if e is not None
+        ][:20],
+    }
+    if config["labels_from_dirs"]:
+        summary.update(accuracy_and_confusion(table, list(model_meta["classes"])))
+    summary["config"] = config
+    return summary
+
+
+def accuracy_and_confusion(table, classes: list[str]) -> dict[str, Any]:
+    """Accuracy and confusion matrix over the rows with a label and a prediction."""
+    pairs = [
+        (lab, pred)
+        for lab, pred, err in zip(
+            table.column("label").to_pylist(),
+            table.column("class_name").to_pylist(),
+            table.column("error").to_pylist(),
+            strict=True,
+        )
+        if lab is not None and err is None
+    ]
+    idx = {c: i for i, c in enumerate(classes)}
+    confusion = [[0] * len(classes) for _ in classes]
+    for lab, pred in pairs:
+        confusion[idx[lab]][idx[pred]] += 1
+    return {
+        "labelled": len(pairs),
+        "accuracy": (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None,
+        "confusion_matrix": {"classes": classes, "rows_true_cols_pred": confusion},
+    }
+
+
+def write_summary(output: str, summary: dict[str, Any]) -> None:
+    storage.write_text(
+        f"{output.rstrip('/')}/{SUMMARY_FILE}", json.dumps(summary, indent=2, default=str)
+    )

@@ -1,0 +1,132 @@
+"""The training job's config: every setting on one line, the recipes, and what may change on
+``--resume``. The command line (``python -m jobs.train --help``) is generated from it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from cifar.config import Config, fields_where, make_config, opt
+from cifar.device import PRECISIONS, parse_precision
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
+RECIPES = ("default", "tutorial")
+# `--recipe tutorial`: the tutorial's training exactly (SGD 0.01, batch 64, 10 epochs, raw
+# ToTensor inputs). Flags typed on the command line still win over the preset.
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tutorial": {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 0.01,
+        "momentum": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "label_smoothing": 0.0,
+        "grad_clip": 0.0,
+        "augment": False,
+        "normalize": False,
+        "relu": False,
+    },
+}
+SMOKE_PRESET = {"epochs": 1, "num_workers": 2, "use_gpu": False, "batch_size": 128}
+SMOKE_DATA = [1024, 512, 0]  # generated train / test images, seed
+
+
+# One helper per flag group: --help lists the flags under these headings.
+data_opt, recipe_opt, scale_opt, run_opt, speed_opt = (
+    partial(opt, group=g) for g in ("data", "recipe", "scale", "run", "speed")
+)
+
+
+@dataclass
+class TrainConfig(Config):
+    # fmt: off
+    data_dir: str = data_opt("data", "CIFAR-10 (a folder holding or to hold cifar-10-batches-py), or labelled images: DIR/train/<class>/..., DIR/val/<class>/... (path or URI)", resumable=True)  # noqa: E501
+    download: bool = data_opt(True, "download CIFAR-10 (MD5-checked) if it is not there", resumable=True)  # noqa: E501
+    val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
+    recipe: str = recipe_opt("default", "preset; 'tutorial' reproduces the tutorial exactly", choices=RECIPES)  # noqa: E501
+    epochs: int = recipe_opt(20, "training epochs")
+    batch_size: int = recipe_opt(256, "GLOBAL batch, split across workers")
+    lr: float = recipe_opt(0.02, "peak learning rate")
+    momentum: float = recipe_opt(0.9, "SGD momentum")
+    nesterov: bool = recipe_opt(True, "Nesterov momentum")
+    weight_decay: float = recipe_opt(5e-4, "L2 weight decay")
+    schedule: str = recipe_opt("onecycle", "learning-rate schedule", choices=SCHEDULES)
+    label_smoothing: float = recipe_opt(0.1, "cross-entropy smoothing")
+    grad_clip: float = recipe_opt(2.0, "clip the gradient norm (0: off); keeps the ReLU-less model from diverging")  # noqa: E501
+    augment: bool = recipe_opt(True, "random crop (4px padding) + horizontal flip")
+    normalize: bool = recipe_opt(True, "normalize inputs by the training set's mean/std")
+    relu: bool = recipe_opt(False, "add ReLUs (Caffe's CIFAR10-quick)")
+    seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
+    num_workers: int = scale_opt(1, "Ray Train workers", resumable=True)
+    use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True)  # noqa: E501
+    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the cluster's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
+    placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
+    storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
+    name: str | None = run_opt(None, "run name (default: time-stamped)", resumable=True)
+    resume: bool = run_opt(False, "continue run --name from its latest checkpoint", resumable=True)
+    max_failures: int = run_opt(2, "worker failures to recover from", resumable=True)
+    keep_checkpoints: int = run_opt(2, "checkpoints kept (best by test accuracy, plus the latest)", resumable=True)  # noqa: E501
+    log_every: int = run_opt(50, "train/loss every N steps", resumable=True)
+    smoke_test: bool = run_opt(False, "tiny generated set, 1 epoch, 2 CPU workers")
+    precision: str = speed_opt("auto", "bf16 autocast or fp32 (auto: bf16 on GPUs and bf16-capable CPUs); --amp off = fp32", choices=PRECISIONS, aliases=("--amp",), convert=parse_precision)  # noqa: E501
+    channels_last: bool | None = speed_opt(None, "channels_last memory format (default: on)")
+    compile: bool = speed_opt(False, "torch.compile the model")
+    # set by the program, not flags
+    stop_after_epoch: int | None = opt(None, cli=False, resumable=True)  # test hook: fail after it
+    synthetic: list[int] | None = opt(None, cli=False)  # generated train/test sizes, seed
+    classes: list[str] | None = opt(None, cli=False)  # from the data; checked apart on resume
+    # fmt: on
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (self.num_workers >= 1, f"--num-workers must be at least 1 (got {self.num_workers})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (
+                self.batch_size >= self.num_workers,
+                f"--batch-size {self.batch_size} is the global batch and must be at least "
+                f"--num-workers {self.num_workers} (each worker gets batch_size/num_workers)",
+            ),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive (got {self.lr})"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
+            (
+                0 <= self.label_smoothing < 1,
+                f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})",
+            ),
+            (
+                self.cpus_per_worker is None or self.cpus_per_worker >= 1,
+                f"--cpus-per-worker must be at least 1 (got {self.cpus_per_worker})",
+            ),
+            (self.max_failures >= -1, "--max-failures must be >= 0 (or -1 for unlimited)"),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
+            (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.grad_clip >= 0, f"--grad-clip must be >= 0 (got {self.grad_clip})"),
+            (
+                0 <= self.val_fraction < 1,
+                f"--val-fraction must be in [0, 1) (got {self.val_fraction})",
+            ),
+            (not (self.resume and not self.name), "--resume needs --name of the run to continue"),
+            (
+                not (self.nesterov and self.momentum == 0),
+                "--nesterov needs --momentum > 0 (use --no-nesterov with --momentum 0)",
+            ),
+        ]
+
+
+# Settings that may change when a run is resumed; everything else must match the saved config.
+RESUMABLE_FIELDS = fields_where(TrainConfig, "resumable")
+
+
+def resolve_config(explicit: dict[str, Any]) -> TrainConfig:
+    """Dataclass defaults <- recipe preset <- smoke-test preset <- flags the user typed."""
+    smoke = {**SMOKE_PRESET, "synthetic": SMOKE_DATA} if explicit.get("smoke_test") else {}
+    return make_config(
+        TrainConfig, RECIPE_PRESETS[explicit.get("recipe", "default")], smoke, explicit
+    )

@@ -1,0 +1,285 @@
+"""The Ray Train worker: the only code that talks to Ray Train inside a worker (context,
+checkpoint, report), around the pure loop of :mod:`cifar.engine`. Rank 0 writes; every rank
+reports (Ray's ``report`` is a barrier)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifar import checkpoint as ckpt
+from cifar import storage
+from cifar.data import make_grid_sample, random_crop_flip, tensors_from_arrays
+from cifar.device import resolve_compute
+from cifar.engine import (
+    Engine,
+    all_reduce,
+    build,
+    distributed,
+    evaluate,
+    rng_state,
+    set_rng_state,
+    train_one_epoch,
+)
+from cifar.images import IMAGE_SIZE
+from cifar.train_config import TrainConfig
+
+progress = logging.getLogger("cifar.progress")
+
+HISTORY_KEYS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "images_per_s",
+    "train_seconds",
+)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides the weights (``train_state.pt``), so a restarted or
+    resumed run continues exactly where it stopped."""
+
+    epoch: int = -1  # last completed epoch (0-based); -1: none yet
+    restarts: int = 0  # worker failures and --resume continuations so far
+    restored_from: list[int] = field(default_factory=list)  # epoch each restart continued at
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    rng: list[dict[str, Any]] = field(default_factory=list)  # per rank, end of the last epoch
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+
+    @property
+    def start_epoch(self) -> int:
+        return self.epoch + 1
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path) -> TrainState:
+        saved = ckpt.load_train_state(directory)
+        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def continued(self) -> TrainState:
+        """This state as the start of a restart: one more restart, recorded where it began."""
+        self.restarts += 1
+        self.restored_from = [*self.restored_from, self.start_epoch]
+        return self
+
+
+class RankZero:
+    """The one place that decides who writes: rank 0 prints, logs to TensorBoard, checkpoints."""
+
+    def __init__(self, rank: int, tb_dir: str | None, purge_step: int | None = None) -> None:
+        self.is_writer = rank == 0
+        self.writer = None
+        self._tb_local = self._tb_remote = None
+        if self.is_writer and tb_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if storage.is_uri(tb_dir):  # cloud storage: write locally, upload after each epoch
+                self._tb_remote = tb_dir
+                self._tb_local = tempfile.mkdtemp(prefix="cifar-tb-")
+            self.writer = SummaryWriter(self._tb_local or tb_dir, purge_step=purge_step)
+
+    def print(self, msg: str) -> None:
+        """A user-facing progress line (Ray Train forwards worker logging to the driver)."""
+        if self.is_writer:
+            progress.info(msg)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.call(lambda w, tag=tag, value=value: w.add_scalar(tag, value, step))
+
+    def call(self, fn: Callable[[Any], None]) -> None:
+        if self.writer is not None:
+            fn(self.writer)
+
+    def flush(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self._tb_remote:
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(self._tb_local, self._tb_remote)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.flush()
+            self.writer.close()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build, restore, then train/evaluate/checkpoint/report every epoch."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config["cfg"])
+    ctx = ray.train.get_context()  # Ray: who am I
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(config["threads"])
+    else:
+        torch.backends.cudnn.benchmark = True
+    compute = resolve_compute(device, cfg.precision, cfg.channels_last)
+    data = tensors_from_arrays(ray.get(config["data"]))  # Ray: put there once by the driver
+    classes = config["dataset"]["classes"]
+    prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
+    e = build(cfg, data, len(classes), compute, config["mean"], config["std"], rank, world, prepare)
+
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()  # Ray: set after a failure or on --resume
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = TrainState.from_checkpoint(d).continued()
+            weights = ckpt.load_state_dict_file(Path(d) / ckpt.MODEL_FILE)
+        e.restore(weights, state.optimizer, state.scheduler)
+        set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
+    out = RankZero(rank, config["tb_dir"], purge_step=state.start_epoch * e.steps_per_epoch or None)
+    if checkpoint is not None:
+        out.print(
+            f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
+            f"(restart #{state.restarts}); continuing at epoch {state.start_epoch + 1}/{cfg.epochs}"
+        )
+    else:
+        write_intro(out, e, data["train_images"][:64], config["dataset"])
+    meta = ckpt.model_meta(
+        classes,
+        cfg.relu,
+        e.mean,
+        e.std,
+        dataset=config["dataset"],
+        config=cfg.to_dict(),
+        versions=ckpt.versions(),
+        world_size=world,
+    )
+    t_run, first = time.perf_counter(), state.start_epoch
+    for epoch in range(first, cfg.epochs):
+        metrics = run_epoch(e, epoch, out, state)
+        elapsed = time.perf_counter() - t_run
+        out.print(epoch_line(metrics, cfg.epochs, elapsed / (epoch + 1 - first)))
+        report(e, out, state, metrics, meta)
+        if cfg.stop_after_epoch is not None and epoch + 1 == cfg.stop_after_epoch:
+            out.close()
+            raise RuntimeError(f"stop_after_epoch={cfg.stop_after_epoch} (testing hook)")
+    out.close()
+
+
+def write_intro(out: RankZero, e: Engine, first: torch.Tensor, dataset: dict[str, Any]) -> None:
+    """TensorBoard's model graph, a grid of (augmented) training samples, the class counts."""
+    with warnings.catch_warnings():  # add_graph traces with the deprecated torch.jit
+        warnings.simplefilter("ignore", FutureWarning)
+        example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=e.compute.device)
+        out.call(lambda w: w.add_graph(e.raw, example))
+    grid = make_grid_sample(random_crop_flip(first) if e.cfg.augment else first)
+    out.call(lambda w: w.add_image("train/samples", grid, 0))
+    out.call(lambda w: w.add_text("dataset", dataset_markdown(dataset), 0))
+
+
+def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[str, Any]:
+    """Train one epoch, evaluate exactly, add the epoch to ``state.history`` and TensorBoard."""
+
+    def on_log(step: int, loss: float) -> None:
+        out.scalars({"train/loss": loss}, epoch * e.steps_per_epoch + step)
+
+    stats = train_one_epoch(e, epoch, on_log if out.is_writer else None)
+    loss_sum, samples = all_reduce([stats.loss_sum, stats.samples], e.compute.device)
+    (seconds,) = all_reduce([stats.seconds], e.compute.device, op="max")  # the slowest rank
+    metrics = {
+        "epoch": epoch + 1,
+        "epochs": e.cfg.epochs,
+        "train_loss": loss_sum / max(samples, 1),
+        "images_per_s": samples / max(seconds, 1e-9),
+        "train_seconds": seconds,
+        "lr": e.optimizer.param_groups[0]["lr"],
+        "restarts": state.restarts,
+        **evaluate(e),
+    }
+    state.history.append({k: metrics[k] for k in HISTORY_KEYS})
+    state.epoch = epoch
+    out.scalars(
+        {
+            "test/loss": metrics["test_loss"],
+            "test/accuracy": metrics["test_accuracy"],
+            "lr": metrics["lr"],
+            "throughput/images_per_s": metrics["images_per_s"],
+        },
+        epoch + 1,
+    )
+    out.flush()
+    return metrics
+
+
+def epoch_line(m: dict[str, Any], epochs: int, seconds_per_epoch: float) -> str:
+    eta = seconds_per_epoch * (epochs - m["epoch"])
+    return (
+        f"[cifar] epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  "
+        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  "
+        f"{m['images_per_s']:.0f} img/s  ETA {_fmt_seconds(eta)}"
+    )
+
+
+def report(
+    e: Engine, out: RankZero, state: TrainState, metrics: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Checkpoint (rank 0 writes it) and report the epoch's metrics (every rank: a barrier)."""
+    import ray.train
+
+    state.rng = _gather_rng_states(e.world)
+    state.optimizer = e.optimizer.state_dict()
+    state.scheduler = e.scheduler.state_dict() if e.scheduler is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if out.is_writer:
+            epoch_meta = {**meta, "epoch": metrics["epoch"], "metrics": metrics}
+            ckpt.save_checkpoint(tmp, e.raw, epoch_meta, state.to_dict())
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}",
+        )
+
+
+def dataset_markdown(d: dict[str, Any]) -> str:
+    """The class counts as a Markdown table (TensorBoard's Text tab)."""
+    counts = d["class_counts"]
+    skipped = f", {d['skipped']} unreadable files skipped" if d.get("skipped") else ""
+    lines = [
+        f"{d['kind']} dataset at `{d['root']}`: {d['train_images']} training and "
+        f"{d['test_images']} evaluation images{skipped}",
+        "",
+        "| index | class | train | test |",
+        "| ---: | --- | ---: | ---: |",
+    ]
+    for i, c in enumerate(d["classes"]):
+        lines.append(f"| {i} | {c} | {counts['train'][c]} | {counts['test'][c]} |")
+    return "\n".join(lines)
+
+
+def _gather_rng_states(world: int) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    state = rng_state()
+    if not distributed():
+        return [state]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _fmt_seconds(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
