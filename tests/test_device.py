@@ -1,0 +1,116 @@
+"""Precision and memory format: chosen by measuring the real work, not by CPU flags."""
+
+import pytest
+import torch
+
+from cifar.cifar10 import load_cifar10
+from cifar.device import resolve_compute
+from cifar.engine import build, evaluate, train_one_epoch, training_probe
+from cifar.train_config import TrainConfig
+
+CFG = TrainConfig(batch_size=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Timings taken on one thread: with more threads than free cores (a busy CI machine),
+    OpenMP's waiting makes steps erratic, which is noise this test does not need."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _slowed(when):
+    """The real training probe, where each step of the settings ``when(compute)`` picks runs
+    the real step 20 times: those must lose, whatever this CPU's relative speeds are (no
+    precision or layout is 20x slower than another on any CPU)."""
+    real = training_probe(CFG, 10, 16, [0.5] * 3, [0.25] * 3)
+
+    def probe(c):
+        step = real(c)
+        repeat = 20 if when(c) else 1
+
+        def slowed_step():
+            for _ in range(repeat):
+                step()
+
+        return slowed_step
+
+    return probe
+
+
+@pytest.mark.parametrize(
+    ("slow", "want"),
+    [
+        (lambda c: c.precision == "bf16", ("fp32",)),
+        (lambda c: c.precision == "fp32", ("bf16",)),
+        (lambda c: c.channels_last, (False,)),
+        (lambda c: not c.channels_last, (True,)),
+    ],
+)
+def test_auto_picks_what_measures_fastest(slow, want):
+    c = resolve_compute("cpu", "auto", None, probe=_slowed(slow))
+    assert c.chosen_by == "measured" and len(c.ms_per_step) == 4
+    got = c.precision if isinstance(want[0], str) else c.channels_last
+    assert got == want[0]
+    assert min(c.ms_per_step.values()) == c.ms_per_step[c.name]
+
+
+def test_the_slowest_rank_decides():
+    # this process finds bf16 slower; another rank reports fp32 far slower still
+    def other_rank(times):
+        return [max(t, 60.0) if i < 2 else t for i, t in enumerate(times)]
+
+    probe = _slowed(lambda c: c.precision == "bf16")
+    c = resolve_compute("cpu", "auto", None, probe=probe, reduce=other_rank)
+    assert c.precision == "bf16"
+
+
+def test_flags_and_gpus_need_no_measurement():
+    def never(c):
+        raise AssertionError("measured although the choice was given")
+
+    assert resolve_compute("cpu", "fp32", probe=never).precision == "fp32"
+    c = resolve_compute("cpu", "bf16", False, probe=never)
+    assert (c.precision, c.channels_last, c.chosen_by) == ("bf16", False, "flags")
+    gpu = resolve_compute("cuda", "auto", probe=never)
+    assert (gpu.precision, gpu.chosen_by) == ("bf16", "gpu")
+    only_cl = resolve_compute("cpu", "auto", True, probe=_slowed(lambda c: False))
+    assert set(only_cl.ms_per_step) == {"fp32 + channels_last", "bf16 + channels_last"}
+
+
+def test_timings_are_measured_once_per_machine_and_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path))
+    first = resolve_compute("cpu", "auto", probe=_slowed(lambda c: c.precision == "bf16"),
+                            cache_key="k1")  # fmt: skip
+    assert first.chosen_by == "measured" and first.precision == "fp32"
+
+    def never(c):
+        raise AssertionError("measured again")
+
+    again = resolve_compute("cpu", "auto", probe=never, cache_key="k1")
+    assert again.chosen_by == "measured earlier on this node"
+    assert (again.name, again.ms_per_step) == (first.name, first.ms_per_step)
+    other = resolve_compute("cpu", "auto", probe=_slowed(lambda c: c.precision == "fp32"),
+                            cache_key="k2")  # fmt: skip
+    assert other.chosen_by == "measured" and other.precision == "bf16"
+
+
+def test_accuracy_per_epoch_does_not_depend_on_the_precision(synthetic_dir):
+    """Same data, seed and recipe in fp32 and in bf16 autocast: test accuracy after every
+    epoch within 0.03 (600 test images: 18 images)."""
+    data = load_cifar10(synthetic_dir)
+    mean, std = data.channel_stats()
+    cfg = TrainConfig(epochs=2, batch_size=64)
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        e = build(cfg, data.tensors(), 10, resolve_compute("cpu", precision), mean, std)
+        curves[precision] = []
+        for epoch in range(cfg.epochs):
+            train_one_epoch(e, epoch)
+            curves[precision].append(evaluate(e)["test_accuracy"])
+    assert curves["fp32"][-1] > 0.4
+    for a, b in zip(curves["fp32"], curves["bf16"], strict=True):
+        assert abs(a - b) <= 0.03, curves
