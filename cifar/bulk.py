@@ -17,13 +17,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cifar import storage
 from cifar.checkpoint import LoadedModel, load_model
 from cifar.config import Config, ConfigError, opt
-from cifar.device import PRECISIONS
+from cifar.device import PRECISIONS, Compute
 from cifar.images import IMAGE_EXTENSIONS, decode_batch
-from cifar.predict import BatchPredictor
-from cifar.results import FORMATS, read_results, summarize, write_summary
+from cifar.predict import BatchPredictor, inference_compute
+from cifar.results import FORMATS, preview_png, read_results, summarize, write_side_files
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,21 @@ io_opt, scale_opt, output_opt = (partial(opt, group=g) for g in ("data", "scale"
 @dataclass
 class PredictConfig(Config):
     # fmt: off
-    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file")
-    input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN")  # noqa: E501, RUF009
-    output: str | None = io_opt(None, "output folder", metavar="OUT")
+    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file", required=True)  # noqa: E501
+    input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN", required=True)  # noqa: E501, RUF009
+    output: str | None = io_opt(None, "output folder", metavar="OUT", required=True)
     extensions: str | None = io_opt(None, "only these extensions, e.g. 'jpg,png' (others are skipped and counted); default: every file")  # noqa: E501
     labels_from_dirs: bool = io_opt(False, "folders are named after classes: report accuracy + confusion matrix")  # noqa: E501
     format: str = output_opt("parquet", "result format", choices=tuple(FORMATS))
     top_k: int = output_opt(3, "top-k classes to write")
     overwrite: bool = output_opt(False, "replace results already in OUT")
+    preview: int = output_opt(0, "also write OUT/_preview.png: the first N images with predicted class and confidence")  # noqa: E501
+    verbose: bool = output_opt(False, "also Ray's and Ray Data's INFO lines")
     batch_size: int = scale_opt(256, "images per inference batch")
     num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else about 2/3 of the CPUs)")  # noqa: E501
     gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
     cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1, or what is left beside decoding on a cluster smaller than 2 CPUs)")  # noqa: E501
-    precision: str = scale_opt("auto", "auto: bf16 on GPUs and bf16-capable CPUs; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
+    precision: str = scale_opt("auto", "auto: bf16 on GPUs; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
     files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")
     # fmt: on
 
@@ -70,6 +74,7 @@ class PredictConfig(Config):
                 "--cpus-per-actor must be > 0",
             ),
             (self.files_per_block >= 1, "--files-per-block must be at least 1"),
+            (0 <= self.preview <= 1000, f"--preview must be 0..1000 (got {self.preview})"),
             (not actors_error, actors_error),
         ]
 
@@ -248,6 +253,19 @@ class Plan:
     decode_cpus: float
     actor_cpus: float = 1.0
     write_cpus: float = WRITE_CPUS
+    compute: Compute | None = None  # precision and layout of every actor: choose_compute()
+
+
+def choose_compute(cfg: PredictConfig, plan: Plan, model: LoadedModel) -> Compute:
+    """What every actor classifies in. ``auto`` on CPU actors: measured here, with the actors'
+    threads and batch size, on the driver's node (CPU clusters are taken to be uniform), so
+    all actors compute alike and summary.json can say what they did."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(plan.actor_cpus)))
+    try:
+        return inference_compute(model, plan.device, cfg.precision, cfg.batch_size)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def plan_resources(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float) -> Plan:
@@ -327,7 +345,9 @@ def build_dataset(
             "top_k": cfg.top_k,
             "threads": max(1, int(plan.actor_cpus)),
             "label_dirs": cfg.labels_from_dirs,
-            "precision": cfg.precision,
+            "precision": plan.compute.precision,
+            "channels_last": plan.compute.channels_last,
+            "batch_size": cfg.batch_size,
         },
         batch_size=cfg.batch_size,
         batch_format="numpy",
@@ -360,6 +380,7 @@ def run(
     (``ray_start_seconds``, when the caller passes it) are reported apart."""
     pre = pre or preflight(cfg)
     plan = plan_resources(cfg, cluster_cpus, cluster_gpus)
+    plan.compute = choose_compute(cfg, plan, pre.model)
     storage.clear_dir(cfg.output)
     log.info(
         "classifying %d files (%d skipped) with %s-%s actors on %s",
@@ -381,8 +402,10 @@ def run(
         pre.model.meta,
         preflight_seconds=pre.seconds,
         ray_start_seconds=ray_start_seconds,
+        compute=plan.compute.describe(),
     )
-    write_summary(cfg.output, summary)
+    preview = preview_png(table, cfg.preview) if cfg.preview else None
+    write_side_files(cfg.output, summary, preview)
     if summary["rows"] != len(pre.files):
         raise RuntimeError(
             f"{summary['rows']} result rows for {len(pre.files)} files: results are incomplete"
@@ -390,7 +413,26 @@ def run(
     return summary
 
 
-def default_ray_init() -> float:
+def plan_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:
+    """``--dry-run``: what this job would do, every check made, nothing started or written."""
+    meta = pre.model.meta
+    labels = ""
+    if pre.labels is not None:
+        labelled = sum(label is not None for label in pre.labels)
+        labels = f"; {labelled} of them in folders named after a class (--labels-from-dirs)"
+    return [
+        "[cifar] dry run: the model, inputs and output check out; nothing was started",
+        f"  model:   {pre.model.path}: {meta.get('arch')}, {len(pre.model.classes)} classes "
+        f"({', '.join(pre.model.classes[:10])}{', ...' if len(pre.model.classes) > 10 else ''})",
+        f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions){labels}",
+        f"  output:  {cfg.output} ({cfg.format}, top {cfg.top_k}"
+        f"{', replacing what is there' if cfg.overwrite else ''})",
+        f"  actors:  {cfg.num_actors} (sized from the cluster when it runs), batch "
+        f"{cfg.batch_size}, precision {cfg.precision}",
+    ]
+
+
+def default_ray_init(verbose: bool = False) -> float:
     """Start or join Ray; returns the seconds it took (reported apart from the pipeline)."""
     import ray
 

@@ -48,6 +48,7 @@ class Engine:
     std: list[float] | None
     rank: int = 0
     world: int = 1
+    num_classes: int = 10
 
     @property
     def steps_per_epoch(self) -> int:
@@ -114,7 +115,44 @@ def build(
         std=std,
         rank=rank,
         world=world,
+        num_classes=num_classes,
     )
+
+
+def training_probe(
+    cfg: TrainConfig,
+    num_classes: int,
+    batch: int,
+    mean: list[float] | None,
+    std: list[float] | None,
+) -> Callable[[Compute], Callable[[], None]]:
+    """For :func:`cifar.device.resolve_compute`: one training step of this run (model, batch
+    size, augmentation, optimizer) in a given Compute, on random data, touching no RNG state."""
+
+    def probe(c: Compute) -> Callable[[], None]:
+        with torch.random.fork_rng(devices=[]):
+            model = c.place(build_model(relu=cfg.relu, num_classes=num_classes))
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=cfg.momentum)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, num_classes, (batch,), generator=g).to(c.device)
+        loss_fn = nn.CrossEntropyLoss()
+        aug = torch.Generator(device=c.device).manual_seed(0)
+
+        def step() -> None:
+            x = c.inputs(images, mean, std, cfg.augment, aug)
+            with c.autocast():
+                logits = model(x)
+            loss = loss_fn(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if c.device.type == "cuda":
+                torch.cuda.synchronize(c.device)
+
+        return step
+
+    return probe
 
 
 def make_scheduler(
@@ -195,31 +233,51 @@ def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> li
 
 
 @torch.inference_mode()
-def evaluate(e: Engine) -> dict[str, float]:
+def evaluate(e: Engine, examples: int = 0) -> dict[str, Any]:
     """Exact test loss/accuracy: each rank's loader covers a disjoint share (no padding), sums are
-    all-reduced, so every test image counts exactly once whatever the world size."""
+    all-reduced, so every test image counts exactly once whatever the world size.
+
+    Also ``confusion`` (``[true][predicted]`` counts over the whole test set) and, with
+    ``examples``, ``misclassified``: up to that many of this rank's wrong images (uint8),
+    with true and predicted class and confidence."""
     e.model.eval()
-    device = e.compute.device
+    device, k = e.compute.device, e.num_classes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    n = 0
+    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    wrong: list[tuple[torch.Tensor, ...]] = []
+    n_wrong = 0
     for images, labels in e.eval_loader:
         x = e.compute.inputs(images, e.mean, e.std)
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        n += y.shape[0]
-    total_loss, total_correct, total_n = all_reduce(
-        [float(loss_sum), float(correct), float(n)], device
-    )
-    return {
-        "test_loss": total_loss / max(total_n, 1),
-        "test_accuracy": total_correct / max(total_n, 1),
-        "test_correct": int(total_correct),
-        "test_images": int(total_n),
+        pred = logits.argmax(1)
+        confusion += torch.bincount(y * k + pred, minlength=k * k)
+        if n_wrong < examples:
+            miss = (pred != y).nonzero().flatten()[: examples - n_wrong]
+            prob = torch.softmax(logits[miss], 1).gather(1, pred[miss, None])[:, 0]
+            wrong.append(tuple(t.cpu() for t in (images[miss.to(images.device)], y[miss],
+                                                  pred[miss], prob)))  # fmt: skip
+            n_wrong += len(miss)
+    if distributed():
+        dist.all_reduce(confusion)
+        dist.all_reduce(loss_sum)
+    total_n = int(confusion.sum())
+    correct = int(confusion.view(k, k).diagonal().sum())
+    out: dict[str, Any] = {
+        "test_loss": float(loss_sum) / max(total_n, 1),
+        "test_accuracy": correct / max(total_n, 1),
+        "test_correct": correct,
+        "test_images": total_n,
+        "confusion": confusion.view(k, k).tolist(),
     }
+    if examples:
+        parts = list(zip(*wrong, strict=True)) if wrong else [[torch.zeros(0)]] * 4
+        out["misclassified"] = dict(
+            zip(("images", "true", "pred", "prob"), (torch.cat(p) for p in parts), strict=True)
+        )
+    return out
 
 
 def rng_state() -> dict[str, Any]:

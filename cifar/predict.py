@@ -1,7 +1,7 @@
 """Prediction: one classifier (a loaded model plus the preprocessing its metadata asks for),
 used by the single-image command and, as a Ray Data callable, by the bulk job.
 
-    python -m cifar.predict --model MODEL IMAGE [IMAGE ...]
+    cifar-classify --model MODEL IMAGE [IMAGE ...]     (or python -m cifar.predict)
 
 prints ``path<TAB>class<TAB>confidence`` per image, like the tutorial's ``test.py`` but with the
 preprocessing the model was trained with (its ``meta.json``; the tutorial's Resize((32, 32)) +
@@ -11,9 +11,10 @@ ToTensor() for a bare state_dict). Exit status 1 if any image failed, reasons on
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,29 +22,70 @@ import numpy as np
 import torch
 
 from cifar.checkpoint import CheckpointError, LoadedModel, load_model
-from cifar.device import PRECISIONS, resolve_compute
+from cifar.device import PRECISIONS, Compute, machine_key, resolve_compute
 from cifar.images import decode_batch
 from cifar.results import prediction_columns, result_schema
 
 log = logging.getLogger(__name__)
 
 
+def inference_probe(
+    model: torch.nn.Module, mean: list[float] | None, std: list[float] | None, batch: int
+) -> Callable[[Compute], Callable[[], None]]:
+    """For :func:`cifar.device.resolve_compute`: classifying one batch of ``batch`` images."""
+
+    def probe(c: Compute) -> Callable[[], None]:
+        m = c.place(copy.deepcopy(model)).eval()
+        forward = m.forward_inference if c.device.type == "cpu" else m
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+
+        @torch.inference_mode()
+        def step() -> None:
+            with c.autocast():
+                forward(c.inputs(images, mean, std))
+            if c.device.type == "cuda":
+                torch.cuda.synchronize(c.device)
+
+        return step
+
+    return probe
+
+
+def inference_compute(
+    model: LoadedModel,
+    device: torch.device | str,
+    precision: str,
+    batch: int = 1,
+    channels_last: bool | None = None,
+) -> Compute:
+    """Precision and layout to classify with; ``auto`` on a CPU: measured at ``batch`` (once
+    per machine, model shape and batch: the timings are cached)."""
+    probe = inference_probe(model.model, model.mean, model.std, batch)
+    relu, k = model.meta.get("relu", False), len(model.classes)
+    key = f"classify|{machine_key()}|batch={batch}|classes={k}|relu={relu}"
+    return resolve_compute(device, precision, channels_last, probe=probe, cache_key=key)
+
+
 class Classifier:
     """A loaded model plus the preprocessing its metadata asks for."""
 
     def __init__(
-        self, model: LoadedModel, device: torch.device | str = "cpu", precision: str = "fp32"
+        self,
+        model: LoadedModel,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        batch: int = 1,
+        channels_last: bool | None = None,
     ) -> None:
-        self.compute = resolve_compute(device, precision)
+        self.compute = inference_compute(model, device, precision, batch, channels_last)
         self.model = self.compute.place(model.model).eval()
         self.classes = model.classes
         self.mean, self.std = model.mean, model.std
 
     @classmethod
-    def from_path(
-        cls, path: str, device: torch.device | str = "cpu", precision: str = "fp32"
-    ) -> Classifier:
-        return cls(load_model(path, "cpu"), device, precision)
+    def from_path(cls, path: str, device: torch.device | str = "cpu", **kw: Any) -> Classifier:
+        return cls(load_model(path, "cpu"), device, **kw)
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -80,10 +122,18 @@ class BatchPredictor:
         threads: int = 1,
         label_dirs: bool = False,
         precision: str = "auto",
+        batch_size: int = 256,
+        channels_last: bool | None = None,
     ) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.classifier = Classifier.from_path(model_path, device, precision)
+        self.classifier = Classifier.from_path(
+            model_path,
+            device,
+            precision=precision,
+            batch=batch_size,
+            channels_last=channels_last,
+        )
         self.top_k = top_k
         self.label_dirs = label_dirs
         self.schema = result_schema(top_k, len(self.classifier.classes), label_dirs)
@@ -130,8 +180,9 @@ def classify_files(classifier: Classifier, paths: Sequence[str]) -> list[ImageRe
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m cifar.predict",
+        prog="cifar-classify",
         description="Classify images with a trained CIFAR10-quick model (one line per image).",
+        allow_abbrev=False,
     )
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, model/ or .pt/.pth")
     p.add_argument("images", nargs="+", help="image files")
@@ -139,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 on GPUs and bf16-capable CPUs (what jobs.predict uses); fp32: exactly "
-        "the tutorial's test.py arithmetic",
+        help="auto: bf16 on GPUs; on a CPU the faster of fp32 and bf16, measured; fp32: "
+        "exactly the tutorial's test.py arithmetic",
     )
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        classifier = Classifier.from_path(a.model, device, a.precision)
+        classifier = Classifier.from_path(a.model, device, precision=a.precision)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,5 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The installed ``cifar-classify`` command (also ``python -m cifar.predict``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

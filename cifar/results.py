@@ -3,6 +3,8 @@ from probabilities, reading the files back, and ``summary.json``."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -13,7 +15,13 @@ import numpy as np
 
 from cifar import storage
 
-SUMMARY_FILE = "summary.json"
+# Side files start with "_", like Spark's _SUCCESS: pandas, pyarrow, Ray Data and DuckDB
+# globs over the output folder skip them and read only the results.
+SUMMARY_FILE = "_summary.json"
+CONFUSION_CSV = "_confusion_matrix.csv"
+CONFUSION_PNG = "_confusion_matrix.png"
+PER_CLASS_CSV = "_per_class.csv"
+PREVIEW_PNG = "_preview.png"
 
 
 @dataclass(frozen=True)
@@ -106,10 +114,11 @@ def summarize(
     skipped: int,
     seconds: float,
     model_meta: dict[str, Any],
-    **timings: float | None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """What ``summary.json`` says about a finished job. ``timings``: the seconds reported apart
-    from the pipeline's (``preflight_seconds``, ``ray_start_seconds``)."""
+    """What ``summary.json`` says about a finished job. ``extra``: the seconds reported apart
+    from the pipeline's (``preflight_seconds``, ``ray_start_seconds``), the ``compute`` the
+    actors used."""
     names = table.column("class_name").to_pylist()
     errors = table.column("error").to_pylist()
     paths = table.column("path").to_pylist()
@@ -122,7 +131,8 @@ def summarize(
         "skipped": skipped,
         "seconds": seconds,
         "images_per_s": files / seconds if seconds > 0 else None,
-        **timings,
+        **extra,
+        "input": ", ".join(config["input"] or []),
         "output": config["output"],
         "format": config["format"],
         "model": config["model"],
@@ -161,7 +171,45 @@ def accuracy_and_confusion(table, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def write_summary(output: str, summary: dict[str, Any]) -> None:
-    storage.write_text(
-        f"{output.rstrip('/')}/{SUMMARY_FILE}", json.dumps(summary, indent=2, default=str)
-    )
+def write_side_files(output: str, summary: dict[str, Any], preview: bytes | None) -> list[str]:
+    """``_summary.json`` and, for labelled inputs, the confusion matrix (CSV and PNG) and the
+    per-class table; the preview sheet if there is one. Returns the names written."""
+    from cifar.plots import confusion_png, per_class_csv
+
+    base = output.rstrip("/")
+    files: dict[str, bytes] = {}
+    if summary.get("confusion_matrix") and summary.get("labelled"):
+        cm = summary["confusion_matrix"]
+        classes, matrix = cm["classes"], cm["rows_true_cols_pred"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["true \\ predicted", *classes])
+        w.writerows([c, *row] for c, row in zip(classes, matrix, strict=True))
+        files[CONFUSION_CSV] = buf.getvalue().encode()
+        files[CONFUSION_PNG] = confusion_png(matrix, classes, f"predictions on {summary['input']}")
+        files[PER_CLASS_CSV] = per_class_csv(matrix, classes)
+    if preview is not None:
+        files[PREVIEW_PNG] = preview
+    summary["side_files"] = [SUMMARY_FILE, *files]
+    files[SUMMARY_FILE] = json.dumps(summary, indent=2, default=str).encode()
+    for name, data in files.items():
+        storage.write_bytes(f"{base}/{name}", data)
+    return summary["side_files"]
+
+
+def preview_png(table, n: int, size: int = 64) -> bytes | None:
+    """A contact sheet of the first ``n`` classified files (by path) with class and
+    confidence, and the folder's label where there is one."""
+    from cifar.images import load_image_file
+    from cifar.plots import image_grid_png
+
+    rows = [r for r in table.sort_by("path").to_pylist() if r["error"] is None][:n]
+    if not rows:
+        return None
+    images = np.stack([load_image_file(r["path"], size) for r in rows])
+    captions = []
+    for r in rows:
+        name = r["path"].rstrip("/").rsplit("/", 1)[-1]
+        label = f"true: {r['label']}\n" if r.get("label") else ""
+        captions.append(f"{name[:22]}\n{label}{r['class_name']} {r['confidence']:.2f}")
+    return image_grid_png(images, captions, f"first {len(rows)} predictions (by path)")

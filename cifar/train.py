@@ -18,6 +18,7 @@ from cifar import checkpoint as ckpt
 from cifar import storage
 from cifar.config import ConfigError
 from cifar.data import ImageData
+from cifar.plots import per_class_accuracy
 from cifar.raycluster import ClusterInfo
 from cifar.train_config import RESUMABLE_FIELDS, TrainConfig
 from cifar.worker import TrainState, train_loop_per_worker
@@ -164,6 +165,27 @@ def log_data(data: ImageData, d: dict[str, Any]) -> None:
         )
 
 
+def plan_lines(cfg: TrainConfig) -> list[str]:
+    """``--dry-run``: what this config would do, every check made, nothing started or written."""
+    from cifar.sources import check_data
+
+    cfg = prepare_run(cfg)
+    data, _ = check_data(cfg.data_dir, cfg.download, cfg.synthetic)
+    gpu = {True: "1 GPU each", False: "CPU only", None: "a GPU each if the cluster has GPUs"}
+    cpus = cfg.cpus_per_worker or "the cluster's CPUs shared"
+    return [
+        "[cifar] dry run: the config, data and run directory check out; nothing was started",
+        f"  run:       {run_dir(cfg)} ({'resumes its latest checkpoint' if cfg.resume else 'new'})",
+        f"  data:      {data}",
+        f"  recipe:    {cfg.recipe}: {cfg.epochs} epochs, global batch {cfg.batch_size}, "
+        f"lr {cfg.lr:g} ({cfg.schedule}), momentum {cfg.momentum:g}, weight decay "
+        f"{cfg.weight_decay:g}, augment {'on' if cfg.augment else 'off'}",
+        f"  scale:     {cfg.num_workers} worker(s), {gpu[cfg.use_gpu]}, CPUs per worker: {cpus}",
+        f"  precision: {cfg.precision}"
+        + (" (on a CPU: measured at the start; bf16 on GPUs)" if cfg.precision == "auto" else ""),
+    ]
+
+
 def build_trainer(
     cfg: TrainConfig,
     data: ImageData,
@@ -173,7 +195,13 @@ def build_trainer(
 ):
     """The TorchTrainer for a prepared config (run named, data loaded on the driver)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     mean, std = data.channel_stats() if cfg.normalize else (None, None)
@@ -183,7 +211,7 @@ def build_trainer(
         "mean": mean,
         "std": std,
         "threads": cpus,
-        "tb_dir": f"{rdir}/tensorboard",
+        "run_dir": rdir,
         # Read once here, shared by every worker through the object store (zero-copy on a
         # node, fetched once by every other node): workers never need the data on their disk.
         "data": ray.put(data.arrays()),
@@ -202,6 +230,9 @@ def build_trainer(
             name=cfg.name,
             storage_path=storage_root(cfg),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            # Ray Train's own INFO lines (worker group, checkpoint written, result reported)
+            # bury the job's one line per epoch: shown with --verbose
+            logging_config=LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints,
                 checkpoint_score_attribute="test_accuracy",
@@ -246,6 +277,11 @@ def summarize(result, cfg: TrainConfig, data: ImageData, seconds: float) -> dict
         # the epoch whose checkpoint each restart (worker failure or --resume) continued from
         "restored_from_epochs": state.restored_from,
         "best_epoch": int(best_meta["epoch"]),
+        "best_per_class_accuracy": per_class_accuracy(state.best["confusion"], data.classes)
+        if state.best
+        else None,
+        "best_confusion_matrix": state.best["confusion"] if state.best else None,
+        "compute": last_meta.get("compute"),  # precision and layout, and why
         "model_path": model_path,
         "tensorboard_dir": f"{rdir}/tensorboard",
         "num_workers": cfg.num_workers,

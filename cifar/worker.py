@@ -8,7 +8,6 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,8 @@ from typing import Any
 import torch
 
 from cifar import checkpoint as ckpt
-from cifar import storage
 from cifar.data import make_grid_sample, random_crop_flip, tensors_from_arrays
-from cifar.device import resolve_compute
+from cifar.device import Compute, machine_key, resolve_compute
 from cifar.engine import (
     Engine,
     all_reduce,
@@ -28,9 +26,12 @@ from cifar.engine import (
     rng_state,
     set_rng_state,
     train_one_epoch,
+    training_probe,
 )
 from cifar.images import IMAGE_SIZE
+from cifar.plots import per_class_accuracy
 from cifar.train_config import TrainConfig
+from cifar.writer import RankZero, dataset_markdown
 
 progress = logging.getLogger("cifar.progress")
 
@@ -39,9 +40,11 @@ HISTORY_KEYS = (
     "train_loss",
     "test_loss",
     "test_accuracy",
+    "lr",
     "images_per_s",
     "train_seconds",
 )
+EXAMPLES = 48  # misclassified test images in the best epoch's picture
 
 
 @dataclass
@@ -56,6 +59,8 @@ class TrainState:
     rng: list[dict[str, Any]] = field(default_factory=list)  # per rank, end of the last epoch
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
+    compute: dict[str, Any] | None = None  # precision and layout chosen at the start
+    best: dict[str, Any] | None = None  # best epoch so far: {"epoch", "confusion"}
 
     @property
     def start_epoch(self) -> int:
@@ -76,49 +81,6 @@ class TrainState:
         return self
 
 
-class RankZero:
-    """The one place that decides who writes: rank 0 prints, logs to TensorBoard, checkpoints."""
-
-    def __init__(self, rank: int, tb_dir: str | None, purge_step: int | None = None) -> None:
-        self.is_writer = rank == 0
-        self.writer = None
-        self._tb_local = self._tb_remote = None
-        if self.is_writer and tb_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            if storage.is_uri(tb_dir):  # cloud storage: write locally, upload after each epoch
-                self._tb_remote = tb_dir
-                self._tb_local = tempfile.mkdtemp(prefix="cifar-tb-")
-            self.writer = SummaryWriter(self._tb_local or tb_dir, purge_step=purge_step)
-
-    def print(self, msg: str) -> None:
-        """A user-facing progress line (Ray Train forwards worker logging to the driver)."""
-        if self.is_writer:
-            progress.info(msg)
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.call(lambda w, tag=tag, value=value: w.add_scalar(tag, value, step))
-
-    def call(self, fn: Callable[[Any], None]) -> None:
-        if self.writer is not None:
-            fn(self.writer)
-
-    def flush(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.flush()
-        if self._tb_remote:
-            import pyarrow.fs
-
-            pyarrow.fs.copy_files(self._tb_local, self._tb_remote)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.flush()
-            self.writer.close()
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build, restore, then train/evaluate/checkpoint/report every epoch."""
     import ray
@@ -126,6 +88,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = TrainConfig(**config["cfg"])
+    if not cfg.verbose:
+        _quiet_reports()
     ctx = ray.train.get_context()  # Ray: who am I
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -133,21 +97,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["threads"])
     else:
         torch.backends.cudnn.benchmark = True
-    compute = resolve_compute(device, cfg.precision, cfg.channels_last)
-    data = tensors_from_arrays(ray.get(config["data"]))  # Ray: put there once by the driver
-    classes = config["dataset"]["classes"]
-    prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
-    e = build(cfg, data, len(classes), compute, config["mean"], config["std"], rank, world, prepare)
-
-    state = TrainState()
+    state, weights = TrainState(), None
     checkpoint = ray.train.get_checkpoint()  # Ray: set after a failure or on --resume
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = TrainState.from_checkpoint(d).continued()
             weights = ckpt.load_state_dict_file(Path(d) / ckpt.MODEL_FILE)
+    classes = config["dataset"]["classes"]
+    mean, std = config["mean"], config["std"]
+    local_world = ctx.get_local_world_size()
+    compute = choose_compute(cfg, state, device, len(classes), mean, std, world, local_world)
+    data = tensors_from_arrays(ray.get(config["data"]))  # Ray: put there once by the driver
+    prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
+    e = build(cfg, data, len(classes), compute, mean, std, rank, world, prepare)
+    if weights is not None:
         e.restore(weights, state.optimizer, state.scheduler)
         set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
-    out = RankZero(rank, config["tb_dir"], purge_step=state.start_epoch * e.steps_per_epoch or None)
+    purge = state.start_epoch * e.steps_per_epoch or None  # a resumed run overwrites the rest
+    out = RankZero(rank, config["run_dir"], classes, purge_step=purge)
     if checkpoint is not None:
         out.print(
             f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
@@ -155,6 +122,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
     else:
         write_intro(out, e, data["train_images"][:64], config["dataset"])
+        out.print(compute_line(compute, world))
     meta = ckpt.model_meta(
         classes,
         cfg.relu,
@@ -164,6 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config=cfg.to_dict(),
         versions=ckpt.versions(),
         world_size=world,
+        compute=state.compute,
     )
     t_run, first = time.perf_counter(), state.start_epoch
     for epoch in range(first, cfg.epochs):
@@ -174,7 +143,55 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if cfg.stop_after_epoch is not None and epoch + 1 == cfg.stop_after_epoch:
             out.close()
             raise RuntimeError(f"stop_after_epoch={cfg.stop_after_epoch} (testing hook)")
+    if state.history:
+        best = max(h["test_accuracy"] for h in state.history)
+        final = state.history[-1]["test_accuracy"]
+        out.hparams(cfg.to_dict(), {"best_test_accuracy": best, "final_test_accuracy": final})
     out.close()
+
+
+def choose_compute(
+    cfg: TrainConfig,
+    state: TrainState,
+    device: torch.device,
+    num_classes: int,
+    mean: list[float] | None,
+    std: list[float] | None,
+    world: int,
+    local_world: int = 1,
+) -> Compute:
+    """The precision and memory format this run trains in: what a restarted run recorded (so
+    it continues exactly), else the flags, else (``auto`` on a CPU) the fastest measured by
+    every rank on its own CPU, the slowest rank deciding."""
+    if state.compute is not None:
+        c = state.compute
+        return resolve_compute(device, c["precision"], c["channels_last"])
+    batch = max(1, cfg.batch_size // world)
+    probe = training_probe(cfg, num_classes, batch, mean, std)
+    key = (
+        f"train|{machine_key()}|batch={batch}|classes={num_classes}|relu={cfg.relu}|"
+        f"augment={cfg.augment}|workers_here={local_world}"
+    )
+    compute = resolve_compute(
+        device,
+        cfg.precision,
+        cfg.channels_last,
+        probe=probe,
+        reduce=lambda times: all_reduce(times, device, op="max"),
+        cache_key=key,
+    )
+    state.compute = compute.describe()
+    return compute
+
+
+def compute_line(c: Compute, world: int) -> str:
+    """How the run computes, and the figures behind a measured choice."""
+    line = f"[cifar] training in {c.name} on {c.device.type} ({c.chosen_by}"
+    if c.ms_per_step:
+        times = ", ".join(f"{k} {v:.1f} ms" for k, v in c.ms_per_step.items())
+        who = f"slowest of {world} workers" if world > 1 else "this worker"
+        line += f" per training step, {who}: {times}"
+    return line + ")"
 
 
 def write_intro(out: RankZero, e: Engine, first: torch.Tensor, dataset: dict[str, Any]) -> None:
@@ -197,6 +214,9 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
     stats = train_one_epoch(e, epoch, on_log if out.is_writer else None)
     loss_sum, samples = all_reduce([stats.loss_sum, stats.samples], e.compute.device)
     (seconds,) = all_reduce([stats.seconds], e.compute.device, op="max")  # the slowest rank
+    evaluation = evaluate(e, examples=EXAMPLES if out.is_writer else 0)
+    confusion = evaluation.pop("confusion")
+    wrong = evaluation.pop("misclassified", None)
     metrics = {
         "epoch": epoch + 1,
         "epochs": e.cfg.epochs,
@@ -205,19 +225,26 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         "train_seconds": seconds,
         "lr": e.optimizer.param_groups[0]["lr"],
         "restarts": state.restarts,
-        **evaluate(e),
+        **evaluation,
     }
+    is_best = all(metrics["test_accuracy"] > h["test_accuracy"] for h in state.history)
     state.history.append({k: metrics[k] for k in HISTORY_KEYS})
     state.epoch = epoch
+    per_class = per_class_accuracy(confusion, out.classes)
     out.scalars(
         {
             "test/loss": metrics["test_loss"],
             "test/accuracy": metrics["test_accuracy"],
             "lr": metrics["lr"],
             "throughput/images_per_s": metrics["images_per_s"],
+            **{f"test_class_accuracy/{c}": a for c, a in per_class.items() if a is not None},
         },
         epoch + 1,
     )
+    out.metrics(state.history)
+    if is_best:
+        state.best = {"epoch": epoch + 1, "confusion": confusion}
+        out.best_epoch(epoch + 1, confusion, wrong)
     out.flush()
     return metrics
 
@@ -253,20 +280,14 @@ def report(
         )
 
 
-def dataset_markdown(d: dict[str, Any]) -> str:
-    """The class counts as a Markdown table (TensorBoard's Text tab)."""
-    counts = d["class_counts"]
-    skipped = f", {d['skipped']} unreadable files skipped" if d.get("skipped") else ""
-    lines = [
-        f"{d['kind']} dataset at `{d['root']}`: {d['train_images']} training and "
-        f"{d['test_images']} evaluation images{skipped}",
-        "",
-        "| index | class | train | test |",
-        "| ---: | --- | ---: | ---: |",
-    ]
-    for i, c in enumerate(d["classes"]):
-        lines.append(f"| {i} | {c} | {counts['train'][c]} | {counts['test'][c]} |")
-    return "\n".join(lines)
+def _quiet_reports() -> None:
+    """Ray Train 2.60 logs every report (with the whole metrics dict) through a logger named
+    after its file, which RunConfig's LoggingConfig does not reach: quiet that one logger."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to quiet, or quieted another way
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _gather_rng_states(world: int) -> list[dict[str, Any]]:

@@ -79,7 +79,11 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
     single = {
         r.path: r
         for r in classify_files(
-            Classifier.from_path(str(model_dir), precision="auto"),
+            Classifier.from_path(  # what the job's actors computed in (auto: measured)
+                str(model_dir),
+                precision=summary["compute"]["precision"],
+                channels_last=summary["compute"]["channels_last"],
+            ),
             [str(p.resolve()) for p in good + bad],
         )
     }
@@ -91,24 +95,59 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
         assert (r["class_name"], r["class_index"]) == (s.class_name, s.class_index)
         assert r["confidence"] == pytest.approx(s.confidence, abs=1e-5)
         assert r["top1_class"] == r["class_name"] and r["top1_prob"] >= r["top2_prob"]
-    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    on_disk = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert on_disk["files"] == len(good) + len(bad) and on_disk["images_per_s"] > 0
     assert on_disk["preflight_seconds"] > 0 and on_disk["ray_start_seconds"] is None
     assert on_disk["model_meta"]["arch"] == ARCH
 
 
+def _labelled_tree(root, classes, n=4):
+    rng = np.random.default_rng(1)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png"
+            )
+
+
+def test_output_folder_opens_with_every_reader_as_it_is(ray_session, trained, tmp_path):
+    """The folder itself, no glob around the side files: pandas, pyarrow, Ray Data, DuckDB."""
+    import duckdb
+    import pyarrow.dataset as pds
+
+    model_dir, data = trained
+    _labelled_tree(tmp_path / "in", data.classes[:3])
+    out = tmp_path / "preds"
+    run(_cfg(model_dir, [tmp_path / "in"], out, labels_from_dirs=True, preview=6), 2, 0)
+    side = {p.name for p in out.iterdir() if p.name.startswith("_")}
+    assert side >= {"_summary.json", "_confusion_matrix.csv", "_confusion_matrix.png"}
+    assert {"_per_class.csv", "_preview.png"} <= side
+    n = 12
+    assert len(pd.read_parquet(out)) == n
+    assert pds.dataset(out).count_rows() == n
+    assert ray_session.data.read_parquet(str(out)).count() == n
+    got = duckdb.sql(f"select count(*) from read_parquet('{out}/*.parquet')").fetchone()[0]
+    assert got == n
+    summary = json.loads((out / "_summary.json").read_text())
+    assert set(summary["side_files"]) == side
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_other_formats_read_back_with_pandas(ray_session, trained, tree, tmp_path, fmt):
-    model_dir, _ = trained
+def test_other_formats_open_as_datasets(ray_session, trained, tree, tmp_path, fmt):
+    import pyarrow.dataset as pds
+
+    model_dir, data = trained
     root, good, bad = tree
-    run(_cfg(model_dir, [root], tmp_path / "o", format=fmt, top_k=2), 2, 0)
-    files = sorted(
-        p
-        for p in (tmp_path / "o").glob("*.csv" if fmt == "csv" else "*.json")
-        if p.name != "summary.json"
-    )
-    df = pd.concat([pd.read_csv(f) if fmt == "csv" else pd.read_json(f, lines=True) for f in files])
-    assert len(df) == len(good) + len(bad)
+    _labelled_tree(root.parent / f"labelled-{fmt}", data.classes[:2], n=1)
+    inputs = [root, root.parent / f"labelled-{fmt}"]
+    out = tmp_path / "o"
+    run(_cfg(model_dir, inputs, out, format=fmt, top_k=2, labels_from_dirs=True), 2, 0)
+    assert (out / "_confusion_matrix.csv").is_file()  # a CSV the CSV readers must skip
+    arrow_format = {"csv": "csv", "jsonl": "json"}[fmt]
+    df = pds.dataset(out, format=arrow_format).to_table().to_pandas()
+    read = {"csv": ray_session.data.read_csv, "jsonl": ray_session.data.read_json}[fmt]
+    assert read(str(out)).count() == len(df) == len(good) + len(bad) + 2
     assert df["error"].notna().sum() == len(bad)
     assert {"path", "class_index", "class_name", "confidence", "top2_class", "top2_prob"} <= set(
         df.columns

@@ -77,6 +77,43 @@ def test_tensorboard_has_every_scalar_for_every_epoch(finished_run):
     assert tags["graph"] is True
 
 
+def test_run_writes_metrics_pictures_and_per_class_accuracy(finished_run):
+    import csv
+
+    from PIL import Image
+
+    storage, summary = finished_run
+    run_dir = storage / "full"
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["test_accuracy"]) for r in rows] == [
+        h["test_accuracy"] for h in summary["history"]
+    ]
+    assert {"train_loss", "test_loss", "lr", "images_per_s", "train_seconds"} <= set(rows[0])
+    classes = summary["data"]["classes"]
+    per_class = summary["best_per_class_accuracy"]
+    assert list(per_class) == classes and all(0 <= a <= 1 for a in per_class.values())
+    cm = summary["best_confusion_matrix"]
+    assert sum(map(sum, cm)) == summary["data"]["test_images"]
+    best = max(summary["history"], key=lambda h: h["test_accuracy"])
+    assert sum(cm[i][i] for i in range(len(classes))) == round(best["test_accuracy"] * 600)
+    table = list(csv.DictReader((run_dir / "per_class.csv").open()))
+    assert [r["class"] for r in table] == classes
+    for name, min_size in (("confusion_matrix.png", 500), ("misclassified.png", 300)):
+        with Image.open(run_dir / name) as img:
+            assert img.format == "PNG" and min(img.size) >= min_size, (name, img.size)
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    assert f"test_class_accuracy/{classes[0]}" in acc.Tags()["scalars"]
+    assert {"best/confusion_matrix", "best/misclassified"} <= set(acc.Tags()["images"])
+    hparams = EventAccumulator(str(run_dir / "tensorboard" / "hparams"))
+    hparams.Reload()
+    assert "_hparams_/session_start_info" in hparams.PluginTagToContent("hparams")
+    (logged,) = hparams.Scalars("hparam/best_test_accuracy")
+    assert logged.value == pytest.approx(summary["best_test_accuracy"], abs=1e-6)  # float32
+    assert summary["compute"]["precision"] in ("fp32", "bf16")
+
+
 def test_interrupted_run_resumes_at_next_epoch_with_same_state(finished_run, synthetic_dir):
     storage, full = finished_run
     cluster = ClusterInfo(cpus=2, gpus=0)

@@ -1,0 +1,176 @@
+"""What rank 0 writes while a run trains: progress lines, TensorBoard, and the run's files
+(``metrics.csv`` every epoch; ``confusion_matrix.png``, ``misclassified.png`` and
+``per_class.csv`` for the best epoch so far). Every other rank writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from cifar import storage
+from cifar.plots import per_class_csv
+
+log = logging.getLogger(__name__)
+progress = logging.getLogger("cifar.progress")
+
+METRICS_FILE = "metrics.csv"
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "images_per_s",
+    "train_seconds",
+)
+
+
+class RankZero:
+    """The one place that decides who writes: rank 0 prints, logs to TensorBoard, writes files."""
+
+    def __init__(
+        self,
+        rank: int,
+        run_dir: str | None,
+        classes: Sequence[str] = (),
+        purge_step: int | None = None,
+    ) -> None:
+        self.is_writer = rank == 0
+        self.run_dir = run_dir
+        self.classes = list(classes)
+        self.writer = None
+        self._tb_local = self._tb_remote = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._drawing: Future | None = None
+        if self.is_writer and run_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb_dir = f"{run_dir}/tensorboard"
+            if storage.is_uri(tb_dir):  # cloud storage: write locally, upload after each epoch
+                self._tb_remote = tb_dir
+                self._tb_local = tempfile.mkdtemp(prefix="cifar-tb-")
+            self.writer = SummaryWriter(self._tb_local or tb_dir, purge_step=purge_step)
+
+    def print(self, msg: str) -> None:
+        """A user-facing progress line (Ray Train forwards worker logging to the driver)."""
+        if self.is_writer:
+            progress.info(msg)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.call(lambda w, tag=tag, value=value: w.add_scalar(tag, value, step))
+
+    def call(self, fn: Callable[[Any], None]) -> None:
+        if self.writer is not None:
+            fn(self.writer)
+
+    def file(self, name: str, data: bytes) -> None:
+        """``data`` as ``<run>/<name>`` (local path or URI)."""
+        if self.is_writer and self.run_dir:
+            storage.write_bytes(f"{self.run_dir}/{name}", data)
+
+    def metrics(self, history: list[dict[str, float]]) -> None:
+        """``metrics.csv``: one row per finished epoch, rewritten whole (object stores cannot
+        append), so a crashed run still has every epoch it finished."""
+        self.file(METRICS_FILE, metrics_csv(history))
+
+    def best_epoch(
+        self, epoch: int, confusion: list[list[int]], wrong: dict[str, Any] | None
+    ) -> None:
+        """Pictures and per-class table of a new best epoch, as files and in TensorBoard.
+
+        Drawn in a background thread (about a second with matplotlib), so the next epoch
+        trains meanwhile; a newer best epoch replaces a drawing not yet started."""
+        if not self.is_writer:
+            return
+        if self._drawing is not None:
+            self._drawing.cancel()  # a drawing of an older best epoch that has not begun
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar-plots")
+        self._drawing = self._pool.submit(self._draw_best, epoch, confusion, wrong)
+
+    def _draw_best(
+        self, epoch: int, confusion: list[list[int]], wrong: dict[str, Any] | None
+    ) -> None:
+        from cifar.plots import confusion_png, image_grid_png, png_to_chw
+
+        title = f"test set, epoch {epoch} (best so far)"
+        pictures = {"confusion_matrix.png": confusion_png(confusion, self.classes, title)}
+        if wrong is not None and len(wrong["true"]):
+            captions = [
+                f"true: {self.classes[t]}\npred: {self.classes[p]} {c:.2f}"
+                for t, p, c in zip(
+                    wrong["true"].tolist(), wrong["pred"].tolist(), wrong["prob"].tolist(),
+                    strict=True,
+                )
+            ]  # fmt: skip
+            pictures["misclassified.png"] = image_grid_png(
+                wrong["images"].numpy(),
+                captions,
+                f"misclassified test images at epoch {epoch}: {len(captions)} from the share "
+                "of the test set evaluated by worker 0",
+            )
+        for name, png in pictures.items():
+            self.file(name, png)
+            tag = f"best/{name.removesuffix('.png')}"
+            self.call(lambda w, tag=tag, png=png: w.add_image(tag, png_to_chw(png), epoch))
+        self.file("per_class.csv", per_class_csv(confusion, self.classes))
+
+    def hparams(self, config: dict[str, Any], results: dict[str, float]) -> None:
+        """The run's settings against its results, for TensorBoard's HParams tab."""
+        flat = {
+            k: v if isinstance(v, bool | int | float | str) else str(v)
+            for k, v in config.items()
+            if v is not None
+        }
+        self.call(lambda w: w.add_hparams(flat, {f"hparam/{k}": v for k, v in results.items()},
+                                          run_name="hparams"))  # fmt: skip
+
+    def flush(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self._tb_remote:
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(self._tb_local, self._tb_remote)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # the last best epoch's pictures are written
+            if self._drawing is not None and not self._drawing.cancelled():
+                error = self._drawing.exception()
+                if error is not None:
+                    log.warning("could not write the best epoch's pictures: %s", error)
+        if self.writer is not None:
+            self.flush()
+            self.writer.close()
+
+
+def metrics_csv(history: list[dict[str, float]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue().encode()
+
+
+def dataset_markdown(d: dict[str, Any]) -> str:
+    """The class counts as a Markdown table (TensorBoard's Text tab)."""
+    counts = d["class_counts"]
+    skipped = f", {d['skipped']} unreadable files skipped" if d.get("skipped") else ""
+    lines = [
+        f"{d['kind']} dataset at `{d['root']}`: {d['train_images']} training and "
+        f"{d['test_images']} evaluation images{skipped}",
+        "",
+        "| index | class | train | test |",
+        "| ---: | --- | ---: | ---: |",
+    ]
+    for i, c in enumerate(d["classes"]):
+        lines.append(f"| {i} | {c} | {counts['train'][c]} | {counts['test'][c]} |")
+    return "\n".join(lines)
