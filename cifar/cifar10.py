@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
 import urllib.request
@@ -210,7 +209,7 @@ def download_cifar10(
             fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
-                    shutil.copyfileobj(r, out)
+                    _copy_with_progress(r, out, int(r.headers.get("Content-Length") or 0))
                 got = _md5(Path(tmp))
                 if got != md5:
                     raise DataError(
@@ -235,8 +234,44 @@ def download_cifar10(
         return batch_dir(root)
 
 
+def _copy_with_progress(src, dst, total: int) -> None:
+    """Copy a response to a file with a progress bar (tqdm writes it only to a terminal)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total or None, unit="B", unit_scale=True, desc="CIFAR-10", disable=None) as bar:
+        while block := src.read(1 << 20):
+            dst.write(block)
+            bar.update(len(block))
+
+
 def prepare_data(data_dir: str | os.PathLike, download: bool) -> ImageData:
     """Load the dataset, downloading it first (once per node, under a lock) when asked."""
     if download and not has_cifar10(data_dir):
         download_cifar10(data_dir)
     return load_cifar10(data_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cifar.cifar10 DATA_DIR``: download and check CIFAR-10 into DATA_DIR."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m cifar.cifar10",
+        description=f"Download CIFAR-10 ({CIFAR10_URL}, MD5-checked) and extract it into "
+        "DATA_DIR/cifar-10-batches-py.",
+        allow_abbrev=False,
+    )
+    p.add_argument("data_dir")
+    a = p.parse_args(argv)
+    try:
+        d = download_cifar10(a.data_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"CIFAR-10 is in {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,11 +35,14 @@ def opt(
     metavar: str | None = None,
     aliases: Sequence[str] = (),
     convert: Callable[[str], Any] | None = None,
+    required: bool = False,
 ) -> Any:
     """A config field. ``resumable``: may change when a training run is resumed; ``cli=False``:
-    set by the program, not a flag; ``aliases``: other spellings; ``convert``: parses the typed
-    value (before ``choices`` are checked)."""
+    set by the program, not a flag; ``aliases``: other spellings (``--gpu`` for a bool also
+    gives ``--no-gpu``); ``convert``: parses the typed value (before ``choices`` are checked);
+    ``required``: the command line must give it."""
     meta = {
+        "required": required,
         "help": help,
         "choices": choices,
         "group": group,
@@ -95,6 +98,7 @@ def build_parser(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # a new flag must never change what an old script's flags mean
     )
     groups: dict[str, Any] = {}
     hints = typing.get_type_hints(cls)
@@ -115,6 +119,8 @@ def build_parser(
             helptext += f" (default: {default})"
         names = [f"--{f.name.replace('_', '-')}", *m.get("aliases", ())]
         kw: dict[str, Any] = {"help": helptext, "dest": f.name}
+        if m.get("required"):
+            kw["required"] = True
         if tp is bool:
             target.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -142,6 +148,58 @@ def make_config(cls: type[T], *layers: dict[str, Any]) -> T:
     if isinstance(cfg, Config):
         cfg.validate()
     return cfg
+
+
+def add_job_flags(parser: argparse.ArgumentParser, saved_config: bool = False) -> None:
+    """Flags that steer a job but are not part of its config: --dry-run (and --config)."""
+    job = parser.add_argument_group("job")
+    job.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config, data, model, inputs and output, print the plan, start nothing",
+    )
+    if saved_config:
+        job.add_argument(
+            "--config",
+            metavar="CONFIG_JSON",
+            help="start from a run's saved config.json (flags typed here win over it)",
+        )
+
+
+def read_saved_config(path: str | None) -> dict[str, Any]:
+    """A saved ``config.json`` (local path or URI) as a dict; {} without a path."""
+    if not path:
+        return {}
+    import json
+
+    from cifar import storage
+
+    try:
+        return json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file. Pass a run's config.json.") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {path} is not a readable JSON config ({e}).") from None
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """How a job logs: its own progress lines (logger ``cifar.progress``) as they are, other
+    messages with level and source; INFO from libraries only with ``verbose``."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    progress = logging.getLogger("cifar.progress")
+    if not progress.handlers:
+        plain = logging.StreamHandler(sys.stdout)
+        plain.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(plain)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
 
 
 def run_main(main: Callable[[], int | None], handled: tuple[type[BaseException], ...]) -> None:

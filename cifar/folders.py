@@ -159,13 +159,18 @@ def _cache_dir(root: str) -> Path:
     return d
 
 
+def cached(tree: Tree) -> bool:
+    """True if the tree's pixels are in the cache (the next load decodes nothing)."""
+    return (_cache_dir(tree.root) / f"decoded-{tree.cache_key()}.npz").is_file()
+
+
 def decoded_pixels(tree: Tree) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """Pixels and errors for every file of ``tree``, from the cache or decoded (and cached).
 
     Concurrent callers (several jobs, or nodes sharing the folder) decode once: the others wait
     on a file lock and then read the cache. Returns (images, errors, decode stats)."""
     d = _cache_dir(tree.root)
-    target = d / f"decoded-{tree.cache_key()}.npz"
+    target = d / f"decoded-{tree.cache_key()}.npz"  # cached() looks here too
     with FileLock(str(d / ".lock")):
         t0 = time.perf_counter()
         if target.is_file():

@@ -32,3 +32,33 @@ def load_data(
             "python files to a local --data-dir instead."
         )
     return cifar10.prepare_data(data_dir, download)
+
+
+def check_data(
+    data_dir: str, download: bool = True, synthetic: list[int] | None = None
+) -> tuple[str, int | None]:
+    """For ``--dry-run``: what :func:`load_data` would read, checked without decoding or
+    downloading -> (one line, training files found or None)."""
+    if synthetic:
+        return f"a generated CIFAR-format set ({synthetic[0]} train / {synthetic[1]} test)", (
+            synthetic[0]
+        )
+    if folders.is_folder_tree(data_dir):
+        tree = folders.scan(data_dir)
+        n_train = sum(f.rel.startswith(f"{folders.TRAIN_DIR}/") for f in tree.files)
+        split = tree.eval_dir + "/" if tree.eval_dir else "a hash split of train/"
+        cached = "cached" if folders.cached(tree) else "not decoded yet"
+        return (
+            f"image folders {data_dir}: {len(tree.classes)} classes ({', '.join(tree.classes[:8])}"
+            f"{', ...' if len(tree.classes) > 8 else ''}), {n_train} training files, evaluated "
+            f"on {split} ({cached})",
+            n_train,
+        )
+    if storage.is_uri(data_dir):
+        load_data(data_dir, download)  # raises the no-train/ error
+    if cifar10.has_cifar10(data_dir):
+        return f"CIFAR-format files in {cifar10.batch_dir(data_dir)}", 50000
+    if download:
+        return f"CIFAR-10 will be downloaded into {data_dir} ({cifar10.CIFAR10_URL})", 50000
+    cifar10.load_cifar10(data_dir)  # raises the not-found error that says what to do
+    raise AssertionError("unreachable")

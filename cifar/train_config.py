@@ -64,7 +64,7 @@ class TrainConfig(Config):
     relu: bool = recipe_opt(False, "add ReLUs (Caffe's CIFAR10-quick)")
     seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
     num_workers: int = scale_opt(1, "Ray Train workers", resumable=True)
-    use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True)  # noqa: E501
+    use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, aliases=("--gpu",))  # noqa: E501
     cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the cluster's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
     placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
     storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
@@ -74,6 +74,7 @@ class TrainConfig(Config):
     keep_checkpoints: int = run_opt(2, "checkpoints kept (best by test accuracy, plus the latest)", resumable=True)  # noqa: E501
     log_every: int = run_opt(50, "train/loss every N steps", resumable=True)
     smoke_test: bool = run_opt(False, "tiny generated set, 1 epoch, 2 CPU workers")
+    verbose: bool = run_opt(False, "also Ray Train's own INFO lines (worker group, checkpoints, reports)", resumable=True)  # noqa: E501
     precision: str = speed_opt("auto", "bf16 autocast or fp32 (auto: bf16 on GPUs and bf16-capable CPUs); --amp off = fp32", choices=PRECISIONS, aliases=("--amp",), convert=parse_precision)  # noqa: E501
     channels_last: bool | None = speed_opt(None, "channels_last memory format (default: on)")
     compile: bool = speed_opt(False, "torch.compile the model")
@@ -124,9 +125,18 @@ class TrainConfig(Config):
 RESUMABLE_FIELDS = fields_where(TrainConfig, "resumable")
 
 
-def resolve_config(explicit: dict[str, Any]) -> TrainConfig:
-    """Dataclass defaults <- recipe preset <- smoke-test preset <- flags the user typed."""
+# What a saved config.json (--config) does not carry over: a rerun is a new run.
+NOT_RERUN = ("name", "resume", "classes", "stop_after_epoch")
+
+
+def resolve_config(explicit: dict[str, Any], saved: dict[str, Any] | None = None) -> TrainConfig:
+    """Dataclass defaults <- a saved config (``--config``) <- the recipe preset (if typed, or
+    without a saved config) <- smoke-test preset <- flags the user typed."""
+    saved = {k: v for k, v in (saved or {}).items() if k not in NOT_RERUN}
+    if "amp" in saved:  # config.json written before --precision
+        saved.setdefault("precision", parse_precision(saved.pop("amp")))
+    preset = {}
+    if "recipe" in explicit or not saved:
+        preset = RECIPE_PRESETS[explicit.get("recipe", saved.get("recipe", "default"))]
     smoke = {**SMOKE_PRESET, "synthetic": SMOKE_DATA} if explicit.get("smoke_test") else {}
-    return make_config(
-        TrainConfig, RECIPE_PRESETS[explicit.get("recipe", "default")], smoke, explicit
-    )
+    return make_config(TrainConfig, saved, preset, smoke, explicit)

@@ -1,32 +1,52 @@
-"""Classify image folders with Ray Data: ``python -m jobs.predict --model M --input I --output O``.
+"""Classify image folders with Ray Data: ``cifar-predict --model M --input I --output O`` (or
+``python -m jobs.predict``).
 
 Examples:
-  python -m jobs.predict --model ~/ray_results/run1 --input photos/ --output preds/
-  python -m jobs.predict --model mywork_10.pth --input 'shots/**/*.jpg' --output out --format csv
-  python -m jobs.predict --model run1/model --input s3://bucket/imgs --output s3://bucket/preds \\
+  cifar-predict --model ~/ray_results/run1 --input photos/ --output preds/
+  cifar-predict --model mywork_10.pth --input 'shots/**/*.jpg' --output out --format csv
+  cifar-predict --model run1/model --input s3://bucket/imgs --output s3://bucket/preds \\
       --gpus-per-actor 1 --num-actors 1-8
-  python -m jobs.predict --model run1 --input val/ --output val-preds --labels-from-dirs
+  cifar-predict --model run1 --input val/ --output val-preds --labels-from-dirs --preview 64
+  cifar-predict --model run1 --input photos/ --output preds/ --dry-run   # check, start nothing
+
+Read the results with pandas.read_parquet("preds/"), pyarrow.dataset.dataset("preds/"),
+ray.data.read_parquet("preds/") or DuckDB's read_parquet('preds/*.parquet'); the side files
+(_summary.json, _confusion_matrix.png, ...) start with "_" so those readers skip them.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from cifar.bulk import PredictConfig, default_ray_init, preflight, run
+from cifar.bulk import PredictConfig, default_ray_init, plan_lines, preflight, run
 from cifar.checkpoint import CheckpointError
-from cifar.config import ConfigError, build_parser, make_config, parse_explicit, run_main
-from cifar.raycluster import cluster_info
+from cifar.config import (
+    ConfigError,
+    add_job_flags,
+    build_parser,
+    configure_logging,
+    make_config,
+    parse_explicit,
+    run_main,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
-        PredictConfig, "python -m jobs.predict", "Classify images in bulk with Ray Data.", __doc__
+        PredictConfig, "cifar-predict", "Classify images in bulk with Ray Data.", __doc__
     )
-    cfg = make_config(PredictConfig, parse_explicit(parser, argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    add_job_flags(parser)
+    explicit = parse_explicit(parser, argv)
+    dry_run = explicit.pop("dry_run", False)
+    cfg = make_config(PredictConfig, explicit)
+    configure_logging(cfg.verbose)
     pre = preflight(cfg)  # bad model, inputs or output fail here, before Ray starts
-    ray_seconds = default_ray_init()
+    if dry_run:
+        print("\n".join(plan_lines(cfg, pre)))
+        return 0
+    from cifar.raycluster import cluster_info
+
+    ray_seconds = default_ray_init(cfg.verbose)
     cluster = cluster_info()
     summary = run(cfg, cluster.cpus, cluster.gpus, pre=pre, ray_start_seconds=ray_seconds)
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
@@ -34,10 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         f"[cifar] classified {summary['files']} files: {summary['predicted']} predicted, "
         f"{summary['errors']} errors, {summary['skipped']} skipped{acc} in "
         f"{summary['seconds']:.1f}s ({summary['images_per_s']:.0f} img/s; Ray start-up "
-        f"{ray_seconds:.1f}s not included) -> {cfg.output} ({cfg.format}, summary.json)"
+        f"{ray_seconds:.1f}s not included)\n"
+        f"  results: {cfg.output} ({cfg.format}; side files: {', '.join(summary['side_files'])})"
     )
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The installed ``cifar-predict`` command."""
     run_main(lambda: main(sys.argv[1:]), (ConfigError, CheckpointError))
+
+
+if __name__ == "__main__":
+    cli()

@@ -53,7 +53,9 @@ Ray cluster is up: head $GCS_ADDRESS + $WORKER_NODES worker node(s), token authe
   job submission / dashboard: $RAY_ADDRESS   (listening on $LISTEN only)
   submit a job:   scripts/submit.sh train --smoke-test      (RAY_ADDRESS=$RAY_ADDRESS)
   or by hand:     RAY_AUTH_MODE=token RAY_ADDRESS=$RAY_ADDRESS ray job submit --working-dir . -- python -m jobs.train --smoke-test
-  connect:        RAY_AUTH_MODE=token python -c "import ray; ray.init('$GCS_ADDRESS')"
+  connect:        RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $REPO/.venv/bin/python -c "import ray; ray.init('$GCS_ADDRESS'); print(ray.cluster_resources())"
+                  (the second variable gives the connecting process the loopback address the
+                  nodes have; without it ray.init waits for a node at this machine's address)
   stop:           scripts/cluster-down.sh --port $PORT
 INFO
 }

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.paths import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -64,7 +64,7 @@ def cluster(tmp_path_factory):
         assert "token authentication on" in out and "127.0.0.1 only" in out
         again = _run(up, env, timeout=120, check=True).stdout  # idempotent
         assert "already running" in again
-        yield {"env": env, "tmp": tmp, "work": tmp_path_factory.mktemp("cluster")}
+        yield {"env": env, "tmp": tmp, "work": tmp_path_factory.mktemp("cluster"), "up": out}
     finally:
         _run(["scripts/cluster-down.sh", "--port", str(PORT)], env, timeout=120)
         left = _run(
@@ -254,6 +254,17 @@ def test_every_server_listens_on_loopback_only(cluster):
         assert ip.is_loopback, c
 
 
+def test_the_printed_connect_line_connects_as_printed(cluster):
+    line = next(s for s in cluster["up"].splitlines() if s.strip().startswith("connect:"))
+    command = line.split("connect:", 1)[1].strip()
+    env = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_")}
+    r = subprocess.run(
+        ["bash", "-c", command], cwd="/", env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "'CPU': 4.0" in r.stdout  # both nodes' CPUs: it reached this cluster
+
+
 def test_connections_without_the_token_are_refused(cluster, tmp_path):
     ok = _run([RAY, "job", "list"], cluster["env"], timeout=60)
     assert ok.returncode == 0, ok.stderr
@@ -373,10 +384,18 @@ def test_stopped_job_resumes_with_same_name(cluster, train_data):
     assert 1 <= _restored_epoch(cluster, summary) <= on_disk
 
 
-def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster):
-    runs = cluster["work"] / "runs"
-    if not (runs / "smoke" / "model").is_dir():
-        pytest.skip("needs the smoke run's model")
+@pytest.fixture(scope="module")
+def untrained_model(cluster) -> Path:
+    """A model directory to predict with (the job does not care whether it learned)."""
+    from cifar.checkpoint import model_meta, save_checkpoint
+    from cifar.model import CIFAR10_CLASSES, build_model
+
+    d = cluster["work"] / "untrained-model"
+    save_checkpoint(d, build_model(), model_meta(CIFAR10_CLASSES))
+    return d
+
+
+def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster, untrained_model):
     files = _images(cluster["work"] / "many", 3000)
     out = cluster["work"] / "killed-preds"
     job = f"pk-{uuid.uuid4().hex[:8]}"
@@ -387,7 +406,7 @@ def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster):
         job,
         "predict",
         "--model",
-        str(runs / "smoke"),
+        str(untrained_model),
         "--input",
         str(cluster["work"] / "many"),
         "--output",
@@ -410,7 +429,7 @@ def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster):
     assert _wait_job(cluster, job) == "SUCCEEDED", _job_logs(cluster, job)[-4000:]
     paths = pq.read_table(sorted(out.glob("*.parquet"))).column("path").to_pylist()
     assert len(paths) == len(files) and set(paths) == {str(p) for p in files}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["rows"] == summary["files"] == 3000 and summary["errors"] == 0
     assert summary["ray_start_seconds"] > 0 and summary["preflight_seconds"] > 0
 
@@ -419,15 +438,13 @@ def test_spread_run_equals_single_node_run(cluster, train_data):
     """Workers on two nodes (STRICT_SPREAD) vs both on one node (PACK), same recipe and seed:
     the same test accuracy after every epoch."""
     runs = cluster["work"] / "runs"
-    spread = runs / "stopped" / "summary.json"
-    if not spread.exists():
-        pytest.skip("needs the STRICT_SPREAD run of test_stopped_job_resumes_with_same_name")
-    args = _train_args(cluster, train_data, "packed")
-    args[args.index("STRICT_SPREAD")] = "PACK"
-    r = _submit(cluster, *args)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    for name, placement in (("spread", "STRICT_SPREAD"), ("packed", "PACK")):
+        args = _train_args(cluster, train_data, name)
+        args[args.index("STRICT_SPREAD")] = placement
+        r = _submit(cluster, *args)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     packed = json.loads((runs / "packed" / "summary.json").read_text())
-    spread_hist = json.loads(spread.read_text())["history"]
+    spread_hist = json.loads((runs / "spread" / "summary.json").read_text())["history"]
     assert [h["test_accuracy"] for h in packed["history"]] == [
         h["test_accuracy"] for h in spread_hist
     ]
