@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from cifar.checkpoint import unwrap
 from cifar.data import TensorImageDataset, eval_loader, train_loader
-from cifar.device import Compute
+from cifar.device import Compute, machine_key, resolve_compute
 from cifar.model import build_model
-from cifar.train_config import TrainConfig
+from cifar.train_config import TrainConfig, resolve_recipe
 
 EVAL_BATCH = 1024
 
@@ -74,7 +74,9 @@ def build(
 ) -> Engine:
     """Model (same initial weights on every rank), this rank's loaders over ``data``
     (``train_images``/``train_labels``/``test_images``/``test_labels`` uint8/int64 tensors),
-    optimizer and schedule. ``wrap`` distributes the model (Ray's ``prepare_model``: DDP)."""
+    optimizer and schedule. ``wrap`` distributes the model (Ray's ``prepare_model``: DDP).
+    A batch size or learning rate left to the recipe is resolved here as the job resolves it."""
+    cfg = resolve_recipe(cfg, len(data["train_labels"]), world)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed + rank)
     model = compute.place(build_model(relu=cfg.relu, num_classes=num_classes))
@@ -153,6 +155,34 @@ def training_probe(
         return step
 
     return probe
+
+
+def job_compute(
+    cfg: TrainConfig,
+    device: torch.device,
+    num_classes: int,
+    mean: list[float] | None,
+    std: list[float] | None,
+    world: int = 1,
+    local_world: int = 1,
+) -> Compute:
+    """The precision and memory format a training run uses, as the job chooses them: the flags,
+    else (``auto`` on a CPU) the fastest training step of this run measured on this CPU (cached
+    per machine and work), the slowest rank deciding when there are several. ``cfg`` has its
+    batch resolved (:func:`cifar.train_config.resolve_recipe`)."""
+    batch = max(1, cfg.batch_size // world)
+    key = (
+        f"train|{machine_key()}|batch={batch}|classes={num_classes}|relu={cfg.relu}|"
+        f"augment={cfg.augment}|workers_here={local_world}"
+    )
+    return resolve_compute(
+        device,
+        cfg.precision,
+        cfg.channels_last,
+        probe=training_probe(cfg, num_classes, batch, mean, std),
+        reduce=lambda times: all_reduce(times, device, op="max") if world > 1 else times,
+        cache_key=key,
+    )
 
 
 def make_scheduler(

@@ -104,7 +104,12 @@ def read_results(output: str, fmt: str):
         for e in storage.list_files(output)
         if e.rel.endswith(f.suffix) and e.rel != SUMMARY_FILE
     ]
-    return pds.dataset(files, format=f.arrow, filesystem=fs).to_table()
+    fmt_ = f.arrow
+    if f.arrow == "csv":  # an empty field is a null (no error, no label), as pandas reads it
+        import pyarrow.csv as pcsv
+
+        fmt_ = pds.CsvFileFormat(convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+    return pds.dataset(files, format=fmt_, filesystem=fs).to_table()
 
 
 def summarize(

@@ -20,9 +20,10 @@ from cifar.config import ConfigError
 from cifar.data import ImageData
 from cifar.plots import per_class_accuracy
 from cifar.raycluster import ClusterInfo
-from cifar.train_config import RESUMABLE_FIELDS, TrainConfig
+from cifar.train_config import RESUMABLE_FIELDS, TrainConfig, resolve_recipe
 from cifar.worker import TrainState, train_loop_per_worker
 
+RECIPE_CHOSEN = ("batch_size", "lr")  # None: the default recipe picks them for the data
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
 
@@ -58,6 +59,9 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
                 "Check --name and --storage-path, or drop --resume to start a new run."
             )
         saved = json.loads(storage.read_text(config_file))
+        # what the recipe chose for the run (not typed now) is what it continues with
+        chosen = {k: saved[k] for k in RECIPE_CHOSEN if getattr(cfg, k) is None and k in saved}
+        cfg = dataclasses.replace(cfg, **chosen)
         current = cfg.to_dict()
         changed = [
             f"--{k.replace('_', '-')} {saved.get(k)!r} -> {current[k]!r}"
@@ -170,16 +174,19 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
     from cifar.sources import check_data
 
     cfg = prepare_run(cfg)
-    data, _ = check_data(cfg.data_dir, cfg.download, cfg.synthetic)
+    data, n_train = check_data(cfg.data_dir, cfg.download, cfg.synthetic)
+    chose = "" if cfg.batch_size and cfg.lr else " (batch/lr picked for the data)"
+    if n_train:
+        cfg = resolve_recipe(cfg, n_train, cfg.num_workers)
     gpu = {True: "1 GPU each", False: "CPU only", None: "a GPU each if the cluster has GPUs"}
     cpus = cfg.cpus_per_worker or "the cluster's CPUs shared"
     return [
         "[cifar] dry run: the config, data and run directory check out; nothing was started",
         f"  run:       {run_dir(cfg)} ({'resumes its latest checkpoint' if cfg.resume else 'new'})",
         f"  data:      {data}",
-        f"  recipe:    {cfg.recipe}: {cfg.epochs} epochs, global batch {cfg.batch_size}, "
-        f"lr {cfg.lr:g} ({cfg.schedule}), momentum {cfg.momentum:g}, weight decay "
-        f"{cfg.weight_decay:g}, augment {'on' if cfg.augment else 'off'}",
+        f"  recipe:    {cfg.recipe}{chose}: {cfg.epochs} epochs, global batch "
+        f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.schedule}), momentum {cfg.momentum:g}, weight "
+        f"decay {cfg.weight_decay:g}, augment {'on' if cfg.augment else 'off'}",
         f"  scale:     {cfg.num_workers} worker(s), {gpu[cfg.use_gpu]}, CPUs per worker: {cpus}",
         f"  precision: {cfg.precision}"
         + (" (on a CPU: measured at the start; bf16 on GPUs)" if cfg.precision == "auto" else ""),
@@ -302,6 +309,7 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     cfg = prepare_run(cfg)
     data = load_data(cfg)
     cfg = check_classes(cfg, data)
+    cfg = resolve_recipe(cfg, len(data.train_labels), cfg.num_workers)
     dataset = describe_data(data)
     log_data(data, dataset)
     rdir = run_dir(cfg)

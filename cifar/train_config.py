@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -51,8 +52,8 @@ class TrainConfig(Config):
     val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
     recipe: str = recipe_opt("default", "preset; 'tutorial' reproduces the tutorial exactly", choices=RECIPES)  # noqa: E501
     epochs: int = recipe_opt(20, "training epochs")
-    batch_size: int = recipe_opt(256, "GLOBAL batch, split across workers")
-    lr: float = recipe_opt(0.02, "peak learning rate")
+    batch_size: int | None = recipe_opt(None, "GLOBAL batch, split across workers (default: from the data and epochs, about 1,000 optimizer steps per run, 4..256)")  # noqa: E501
+    lr: float | None = recipe_opt(None, "peak learning rate (default: scaled with the batch)")
     momentum: float = recipe_opt(0.9, "SGD momentum")
     nesterov: bool = recipe_opt(True, "Nesterov momentum")
     weight_decay: float = recipe_opt(5e-4, "L2 weight decay")
@@ -88,13 +89,19 @@ class TrainConfig(Config):
         return [
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.num_workers >= 1, f"--num-workers must be at least 1 (got {self.num_workers})"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (
-                self.batch_size >= self.num_workers,
+                self.batch_size is None or self.batch_size >= 1,
+                f"--batch-size must be at least 1 (got {self.batch_size})",
+            ),
+            (
+                self.batch_size is None or self.batch_size >= self.num_workers,
                 f"--batch-size {self.batch_size} is the global batch and must be at least "
                 f"--num-workers {self.num_workers} (each worker gets batch_size/num_workers)",
             ),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive (got {self.lr})"),
+            (
+                self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+                f"--lr must be positive (got {self.lr})",
+            ),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
             (
@@ -119,6 +126,36 @@ class TrainConfig(Config):
                 "--nesterov needs --momentum > 0 (use --no-nesterov with --momentum 0)",
             ),
         ]
+
+
+# The default recipe thinks in optimizer steps, not epochs: a short run on a few hundred images
+# needs small batches to learn at all, 50,000 images want large ones. Measured on eight
+# evaluation sets (scripts/evalsets.py; README "Recipe"): global batch ~ images x epochs / 1024,
+# a power of two in 4..256; peak lr grows with the cube root of the batch.
+RECIPE_STEPS = 1024  # optimizer steps a default run aims at
+BATCH_RANGE = (4, 256)
+LR_AT_128, LR_MAX = 0.1, 0.1
+
+
+def default_batch(n_train: int, world: int, epochs: int) -> int:
+    """The global batch the default recipe picks: a power of two near
+    ``n_train * epochs / RECIPE_STEPS`` in ``BATCH_RANGE``, a multiple of the worker count."""
+    want = max(1.0, n_train * epochs / RECIPE_STEPS)
+    batch = min(max(2 ** round(math.log2(want)), BATCH_RANGE[0]), BATCH_RANGE[1])
+    return max(world, batch // world * world)
+
+
+def default_lr(batch: int) -> float:
+    """Peak learning rate for a global batch: ``0.1 * (batch / 128) ** (1/3)``, at most 0.1."""
+    return round(min(LR_MAX, LR_AT_128 * (batch / 128) ** (1 / 3)), 4)
+
+
+def resolve_recipe(cfg: TrainConfig, n_train: int, world: int) -> TrainConfig:
+    """``cfg`` with the batch and learning rate the user did not type filled in for this data
+    and world size (typed values stay)."""
+    batch = cfg.batch_size or default_batch(n_train, world, cfg.epochs)
+    lr = cfg.lr if cfg.lr is not None else default_lr(batch)
+    return dataclasses.replace(cfg, batch_size=batch, lr=lr)
 
 
 # Settings that may change when a run is resumed; everything else must match the saved config.

@@ -16,17 +16,17 @@ import torch
 
 from cifar import checkpoint as ckpt
 from cifar.data import make_grid_sample, random_crop_flip, tensors_from_arrays
-from cifar.device import Compute, machine_key, resolve_compute
+from cifar.device import Compute, resolve_compute
 from cifar.engine import (
     Engine,
     all_reduce,
     build,
     distributed,
     evaluate,
+    job_compute,
     rng_state,
     set_rng_state,
     train_one_epoch,
-    training_probe,
 )
 from cifar.images import IMAGE_SIZE
 from cifar.plots import per_class_accuracy
@@ -160,26 +160,12 @@ def choose_compute(
     world: int,
     local_world: int = 1,
 ) -> Compute:
-    """The precision and memory format this run trains in: what a restarted run recorded (so
-    it continues exactly), else the flags, else (``auto`` on a CPU) the fastest measured by
-    every rank on its own CPU, the slowest rank deciding."""
+    """What a restarted run recorded (so it continues exactly), else what the job chooses now
+    (:func:`cifar.engine.job_compute`), recorded in ``state``."""
     if state.compute is not None:
         c = state.compute
         return resolve_compute(device, c["precision"], c["channels_last"])
-    batch = max(1, cfg.batch_size // world)
-    probe = training_probe(cfg, num_classes, batch, mean, std)
-    key = (
-        f"train|{machine_key()}|batch={batch}|classes={num_classes}|relu={cfg.relu}|"
-        f"augment={cfg.augment}|workers_here={local_world}"
-    )
-    compute = resolve_compute(
-        device,
-        cfg.precision,
-        cfg.channels_last,
-        probe=probe,
-        reduce=lambda times: all_reduce(times, device, op="max"),
-        cache_key=key,
-    )
+    compute = job_compute(cfg, device, num_classes, mean, std, world, local_world)
     state.compute = compute.describe()
     return compute
 

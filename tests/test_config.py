@@ -3,7 +3,13 @@ import pytest
 from cifar.config import ConfigError, build_parser, parse_explicit
 from cifar.raycluster import ClusterInfo
 from cifar.train import prepare_run, resolve_scale
-from cifar.train_config import TrainConfig, resolve_config
+from cifar.train_config import (
+    TrainConfig,
+    default_batch,
+    default_lr,
+    resolve_config,
+    resolve_recipe,
+)
 
 
 def _cfg(argv):
@@ -11,17 +17,42 @@ def _cfg(argv):
     return resolve_config(parse_explicit(p, argv))
 
 
-def test_defaults_are_the_tuned_recipe():
+def test_defaults_leave_batch_and_lr_to_the_data():
     c = _cfg([])
-    assert (c.lr, c.momentum, c.nesterov, c.schedule, c.augment, c.normalize) == (
-        0.02,
+    assert (c.momentum, c.nesterov, c.schedule, c.augment, c.normalize) == (
         0.9,
         True,
         "onecycle",
         True,
         True,
     )
-    assert c.label_smoothing == 0.1 and c.batch_size == 256
+    assert c.label_smoothing == 0.1 and c.batch_size is None and c.lr is None
+    typed = resolve_recipe(_cfg(["--batch-size", "96", "--lr", "0.03"]), 50000, 2)
+    assert (typed.batch_size, typed.lr) == (96, 0.03)  # typed values are never changed
+
+
+@pytest.mark.parametrize(
+    ("n", "world", "epochs", "batch", "lr"),
+    [
+        (245, 1, 2, 4, 0.0315),  # the tutorial's ants/bees: 2 epochs need small steps
+        (245, 2, 2, 4, 0.0315),
+        (7000, 1, 2, 16, 0.05),  # the small real set of the recipe issue
+        (7000, 2, 2, 16, 0.05),
+        (7000, 1, 4, 32, 0.063),
+        (50000, 1, 2, 128, 0.1),
+        (50000, 1, 20, 256, 0.1),
+        (50000, 4, 20, 256, 0.1),
+        (1000, 3, 2, 3, 0.0286),  # a multiple of the workers, each at least one image
+        (3, 1, 1, 4, 0.0315),
+    ],
+)
+def test_recipe_picks_batch_and_lr_from_data_workers_and_epochs(n, world, epochs, batch, lr):
+    assert default_batch(n, world, epochs) == batch
+    assert default_lr(batch) == lr
+    got = resolve_recipe(TrainConfig(epochs=epochs), n, world)
+    assert (got.batch_size, got.lr) == (batch, lr)
+    steps = -(-n // batch) * epochs
+    assert steps >= min(n * epochs // 256, 256)  # enough optimizer steps to learn
 
 
 def test_tutorial_recipe_reproduces_the_tutorial_and_flags_still_win():
@@ -88,15 +119,18 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
 
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps(_cfg([]).to_dict()))
-    with pytest.raises(ConfigError, match=r"--lr 0\.02 -> 0\.1"):
+    saved = resolve_recipe(_cfg([]), 7000, 1)  # a run's config.json holds what was chosen
+    assert (saved.batch_size, saved.lr) == (128, 0.1)  # 20 epochs of 7,000 images
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
+    with pytest.raises(ConfigError, match=r"--lr 0\.1 -> 0\.2"):
         prepare_run(
-            _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--lr", "0.1"])
+            _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--lr", "0.2"])
         )
     ok = prepare_run(
         _cfg(["--resume", "--name", "r", "--storage-path", str(tmp_path), "--num-workers", "3"])
     )
     assert ok.num_workers == 3
+    assert (ok.batch_size, ok.lr) == (128, 0.1)  # the recipe it started with, not re-picked
 
 
 def test_one_precision_vocabulary_and_the_old_amp_spelling():

@@ -99,9 +99,10 @@ def test_run_writes_metrics_pictures_and_per_class_accuracy(finished_run):
     assert sum(cm[i][i] for i in range(len(classes))) == round(best["test_accuracy"] * 600)
     table = list(csv.DictReader((run_dir / "per_class.csv").open()))
     assert [r["class"] for r in table] == classes
-    for name, min_size in (("confusion_matrix.png", 500), ("misclassified.png", 300)):
-        with Image.open(run_dir / name) as img:
-            assert img.format == "PNG" and min(img.size) >= min_size, (name, img.size)
+    for name, min_size in (("confusion_matrix.png", (500, 500)), ("misclassified.png", (300, 150))):
+        with Image.open(run_dir / name) as img:  # readable: classes named, nothing cut off
+            assert img.format == "PNG" and img.size >= min_size, (name, img.size)
+            assert img.size[1] >= min_size[1], (name, img.size)
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     acc.Reload()
     assert f"test_class_accuracy/{classes[0]}" in acc.Tags()["scalars"]

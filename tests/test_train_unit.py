@@ -85,7 +85,7 @@ def test_one_epoch_learns_and_restarting_mid_run_matches_an_uninterrupted_run(sy
 
 
 def test_onecycle_lr_never_goes_negative():
-    cfg = TrainConfig(epochs=2)
+    cfg = TrainConfig(epochs=2, lr=0.02)
     opt = torch.optim.SGD(build_model().parameters(), lr=cfg.lr)
     sch = make_scheduler(opt, cfg, 5)
     lrs = []
