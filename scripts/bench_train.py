@@ -1,15 +1,19 @@
-"""Training throughput and time-to-accuracy: the tutorial's loop vs this project's, same data.
+"""Training throughput, time to accuracy and fixed cost: the tutorial's loop vs this project's.
 
-    .venv/bin/python scripts/bench_train.py [--train 10000 --test 2000 --epochs 4 --target 0.6]
-                                            [--device cpu|cuda] [--no-ray] [--json out.json]
+    .venv/bin/python scripts/bench_train.py [--data DIR | --train 10000 --test 2000]
+        [--epochs 4] [--target 0.6] [--device cpu|cuda] [--no-ray] [--processes] [--json F]
 
-On one generated learnable CIFAR-format set, in one process, it runs
-  (a) tutorial: a faithful copy of the tutorial's loop: torchvision-style dataset (uint8 array ->
-      PIL -> ToTensor per sample), DataLoader(batch_size=64), SGD(lr=0.01), no augmentation;
-  (b) plain:    this project's train_one_epoch/evaluate at the default recipe, 1 worker;
-  (c) ray:      the same through Ray Train (TorchTrainer, 1 worker), via cifar.train.run;
-and prints training images/s, ratios, Ray Train's start-up seconds and per-epoch overhead, and
-the epochs/seconds each loop needs to reach --target test accuracy.
+On one dataset (--data: a CIFAR-format folder or an image-folder tree; default: a generated
+CIFAR-format set), it runs, in this process:
+  tutorial: a faithful copy of the tutorial's loop: torchvision-style dataset (uint8 array ->
+            PIL -> ToTensor per sample), DataLoader(batch_size=64), SGD(lr=0.01), no augmentation;
+  plain:    the job's own loop (cifar.engine) at the job's defaults: the recipe resolved for
+            this data, the precision chosen as the job chooses it (measured on this CPU);
+  ray:      the job itself through Ray Train (cifar.train.run, 1 worker), and Ray Train's own
+            floor: a TorchTrainer whose function only reports.
+With --processes, also whole processes, as a user starts them: the tutorial loop as a script
+vs `python -m jobs.train` (Python start, ray.init, everything, shutdown), --epochs epochs.
+Prints images/s, ratios against the tutorial loop, accuracy, time to --target, the machine.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,13 +33,15 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar.cifar10 import load_cifar10
-from cifar.device import resolve_compute
-from cifar.engine import build, evaluate, train_one_epoch
+from benchlib import describe, machine
+
+from cifar.engine import build, evaluate, job_compute, train_one_epoch
 from cifar.model import build_model
+from cifar.sources import load_data
 from cifar.synthetic import write_synthetic
-from cifar.train_config import TrainConfig
+from cifar.train_config import TrainConfig, resolve_recipe
 
 
 class TutorialCIFAR(torch.utils.data.Dataset):
@@ -55,11 +61,11 @@ class TutorialCIFAR(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.data[i])), self.targets[i]
 
 
-def tutorial_loop(data, device, epochs, target):
+def tutorial_loop(data, device, epochs):
     torch.manual_seed(0)
     train = torch.utils.data.DataLoader(TutorialCIFAR(data.train_images, data.train_labels), 64)
     test = torch.utils.data.DataLoader(TutorialCIFAR(data.test_images, data.test_labels), 64)
-    model = build_model().to(device)
+    model = build_model(num_classes=len(data.classes)).to(device)
     loss_fn = nn.CrossEntropyLoss().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     hist, spent = [], 0.0
@@ -86,12 +92,13 @@ def tutorial_loop(data, device, epochs, target):
     return hist
 
 
-def project_loop(data, device, epochs, cfg: TrainConfig):
-    """The job's own loop (cifar.engine), built as the Ray Train worker builds it."""
+def project_loop(data, device, epochs):
+    """The job's own loop (cifar.engine) as the Ray Train worker builds and runs it."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     mean, std = data.channel_stats()
-    compute = resolve_compute(device, cfg.precision, cfg.channels_last)  # the job's defaults
+    cfg = resolve_recipe(TrainConfig(epochs=epochs), len(data.train_labels), 1)
+    compute = job_compute(cfg, device, len(data.classes), mean, std)
     e = build(cfg, data.tensors(), len(data.classes), compute, mean, std)
     hist, spent, wall = [], 0.0, time.perf_counter()
     for epoch in range(epochs):
@@ -106,11 +113,14 @@ def project_loop(data, device, epochs, cfg: TrainConfig):
                 "wall": time.perf_counter() - wall,
             }
         )
-    return hist
+    setting = {"batch": cfg.batch_size, "lr": cfg.lr, **compute.describe()}
+    return hist, setting
 
 
 def ray_loop(data_dir, epochs, device, threads):
     import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     from cifar.raycluster import ClusterInfo
     from cifar.train import run
@@ -119,6 +129,19 @@ def ray_loop(data_dir, epochs, device, threads):
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     storage = tempfile.mkdtemp(prefix="bench-ray-")
+
+    def only_report(config):
+        import ray.train
+
+        ray.train.report({"x": 1})
+
+    t = time.perf_counter()
+    TorchTrainer(
+        only_report,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+        run_config=RunConfig(storage_path=storage, name="floor"),
+    ).fit()
+    floor_s = time.perf_counter() - t
     cfg = TrainConfig(
         data_dir=str(data_dir),
         download=False,
@@ -138,7 +161,28 @@ def ray_loop(data_dir, epochs, device, threads):
         {"img_s": h["images_per_s"], "acc": h["test_accuracy"], "spent": sp}
         for h, sp in zip(s["history"], spent, strict=True)
     ]
-    return hist, {"ray_init_s": init_s, "run_s": fit_s}
+    return hist, {"ray_init_s": init_s, "run_s": fit_s, "ray_train_floor_s": floor_s}
+
+
+def processes(data_dir, epochs, device) -> dict:
+    """Wall seconds of whole processes on the same data: the tutorial loop vs the job."""
+    py = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = {}
+    cmds = {
+        "tutorial_process_s": [py, __file__, "--tutorial-only", "--data", str(data_dir),
+                               "--epochs", str(epochs), "--device", device.type],
+        "job_process_s": [py, "-m", "jobs.train", "--data-dir", str(data_dir), "--no-download",
+                          "--epochs", str(epochs), "--storage-path",
+                          tempfile.mkdtemp(prefix="bench-job-"),
+                          "--gpu" if device.type == "cuda" else "--no-gpu"],
+    }  # fmt: skip
+    for name, cmd in cmds.items():
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=env["PYTHONPATH"])
+        out[name] = time.perf_counter() - t
+    out["ratio"] = out["job_process_s"] / out["tutorial_process_s"]
+    return out
 
 
 def to_target(hist, target):
@@ -156,6 +200,7 @@ def mean_img_s(hist):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="a CIFAR-format folder or image-folder tree (default: generate)")
     p.add_argument("--train", type=int, default=10000)
     p.add_argument("--test", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=4)
@@ -163,38 +208,39 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-ray", action="store_true")
-    p.add_argument("--skip-tutorial", action="store_true")
+    p.add_argument("--processes", action="store_true", help="also time whole processes")
+    p.add_argument("--tutorial-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json")
     a = p.parse_args()
     device = torch.device(a.device)
     torch.set_num_threads(a.threads)
-    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    write_synthetic(root, a.train, a.test, seed=0)
-    data = load_cifar10(root)
-    cfg = TrainConfig(epochs=a.epochs)
-    machine = (
-        f"{torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}"
-        f", {os.cpu_count()} CPUs, torch {torch.__version__}"
-    )
+    root = Path(a.data) if a.data else Path(tempfile.mkdtemp(prefix="bench-train-"))
+    if not a.data:
+        write_synthetic(root, a.train, a.test, seed=0)
+    data = load_data(str(root), download=False)
+    if a.tutorial_only:  # the --processes baseline: this process is the tutorial's script
+        tutorial_loop(data, device, a.epochs)
+        return
+    info = machine()
     res = {
-        "machine": machine,
-        "device": a.device,
-        "train_images": a.train,
+        "machine": info,
+        "data": str(a.data or f"generated {a.train}/{a.test}"),
+        "train_images": len(data.train_labels),
+        "classes": len(data.classes),
         "epochs": a.epochs,
         "target_accuracy": a.target,
     }
-    c = resolve_compute(device, cfg.precision, cfg.channels_last)
-    res["project_precision"] = c.precision
-    res["project_channels_last"] = c.channels_last
-    runs = {}
-    if not a.skip_tutorial:
-        runs["tutorial"] = tutorial_loop(data, device, a.epochs, a.target)
-    runs["plain"] = project_loop(data, device, a.epochs, cfg)
+    runs = {"tutorial": tutorial_loop(data, device, a.epochs)}
+    runs["plain"], res["job_setting"] = project_loop(data, device, a.epochs)
     if not a.no_ray:
         runs["ray"], res["ray_overhead"] = ray_loop(root, a.epochs, device, a.threads)
-        # everything Ray Train adds to a run besides the epochs themselves: worker start-up,
-        # data load in the worker, checkpoint upload, reporting (ray.init counted apart)
-        res["ray_overhead"]["extra_s"] = res["ray_overhead"]["run_s"] - runs["plain"][-1]["wall"]
+        o = res["ray_overhead"]
+        # everything a job run adds to its epochs: Ray Train's own start and stop (the floor)
+        # plus this project's (data to the workers, precision, checkpoints, pictures, export)
+        o["extra_s"] = o["run_s"] - runs["plain"][-1]["wall"]
+        o["ours_s"] = o["extra_s"] - o["ray_train_floor_s"]
+    if a.processes:
+        res["processes"] = processes(root, a.epochs, device)
     for k, h in runs.items():
         res[k] = {
             "img_s": mean_img_s(h),
@@ -205,12 +251,16 @@ def main() -> None:
         }
     if device.type == "cuda":
         res["gpu_max_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        print(f"  peak GPU memory (tutorial + plain loops): {res['gpu_max_memory_mib']:.0f} MiB")
-    base = res["tutorial"]["img_s"] if "tutorial" in res else None
-    print(f"[{machine}] {a.train} train images, {a.epochs} epochs, device {a.device}")
+    base = res["tutorial"]["img_s"]
+    s = res["job_setting"]
+    print(f"[{describe(info)}]")
+    print(
+        f"  {res['data']}: {res['train_images']} train images, {res['classes']} classes, "
+        f"{a.epochs} epochs; job's setting: batch {s['batch']}, lr {s['lr']}, {s['precision']}"
+        f"{' + channels_last' if s['channels_last'] else ''} ({s['chosen_by']})"
+    )
     for k in runs:
         r = res[k]
-        ratio = f"{r['img_s'] / base:5.2f}x tutorial" if base else ""
         tt = r["to_target"]
         reach = (
             f"{a.target:.0%} after {tt['epochs']} epochs / {tt['train_seconds']:.1f}s"
@@ -218,15 +268,25 @@ def main() -> None:
             else f"{a.target:.0%} not reached"
         )
         print(
-            f"  {k:8s} {r['img_s']:9.0f} img/s {ratio:16s} final acc {r['final_acc']:.3f}  {reach}"
+            f"  {k:8s} {r['img_s']:9.0f} img/s {r['img_s'] / base:5.2f}x tutorial  "
+            f"final acc {r['final_acc']:.3f}  {reach}"
         )
-    if "ray" in res:
+    if "ray_overhead" in res:
         o = res["ray_overhead"]
         o["per_epoch_ratio"] = res["ray"]["img_s"] / res["plain"]["img_s"]
         print(
-            f"  Ray Train: per-epoch img/s = {o['per_epoch_ratio']:.3f} x plain; start-up and "
-            f"per-run overhead {o['extra_s']:.1f}s (+ ray.init {o['ray_init_s']:.1f}s)"
+            f"  Ray Train: per-epoch img/s = {o['per_epoch_ratio']:.3f} x plain; a run adds "
+            f"{o['extra_s']:.1f}s = Ray Train's floor {o['ray_train_floor_s']:.1f}s + this "
+            f"project's {o['ours_s']:.1f}s (+ ray.init {o['ray_init_s']:.1f}s)"
         )
+    if "processes" in res:
+        q = res["processes"]
+        print(
+            f"  whole processes, {a.epochs} epochs: tutorial {q['tutorial_process_s']:.1f}s, "
+            f"python -m jobs.train {q['job_process_s']:.1f}s ({q['ratio']:.2f}x)"
+        )
+    if "gpu_max_memory_mib" in res:
+        print(f"  peak GPU memory: {res['gpu_max_memory_mib']:.0f} MiB")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
