@@ -31,19 +31,10 @@ from cifar.engine import (
 from cifar.images import IMAGE_SIZE
 from cifar.plots import per_class_accuracy
 from cifar.train_config import TrainConfig
-from cifar.writer import RankZero, dataset_markdown
+from cifar.writer import METRICS_COLUMNS, RankZero, dataset_markdown
 
 progress = logging.getLogger("cifar.progress")
 
-HISTORY_KEYS = (
-    "epoch",
-    "train_loss",
-    "test_loss",
-    "test_accuracy",
-    "lr",
-    "images_per_s",
-    "train_seconds",
-)
 EXAMPLES = 48  # misclassified test images in the best epoch's picture
 
 
@@ -60,7 +51,8 @@ class TrainState:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     compute: dict[str, Any] | None = None  # precision and layout chosen at the start
-    best: dict[str, Any] | None = None  # best epoch so far: {"epoch", "confusion"}
+    # best epoch so far: {"epoch", "confusion", "examples"} (rank 0's misclassified images)
+    best: dict[str, Any] | None = None
 
     @property
     def start_epoch(self) -> int:
@@ -143,7 +135,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if cfg.stop_after_epoch is not None and epoch + 1 == cfg.stop_after_epoch:
             out.close()
             raise RuntimeError(f"stop_after_epoch={cfg.stop_after_epoch} (testing hook)")
-    if state.history:
+    if state.best is not None:
+        out.best_epoch(state.best["epoch"], state.best["confusion"], state.best["examples"])
         best = max(h["test_accuracy"] for h in state.history)
         final = state.history[-1]["test_accuracy"]
         out.hparams(cfg.to_dict(), {"best_test_accuracy": best, "final_test_accuracy": final})
@@ -214,7 +207,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         **evaluation,
     }
     is_best = all(metrics["test_accuracy"] > h["test_accuracy"] for h in state.history)
-    state.history.append({k: metrics[k] for k in HISTORY_KEYS})
+    state.history.append({k: metrics[k] for k in METRICS_COLUMNS})
     state.epoch = epoch
     per_class = per_class_accuracy(confusion, out.classes)
     out.scalars(
@@ -229,8 +222,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
     )
     out.metrics(state.history)
     if is_best:
-        state.best = {"epoch": epoch + 1, "confusion": confusion}
-        out.best_epoch(epoch + 1, confusion, wrong)
+        state.best = {"epoch": epoch + 1, "confusion": confusion, "examples": wrong}
     out.flush()
     return metrics
 

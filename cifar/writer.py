@@ -1,6 +1,6 @@
 """What rank 0 writes while a run trains: progress lines, TensorBoard, and the run's files
-(``metrics.csv`` every epoch; ``confusion_matrix.png``, ``misclassified.png`` and
-``per_class.csv`` for the best epoch so far). Every other rank writes nothing."""
+(``metrics.csv`` every epoch; at the end ``confusion_matrix.png``, ``misclassified.png``
+and ``per_class.csv`` of the best epoch). Every other rank writes nothing."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import io
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from cifar import storage
 from cifar.plots import per_class_csv
 
-log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
 
 METRICS_FILE = "metrics.csv"
@@ -45,8 +43,6 @@ class RankZero:
         self.classes = list(classes)
         self.writer = None
         self._tb_local = self._tb_remote = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._drawing: Future | None = None
         if self.is_writer and run_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -82,21 +78,12 @@ class RankZero:
     def best_epoch(
         self, epoch: int, confusion: list[list[int]], wrong: dict[str, Any] | None
     ) -> None:
-        """Pictures and per-class table of a new best epoch, as files and in TensorBoard.
+        """Pictures and per-class table of the best epoch, as files and in TensorBoard.
 
-        Drawn in a background thread (about a second with matplotlib), so the next epoch
-        trains meanwhile; a newer best epoch replaces a drawing not yet started."""
+        Drawn once, when the run ends (about a second with matplotlib: drawn during training,
+        in a thread or not, it slowed the next epoch by half on a 2-core machine)."""
         if not self.is_writer:
             return
-        if self._drawing is not None:
-            self._drawing.cancel()  # a drawing of an older best epoch that has not begun
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifar-plots")
-        self._drawing = self._pool.submit(self._draw_best, epoch, confusion, wrong)
-
-    def _draw_best(
-        self, epoch: int, confusion: list[list[int]], wrong: dict[str, Any] | None
-    ) -> None:
         from cifar.plots import confusion_png, image_grid_png, png_to_chw
 
         title = f"test set, epoch {epoch} (best so far)"
@@ -141,12 +128,6 @@ class RankZero:
             pyarrow.fs.copy_files(self._tb_local, self._tb_remote)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)  # the last best epoch's pictures are written
-            if self._drawing is not None and not self._drawing.cancelled():
-                error = self._drawing.exception()
-                if error is not None:
-                    log.warning("could not write the best epoch's pictures: %s", error)
         if self.writer is not None:
             self.flush()
             self.writer.close()

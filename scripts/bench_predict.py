@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import describe, machine
 
 from cifar.bulk import PredictConfig, run
 from cifar.checkpoint import model_meta, save_checkpoint
@@ -113,11 +115,7 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray_start = time.perf_counter() - t
 
-        results = {
-            "machine": f"{platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}",
-            "ray_start_s": ray_start,
-        }
+        results = {"machine": machine(), "ray_start_s": ray_start}
         for name in ("small", "large"):
             files = sorted((root / name).rglob("*.*"))
             if not files:  # --small 0 / --large 0 skip that folder
@@ -137,6 +135,7 @@ def main() -> None:
                 "ratio_first_run": first / loop,
                 "job_later_runs_best_img_s": later,
                 "ratio_later_runs": later / loop if later else None,
+                "compute": s["compute"],  # what the job's actors computed in, and why
             }
             line = (
                 f"{name:5s} {len(files):6d} files  one-at-a-time {loop:6.0f} img/s  "
@@ -145,7 +144,12 @@ def main() -> None:
             if later:
                 line += f"  later runs best {later:6.0f} img/s ({later / loop:4.2f}x)"
             print(line, flush=True)
-        print(f"Ray start-up (not included above): {ray_start:.1f}s  [{results['machine']}]")
+        c = results["small" if "small" in results else "large"]["compute"]
+        print(
+            f"Ray start-up (not included above): {ray_start:.1f}s; actors in {c['precision']}"
+            f"{' + channels_last' if c['channels_last'] else ''} ({c['chosen_by']})  "
+            f"[{describe(results['machine'])}]"
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
 

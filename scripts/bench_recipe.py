@@ -58,7 +58,7 @@ def _train(rank: int, world: int, port: int, root: str, overrides: dict, epochs:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     data = load_data(root, download=False)
-    cfg = TrainConfig(epochs=epochs, **overrides)
+    cfg = TrainConfig(**{**overrides, "epochs": epochs})
     cfg = resolve_recipe(cfg, len(data.train_labels), world)
     mean, std = data.channel_stats() if cfg.normalize else (None, None)
     k = len(data.classes)
@@ -80,6 +80,7 @@ def _train(rank: int, world: int, port: int, root: str, overrides: dict, epochs:
             }
         )
     if world > 1:
+        dist.barrier()  # no rank leaves the group while another still talks to it
         dist.destroy_process_group()
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cifar import folders
-from cifar.bulk import label_from_dirs
+from cifar.inputs import label_from_dirs
 from cifar.data import DataError
 from cifar.images import load_image_file
 from cifar.sources import load_data

@@ -33,6 +33,7 @@ def _eval_worker(rank, world, port, root, weights, out):
     metrics = evaluate(e)
     if rank == 0:
         out.put(metrics)
+    dist.barrier()  # no rank leaves the group while another still talks to it
     dist.destroy_process_group()
 
 
