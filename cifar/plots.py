@@ -65,6 +65,10 @@ def image_grid_png(
 ) -> bytes:
     """uint8 ``[N, 3, H, W]`` images in a grid, each with its caption under it."""
     n = len(images)
+    if n == 0:
+        fig = _figure(6, 1.2)
+        fig.text(0.5, 0.5, f"{title}\n(none)", ha="center", va="center")
+        return _png(fig)
     columns = max(1, min(columns, n))
     rows = max(1, -(-n // columns))
     fig = _figure(1.9 * columns, 2.1 * rows + 0.5)

@@ -86,9 +86,9 @@ class RankZero:
             return
         from cifar.plots import confusion_png, image_grid_png, png_to_chw
 
-        title = f"test set, epoch {epoch} (best so far)"
+        title = f"test set at the best epoch ({epoch})"
         pictures = {"confusion_matrix.png": confusion_png(confusion, self.classes, title)}
-        if wrong is not None and len(wrong["true"]):
+        if wrong is not None:
             captions = [
                 f"true: {self.classes[t]}\npred: {self.classes[p]} {c:.2f}"
                 for t, p, c in zip(

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cifar import folders
-from cifar.inputs import label_from_dirs
 from cifar.data import DataError
 from cifar.images import load_image_file
+from cifar.inputs import label_from_dirs
 from cifar.sources import load_data
 from cifar.synthetic import main as synthetic_main
 from cifar.synthetic import write_folders

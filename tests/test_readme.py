@@ -1,0 +1,194 @@
+"""Every command the README shows runs as written: jobs with --dry-run in a folder holding the
+paths the examples name, scripts with --help, the generator and the single-image command for
+real. The README cannot drift from the code again."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.paths import ROOT
+
+BIN = Path(sys.executable).parent
+JOBS = {"cifar-train", "cifar-predict", "cifar-classify"}
+
+
+END_TO_END = "# end to end"  # the first line of the block that runs for real, in order
+
+
+def _blocks() -> list[str]:
+    return re.findall(r"```(?:bash|console|sh)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def readme_commands(end_to_end: bool = False) -> list[str]:
+    """Commands from the README's shell blocks, continuation lines joined, prompts and
+    trailing comments removed; `ray job submit ... -- CMD` contributes CMD. The end-to-end
+    block's commands apart (``end_to_end=True``: only those)."""
+    found = []
+    for block in _blocks():
+        if block.startswith(END_TO_END) != end_to_end:
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("$ "):
+                line = line[2:]
+            elif not re.match(r"^([A-Z_]+=\S+ )*(cifar-|python|\.venv/bin/|scripts/|ray )", line):
+                continue  # output shown in the block
+            words = shlex.split(line, comments=True)
+            if "--" in words and words[:3] == ["ray", "job", "submit"]:
+                words = words[words.index("--") + 1 :]
+            while words and re.match(r"^[A-Z_]+=", words[0]):
+                words = words[1:]
+            if words and _ours(words):
+                found.append(shlex.join(words))
+    return found
+
+
+def _ours(words: list[str]) -> bool:
+    w0 = words[0].removeprefix(".venv/bin/")
+    if w0 in JOBS or (w0.startswith("scripts/") and w0.endswith(".sh")):
+        return True
+    return (
+        w0 in ("python", "python3")
+        and len(words) > 2
+        and words[1] == "-m"
+        and (words[2].startswith(("jobs.", "cifar.")))
+    )
+
+
+def test_the_readme_shows_commands_of_every_kind():
+    cmds = readme_commands()
+    for needle in ("cifar-train", "cifar-predict", "cifar-classify", "scripts/test.sh"):
+        assert any(c.startswith(needle) for c in cmds), needle
+    assert any("--dry-run" in c for c in cmds)
+    walk = readme_commands(end_to_end=True)
+    assert [c.split()[0] for c in walk] == ["python", "cifar-train", "cifar-predict"]
+
+
+@pytest.mark.ray
+def test_the_end_to_end_example_runs_as_written(tmp_path):
+    """Make labelled folders, train on them through Ray Train, predict the val folder with the
+    run: for real, in a fresh folder, as a user types it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT))
+    env["CIFAR_RAY_CACHE"] = str(tmp_path / ".cache")
+    for command in readme_commands(end_to_end=True):
+        words = shlex.split(command)
+        words[0] = sys.executable if words[0] == "python" else str(BIN / words[0])
+        r = subprocess.run(words, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+        assert r.returncode == 0, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    summary = json.loads((tmp_path / "pets-preds" / "_summary.json").read_text())
+    trained = json.loads((tmp_path / "runs/pets/summary.json").read_text())
+    assert summary["labelled"] == 150 and summary["errors"] == 0
+    assert summary["accuracy"] >= 0.9 and trained["best_test_accuracy"] >= 0.9
+    for name in ("confusion_matrix.png", "misclassified.png", "metrics.csv"):
+        assert (tmp_path / "runs/pets" / name).is_file()
+    assert (tmp_path / "pets-preds" / "_preview.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A home and working folder holding every path the README's examples name."""
+    from cifar.checkpoint import model_meta, save_checkpoint
+    from cifar.model import CIFAR10_CLASSES, build_model
+    from cifar.synthetic import write_folders, write_synthetic
+
+    home = tmp_path_factory.mktemp("home")
+    write_synthetic(home / "data", 50, 10, seed=0)
+    write_folders(home / "pets", 30, 9, num_classes=3, seed=0)
+    rng = np.random.default_rng(0)
+    for folder, names in (
+        ("photos", ["a.jpg", "b.png"]),
+        ("shots/day1", ["x.jpg"]),
+        ("val/cat", ["c1.png"]),
+        ("val/dog", ["d1.png"]),
+        (".", ["cat_1.png", "cat_2.png"]),
+    ):
+        (home / folder).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                home / folder / n
+            )
+    (home / "broken.jpg").write_bytes(b"not a jpeg")
+    from cifar.train_config import TrainConfig
+
+    for run in ("runs/r1", "ray_results/r1"):
+        save_checkpoint(home / run / "model", build_model(), model_meta(CIFAR10_CLASSES))
+        cfg = TrainConfig(data_dir=str(home / "data"))
+        (home / run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    # what the end-to-end example leaves, for the commands shown after it
+    pets = ("airplane", "automobile", "bird")
+    save_checkpoint(home / "runs/pets/model", build_model(num_classes=3), model_meta(pets))
+    for rel in ("pets/val/bird/val_000004.png", "pets/val/automobile/val_000000.png"):
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(home / rel)
+    torch.save(build_model().state_dict(), home / "mywork_10.pth")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}", CIFAR_RAY_CACHE=str(home / ".cache"))
+    return home, env
+
+
+def _run(words: list[str], sandbox) -> subprocess.CompletedProcess:
+    home, env = sandbox
+    words = [str(ROOT / w) if w.startswith("scripts/") else w for w in words]
+    if words[0] in ("python", "python3", ".venv/bin/python"):
+        words[0] = sys.executable
+        env = {**env, "PYTHONPATH": str(ROOT)}
+    words = [str(BIN / w) if w in JOBS else w for w in words]
+    return subprocess.run(words, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs_as_written(command, sandbox):
+    words = shlex.split(command)
+    name = words[0].removeprefix(".venv/bin/")
+    if any(w.startswith(("s3://", "gs://")) for w in words):
+        _parses_only(words)  # object storage: the flags parse (the S3 tests run the flow)
+        return
+    if name.startswith("scripts/"):
+        words = [words[0], "--help"]
+    elif name in ("cifar-train", "cifar-predict") or "jobs." in command:
+        words = [w for w in words if w != "--dry-run"] + ["--dry-run"]
+    elif "cifar.cifar10" in command:
+        words = [*words[:3], "--help"]  # downloads: needs the internet
+    r = _run(words, sandbox)
+    assert r.returncode in _expected(words), f"{words}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    if "--help" in words:
+        assert "usage" in (r.stdout + r.stderr).lower()
+
+
+def _expected(words: list[str]) -> tuple[int, ...]:
+    # the single-image command exits 1 when an image it was given cannot be read
+    return (0, 1) if "broken.jpg" in words else (0,)
+
+
+def _parses_only(words: list[str]) -> None:
+    from cifar.bulk import PredictConfig
+    from cifar.config import add_job_flags, build_parser, make_config, parse_explicit
+    from cifar.train_config import TrainConfig, resolve_config
+
+    job = words[0] if words[0] in JOBS else words[2]
+    args = words[1:] if words[0] in JOBS else words[3:]
+    cls = TrainConfig if "train" in job else PredictConfig
+    parser = build_parser(cls, job, "")
+    add_job_flags(parser, saved_config=cls is TrainConfig)
+    explicit = parse_explicit(parser, args)
+    explicit.pop("dry_run", None)
+    explicit.pop("config", None)
+    if cls is TrainConfig:
+        resolve_config(explicit)
+    else:
+        make_config(cls, explicit)
