@@ -263,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         allow_abbrev=False,
     )
     p.add_argument("data_dir")
+    p.add_argument("--url", default=CIFAR10_URL, help="a mirror of the official archive")
     a = p.parse_args(argv)
     try:
-        d = download_cifar10(a.data_dir)
+        d = download_cifar10(a.data_dir, url=a.url)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@
 # .whl/ (see the device tool's README) and set PYTHONPATH to where they were installed.
 set -uo pipefail
 case "${1:-}" in
-  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) echo "Usage: scripts/gpu_check.sh [OUT_DIR]"; echo
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "gpu_check: unknown option '$1' (usage: scripts/gpu_check.sh [OUT_DIR])" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."

@@ -84,12 +84,25 @@ def test_the_end_to_end_example_runs_as_written(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(tmp_path), PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT))
     env["CIFAR_RAY_CACHE"] = str(tmp_path / ".cache")
+    logs = {}
     for command in readme_commands(end_to_end=True):
         words = shlex.split(command)
         words[0] = sys.executable if words[0] == "python" else str(BIN / words[0])
         r = subprocess.run(words, cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)  # fmt: skip
         assert r.returncode == 0, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        logs[Path(words[0]).name] = r
+    train = logs["cifar-train"]
+    log = train.stdout + train.stderr
+    assert all(f"[cifar] epoch {e}/4 " in log for e in (1, 2, 3, 4))  # one line per epoch
+    for noise in ("Reporting training result", "Checkpoint successfully created", "{\n"):
+        assert noise not in log  # Ray Train's per-report lines: only with --verbose
+    last = train.stdout.rstrip().splitlines()[-4:]  # the job's own summary ends it
+    assert last[0].startswith("[cifar] done") and [s.split(":")[0].strip() for s in last[1:]] == [
+        "model",
+        "summary",
+        "tensorboard",
+    ]
     summary = json.loads((tmp_path / "pets-preds" / "_summary.json").read_text())
     trained = json.loads((tmp_path / "runs/pets/summary.json").read_text())
     assert summary["labelled"] == 150 and summary["errors"] == 0
@@ -168,6 +181,39 @@ def test_readme_command_runs_as_written(command, sandbox):
     assert r.returncode in _expected(words), f"{words}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     if "--help" in words:
         assert "usage" in (r.stdout + r.stderr).lower()
+
+
+def test_scripts_answer_help_without_side_effects(tmp_path):
+    for script in ("quickstart.sh", "gpu_check.sh", "test.sh", "submit.sh", "cluster-up.sh"):
+        r = subprocess.run([str(ROOT / "scripts" / script), "--help"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert r.returncode == 0 and "usage" in r.stdout.lower(), (script, r.stderr)
+    assert list(tmp_path.iterdir()) == [] and not (ROOT / "gpu-check").exists()
+
+
+def test_offline_download_says_so_in_one_paragraph(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "cifar.cifar10", str(tmp_path / "d"), "--url",
+         "http://127.0.0.1:9/cifar-10-python.tar.gz"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (
+        r.stderr.startswith("error: could not download CIFAR-10") and "cifar.synthetic" in r.stderr
+    )
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_tree_that_cannot_train_exits_2_before_anything_starts(tmp_path):
+    from cifar.synthetic import write_folders
+
+    write_folders(tmp_path / "one", 12, 0, num_classes=2)
+    for p in (tmp_path / "one" / "train" / "automobile").iterdir():
+        p.unlink()
+    (tmp_path / "one" / "train" / "automobile").rmdir()
+    r = subprocess.run([str(BIN / "cifar-train"), "--data-dir", "one", "--dry-run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "at least two" in r.stderr and "Traceback" not in r.stderr
 
 
 def _expected(words: list[str]) -> tuple[int, ...]:
