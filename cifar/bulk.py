@@ -23,9 +23,20 @@ from cifar.device import PRECISIONS, Compute
 from cifar.images import decode_batch
 from cifar.inputs import label_from_dirs, list_inputs
 from cifar.predict import BatchPredictor, inference_compute
+from cifar.raycluster import ClusterInfo
 from cifar.results import FORMATS, preview_png, read_results, summarize, write_side_files
+from cifar.waiting import (
+    STALL_TIMEOUT,
+    StallError,
+    Watchdog,
+    actors_waiting,
+    describe_cluster,
+    holds,
+    this_job,
+)
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("cifar.progress")
 
 io_opt, scale_opt, output_opt = (partial(opt, group=g) for g in ("data", "scale", "results"))
 
@@ -47,6 +58,7 @@ class PredictConfig(Config):
     num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else about 2/3 of the CPUs)")  # noqa: E501
     gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
     cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1, or what is left beside decoding on a cluster smaller than 2 CPUs)")  # noqa: E501
+    stall_timeout: float = scale_opt(STALL_TIMEOUT, "end the job, saying what it waited for, after this many seconds without progress (0: wait for ever)")  # noqa: E501
     precision: str = scale_opt("auto", "auto: bf16 on GPUs; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
     files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")
     # fmt: on
@@ -73,6 +85,7 @@ class PredictConfig(Config):
             ),
             (self.files_per_block >= 1, "--files-per-block must be at least 1"),
             (0 <= self.preview <= 1000, f"--preview must be 0..1000 (got {self.preview})"),
+            (self.stall_timeout >= 0, "--stall-timeout must be >= 0"),
             (not actors_error, actors_error),
         ]
 
@@ -138,23 +151,34 @@ def preflight(cfg: PredictConfig) -> Preflight:
 # --------------------------------------------------------------------------- pipeline
 
 
-# CPU requests of the stages besides the inference actors. Measured on 2 cores (small PNGs):
-# decoding costs about half as much CPU per image as CIFAR10-quick's forward pass in bf16, so a
-# CPU-only cluster keeps about a third of its CPUs for decoding.
-DECODE_CPUS_WITH_CPU_ACTORS = 0.5  # != the actors' 1 CPU: see build_dataset
-WRITE_CPUS = 0.25  # a writer spends its time in Arrow and file I/O, ~10 ms per 1,024-row block
+# Decode and write tasks ask Ray for no CPU. A job whose inference actors held every CPU it could
+# get while its decode tasks waited for one was the deadlock of several jobs on one cluster (each
+# waiting for CPUs the others' actors held): now a job whose actors run can always decode and
+# write, whatever else runs. How many run at once is bounded by the plan instead, from the CPUs
+# the actors leave. Measured on 2 cores (small PNGs): decoding costs about half as much CPU per
+# image as CIFAR10-quick's forward pass in bf16, so actors get about two thirds of the CPUs.
 DECODE_SHARE = 1 / 3
+WRITERS_PER_ACTOR = 1  # a writer spends its time in Arrow and file I/O, ~10 ms per block
 
 
 @dataclass
 class Plan:
-    actors: tuple[int, int]
+    actors: tuple[int, int, int]  # min, initial, max: the pool grows when CPUs/GPUs free up
     gpus_per_actor: float
     device: str
-    decode_cpus: float
     actor_cpus: float = 1.0
-    write_cpus: float = WRITE_CPUS
+    decode_tasks: int = 1  # at most this many at once
+    write_tasks: int = 1
     compute: Compute | None = None  # precision and layout of every actor: choose_compute()
+
+    def describe(self) -> str:
+        lo, first, hi = self.actors
+        gpu = f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
+        return (
+            f"{first} inference actor(s) of {self.actor_cpus:g} CPU{gpu} to start with "
+            f"(at least {lo}, growing to {hi} as resources free up) on {self.device}, "
+            f"up to {self.decode_tasks} decode and {self.write_tasks} write tasks"
+        )
 
 
 def choose_compute(cfg: PredictConfig, plan: Plan, model: LoadedModel) -> Compute:
@@ -169,60 +193,51 @@ def choose_compute(cfg: PredictConfig, plan: Plan, model: LoadedModel) -> Comput
         torch.set_num_threads(threads)
 
 
-def plan_resources(cfg: PredictConfig, cluster_cpus: float, cluster_gpus: float) -> Plan:
-    """Actor pool size and device; fails before any work when the cluster cannot do it.
-
-    On CPU the actors never take the CPUs that decode and write tasks need: Ray Data would
-    otherwise wait forever for a CPU to decode the blocks the actors are waiting for."""
-    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if cluster_gpus else 0)
-    if gpus > 0 and cluster_gpus < gpus:
+def plan_resources(cfg: PredictConfig, cluster: ClusterInfo) -> Plan:
+    """Actor pool and task bounds for this cluster, sized from what it has free now and able to
+    grow to what it has in all; fails before any work when the job could never run."""
+    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if cluster.gpus else 0)
+    if gpus > 0 and cluster.gpus < gpus:
         raise ConfigError(
-            f"--gpus-per-actor {gpus:g} but the Ray cluster has {cluster_gpus:g} GPUs. Use "
+            f"--gpus-per-actor {gpus:g} but the Ray cluster has {cluster.gpus:g} GPUs. Use "
             "--gpus-per-actor 0 to classify on CPU, or connect to a cluster with GPUs."
         )
-    decode_cpus = 1.0 if gpus > 0 else DECODE_CPUS_WITH_CPU_ACTORS
-    actors = parse_actors(cfg.num_actors)
-    if gpus > 0:
-        if actors is None:
-            n = max(1, int(cluster_gpus // gpus))
-            actors = (n, n)
-        return Plan(
-            actors=actors,
-            gpus_per_actor=gpus,
-            device="cuda",
-            decode_cpus=decode_cpus,
-            actor_cpus=cfg.cpus_per_actor or 1.0,
-        )
-    keep = decode_cpus + WRITE_CPUS
-    free = cluster_cpus - keep
-    cpus = cfg.cpus_per_actor
-    if cpus is None:  # 1 CPU, or all that is free beside decoding on a 1-CPU machine
-        cpus = min(1.0, free) if free > 0 else 1.0
-    if actors is None:
-        spare = cluster_cpus - max(keep, cluster_cpus * DECODE_SHARE)
-        n = max(1, int(spare // cpus))
-        actors = (n, n)
-    if actors[0] * cpus > free:
+    cpus = cfg.cpus_per_actor or 1.0
+    if cluster.largest_node_cpus is not None and cpus > cluster.largest_node_cpus:
         raise ConfigError(
-            f"{actors[0]} inference actor(s) x {cpus:g} CPU would leave less than "
-            f"{keep:g} of the cluster's {cluster_cpus:g} CPUs for the tasks that decode images "
-            "and write results, and the job would stall. Lower --num-actors or "
+            f"--cpus-per-actor {cpus:g}, but the largest node of the Ray cluster has "
+            f"{cluster.largest_node_cpus:g} CPUs: no actor could ever start. Lower "
             "--cpus-per-actor."
         )
+    actors = parse_actors(cfg.num_actors)
+    if gpus > 0:
+        most = max(1, int(cluster.gpus // gpus))
+        now = max(1, int(cluster.idle_gpus // gpus))
+    else:
+        most = max(1, int(cluster.cpus * (1 - DECODE_SHARE) // cpus))
+        now = max(1, int(cluster.idle_cpus * (1 - DECODE_SHARE) // cpus))
+    lo, hi = actors if actors is not None else (1, most)
+    first = min(max(lo, now), hi)
+    spare = cluster.cpus - (0 if gpus > 0 else hi * cpus)
     return Plan(
-        actors=actors, gpus_per_actor=0.0, device="cpu", decode_cpus=decode_cpus, actor_cpus=cpus
+        actors=(lo, first, hi),
+        gpus_per_actor=gpus,
+        device="cuda" if gpus > 0 else "cpu",
+        actor_cpus=cpus,
+        decode_tasks=max(1, int(spare)),
+        write_tasks=max(1, hi * WRITERS_PER_ACTOR),
     )
 
 
 def build_dataset(
     cfg: PredictConfig, files: list[str], plan: Plan, labels: list[str | None] | None = None
 ):
-    """paths -> decode tasks (CPU, no torch) -> inference actor pool -> result rows.
+    """paths -> decode tasks (no torch, no CPU asked) -> inference actor pool -> result rows.
 
-    Decoding stays a separate task stage, also on CPU-only clusters: Ray Data fuses a map into
-    the next actor map when both ask for the same resources, and then only the actors' processes
-    decode, one core each, and only after they have imported torch. Apart, decode tasks start
-    at once, and run on the cores the actors leave free."""
+    Decoding stays a separate task stage: Ray Data fuses a map into the next actor map when both
+    ask for the same resources, and then only the actors' processes decode, one core each, and
+    only after they have imported torch. Apart, decode tasks start at once, and run on the
+    cores the actors leave free."""
     import pyarrow as pa
     import ray.data
 
@@ -233,11 +248,17 @@ def build_dataset(
         return pa.table(cols)
 
     tables = [block(i) for i in range(0, len(files), cfg.files_per_block)]
-    ds = ray.data.from_arrow(tables)
+    # from_blocks, not from_arrow: from_arrow reads each block's schema in a 1-CPU task, so on a
+    # cluster whose CPUs other jobs hold the job waited for a CPU before it even started
+    ds = ray.data.from_blocks(tables)
     ds = ds.map_batches(
-        decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=plan.decode_cpus
+        decode_batch,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks),
     )
-    lo, hi = plan.actors
+    lo, first, hi = plan.actors
     return ds.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={
@@ -252,7 +273,7 @@ def build_dataset(
         },
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
+        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=first),
         num_cpus=plan.actor_cpus,
         num_gpus=plan.gpus_per_actor,
         # Ray Data's actor pools already restart dead actors and retry their tasks
@@ -261,37 +282,60 @@ def build_dataset(
 
 
 def write(ds, cfg: PredictConfig, plan: Plan) -> None:
-    # Writers are light (WRITE_CPUS) and at most one per actor, so they run while the actors
-    # work instead of queueing up behind them, and Ray starts few processes for them.
+    # Writers ask no CPU (see DECODE_SHARE) and are at most one per actor, so they run while
+    # the actors work instead of queueing up behind them, and Ray starts few processes for them.
     writer = getattr(ds, FORMATS[cfg.format].writer)
-    writer(cfg.output, ray_remote_args={"num_cpus": plan.write_cpus}, concurrency=plan.actors[1])
+    writer(cfg.output, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
 
 
 def run(
     cfg: PredictConfig,
-    cluster_cpus: float,
-    cluster_gpus: float,
+    cluster: ClusterInfo,
     pre: Preflight | None = None,
     ray_start_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Classify every file, write results + summary.json. Ray must be up.
+    """Classify every file, write results + _summary.json. Ray must be up.
 
     ``seconds``/``images_per_s`` time the Ray Data pipeline (actor start-up included); listing
     the inputs and loading the model (``preflight_seconds``) and starting or joining Ray
     (``ray_start_seconds``, when the caller passes it) are reported apart."""
     pre = pre or preflight(cfg)
-    plan = plan_resources(cfg, cluster_cpus, cluster_gpus)
+    plan = plan_resources(cfg, cluster)
     plan.compute = choose_compute(cfg, plan, pre.model)
     storage.clear_dir(cfg.output)
-    log.info(
-        "classifying %d files (%d skipped) with %s-%s actors on %s",
+    progress.info(
+        "[cifar] classifying %d files (%d skipped by --extensions): %s",
         len(pre.files),
         pre.skipped,
-        *plan.actors,
-        plan.device,
+        plan.describe(),
     )
+    import ray.data
+
+    # Ray Data's own guard ends a pipeline in which no block moved for this long
+    timeout = cfg.stall_timeout if cfg.stall_timeout > 0 else -1
+    ray.data.DataContext.get_current().execution_no_progress_timeout_s = timeout
     t0 = time.perf_counter()
-    write(build_dataset(cfg, pre.files, plan, pre.labels), cfg, plan)
+    gpu = f" + {plan.gpus_per_actor:g} GPU" if plan.gpus_per_actor else ""
+    need = f"an inference actor of {plan.actor_cpus:g} CPU{gpu}"
+    dog = Watchdog(
+        "the prediction job",
+        need,
+        _pipeline_progress(cfg.output),
+        lambda: actors_waiting("BatchPredictor"),
+        cfg.stall_timeout,
+    )
+    try:
+        with dog:
+            write(build_dataset(cfg, pre.files, plan, pre.labels), cfg, plan)
+    except BaseException as e:
+        dog.check()  # the watchdog interrupted a job that stalled: say why, not how
+        if type(e).__name__ != "ExecutionTimeoutError":  # Ray Data's own no-progress guard
+            raise
+        raise StallError(
+            f"the prediction job made no progress for {cfg.stall_timeout:g}s (waiting for "
+            f"{need}): {describe_cluster()}. Free those resources, lower --num-actors or "
+            "--cpus-per-actor, or raise --stall-timeout."
+        ) from None
     seconds = time.perf_counter() - t0
     table = read_results(cfg.output, cfg.format)
     summary = summarize(
@@ -303,6 +347,7 @@ def run(
         pre.model.meta,
         preflight_seconds=pre.seconds,
         ray_start_seconds=ray_start_seconds,
+        waited_seconds=round(dog.waited, 1),
         compute=plan.compute.describe(),
     )
     preview = preview_png(table, cfg.preview) if cfg.preview else None
@@ -312,6 +357,29 @@ def run(
             f"{summary['rows']} result rows for {len(pre.files)} files: results are incomplete"
         )
     return summary
+
+
+def _pipeline_progress(output: str):
+    """For the watchdog: this job's inference actors that are placed, and files written."""
+
+    def value() -> tuple[int, int]:
+        from ray.util import state
+
+        actors = 0
+        try:
+            found = state.list_actors(
+                detail=True,
+                filters=[("job_id", "=", this_job()), ("state", "!=", "DEAD")],
+                limit=10000,
+                timeout=10,
+            )
+            actors = sum("BatchPredictor" in a.class_name and holds(a) for a in found)
+        except Exception:  # no dashboard: the output files alone
+            pass
+        files = len(storage.list_files(output)) if storage.is_dir(output) else 0
+        return actors, files
+
+    return value
 
 
 def plan_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:

@@ -12,6 +12,17 @@ log = logging.getLogger(__name__)
 class ClusterInfo:
     cpus: float  # CPUs up now
     gpus: float  # GPUs up now, or the most the autoscaler can add (whichever is larger)
+    free_cpus: float | None = None  # not held by any job now (None: all of them)
+    free_gpus: float | None = None
+    largest_node_cpus: float | None = None  # the most CPUs one task or actor can get
+
+    @property
+    def idle_cpus(self) -> float:
+        return self.cpus if self.free_cpus is None else self.free_cpus
+
+    @property
+    def idle_gpus(self) -> float:
+        return self.gpus if self.free_gpus is None else self.free_gpus
 
 
 def cluster_info() -> ClusterInfo:
@@ -29,4 +40,12 @@ def cluster_info() -> ClusterInfo:
         gpus = max(gpus, float(most.get("GPU", 0) or 0))
     except Exception as e:  # private API: never let it break a job
         log.debug("autoscaler config unavailable: %s", e)
-    return ClusterInfo(cpus=now.get("CPU", 0.0), gpus=gpus)
+    free = ray.available_resources()
+    nodes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return ClusterInfo(
+        cpus=now.get("CPU", 0.0),
+        gpus=gpus,
+        free_cpus=free.get("CPU", 0.0),
+        free_gpus=free.get("GPU", 0.0),
+        largest_node_cpus=max(nodes, default=None),
+    )

@@ -122,8 +122,9 @@ def summarize(
     **extra: Any,
 ) -> dict[str, Any]:
     """What ``summary.json`` says about a finished job. ``extra``: the seconds reported apart
-    from the pipeline's (``preflight_seconds``, ``ray_start_seconds``), the ``compute`` the
-    actors used."""
+    from the pipeline's (``preflight_seconds``, ``ray_start_seconds``), the part of the
+    pipeline's seconds spent waiting for resources before any actor was placed
+    (``waited_seconds``), the ``compute`` the actors used."""
     names = table.column("class_name").to_pylist()
     errors = table.column("error").to_pylist()
     paths = table.column("path").to_pylist()

@@ -29,6 +29,7 @@ from cifar.config import (
     parse_explicit,
     run_main,
 )
+from cifar.waiting import StallError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ray_seconds = default_ray_init(cfg.verbose)
     cluster = cluster_info()
-    summary = run(cfg, cluster.cpus, cluster.gpus, pre=pre, ray_start_seconds=ray_seconds)
+    summary = run(cfg, cluster, pre=pre, ray_start_seconds=ray_seconds)
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
+    waited = summary["waited_seconds"]
+    queued = f", {waited:.0f}s of it waiting for resources" if waited >= 5 else ""
     print(
         f"[cifar] classified {summary['files']} files: {summary['predicted']} predicted, "
         f"{summary['errors']} errors, {summary['skipped']} skipped{acc} in "
-        f"{summary['seconds']:.1f}s ({summary['images_per_s']:.0f} img/s; Ray start-up "
+        f"{summary['seconds']:.1f}s ({summary['images_per_s']:.0f} img/s{queued}; Ray start-up "
         f"{ray_seconds:.1f}s not included)\n"
         f"  results: {cfg.output} ({cfg.format}; side files: {', '.join(summary['side_files'])})"
     )
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The installed ``cifar-predict`` command."""
-    run_main(lambda: main(sys.argv[1:]), (ConfigError, CheckpointError))
+    run_main(lambda: main(sys.argv[1:]), (ConfigError, CheckpointError, StallError))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from benchlib import describe, machine
 from cifar.bulk import PredictConfig, run
 from cifar.checkpoint import model_meta, save_checkpoint
 from cifar.model import CIFAR10_CLASSES, build_model
+from cifar.raycluster import ClusterInfo
 
 
 def make_small(folder: Path, n: int, rng) -> None:
@@ -85,7 +86,7 @@ def bulk(model_dir: Path, folder: Path, out: Path, args) -> dict:
         gpus_per_actor=args.gpus_per_actor,
     )
     cpus = float(os.cpu_count() or 1)
-    return run(cfg, cpus, float(torch.cuda.device_count()))
+    return run(cfg, ClusterInfo(cpus=cpus, gpus=float(torch.cuda.device_count())))
 
 
 def main() -> None:

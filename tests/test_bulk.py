@@ -1,31 +1,43 @@
-"""The bulk job's plan, without Ray: how it sizes its stages for a cluster."""
+"""The bulk job's plan, without Ray: how it sizes its stages for a cluster, empty or busy."""
 
 import pytest
 
 from cifar.bulk import PredictConfig, plan_resources
 from cifar.config import ConfigError
+from cifar.raycluster import ClusterInfo
 
 
-def test_resource_plan_leaves_cpus_for_decoding_and_writing_and_uses_every_gpu():
-    def plan(cpus, gpus, **kw):
-        return plan_resources(PredictConfig(**kw), cpus, gpus)
+def plan(cluster, **kw):
+    return plan_resources(PredictConfig(**kw), cluster)
 
-    two = plan(2, 0)  # the 2-core dev machine: one actor, a core for decode + write tasks
-    assert (two.actors, two.device, two.gpus_per_actor) == ((1, 1), "cpu", 0.0)
-    big = plan(48, 0)  # about a third of the CPUs stay with the decode tasks
-    assert big.actors == (32, 32)
-    for p in (two, big):
-        assert p.actors[1] * p.actor_cpus + p.decode_cpus + p.write_cpus <= (2 if p is two else 48)
-        assert p.decode_cpus != 1.0  # unequal to the actors' CPUs: Ray Data must not fuse them
-    gpu = plan(64, 8)
-    assert (gpu.actors, gpu.device, gpu.gpus_per_actor, gpu.decode_cpus) == ((8, 8), "cuda", 1, 1)
-    assert plan(64, 8, gpus_per_actor=0.5).actors == (16, 16)
-    assert plan(64, 8, num_actors="2-8").actors == (2, 8)
-    one = plan(1, 0)  # a 1-CPU container: one actor on what decoding and writing leave
-    assert one.actors == (1, 1) and one.actor_cpus + one.decode_cpus + one.write_cpus == 1
-    with pytest.raises(ConfigError, match="decode images and write results"):
-        plan(2, 0, num_actors="2")
-    with pytest.raises(ConfigError, match="decode images and write results"):
-        plan(1, 0, cpus_per_actor=1)  # asked for explicitly: refused, not shrunk
+
+def test_plan_starts_from_what_is_free_and_grows_to_the_cluster():
+    two = plan(ClusterInfo(2, 0))  # the 2-core dev machine: one actor, a core for decoding
+    assert (two.actors, two.device, two.gpus_per_actor) == ((1, 1, 1), "cpu", 0.0)
+    assert two.decode_tasks == 1 and two.write_tasks == 1
+    big = plan(ClusterInfo(48, 0))  # about a third of the CPUs stay with the decode tasks
+    assert big.actors == (1, 32, 32) and big.decode_tasks == 16
+    busy = plan(ClusterInfo(48, 0, free_cpus=6))  # other jobs hold 42 CPUs: start small
+    assert busy.actors == (1, 4, 32)
+    full = plan(ClusterInfo(4, 0, free_cpus=0))  # nothing free: one actor, waiting in line
+    assert full.actors == (1, 1, 2)
+    one = plan(ClusterInfo(1, 0))  # a 1-CPU container: decode and write ask no CPU
+    assert one.actors == (1, 1, 1) and one.actor_cpus == 1
+
+
+def test_plan_uses_every_gpu_and_the_actor_counts_asked_for():
+    gpu = plan(ClusterInfo(64, 8))
+    assert (gpu.actors, gpu.device, gpu.gpus_per_actor) == ((1, 8, 8), "cuda", 1)
+    assert gpu.decode_tasks == 64  # GPU actors leave every CPU to decoding
+    assert plan(ClusterInfo(64, 8, free_gpus=1)).actors == (1, 1, 8)
+    assert plan(ClusterInfo(64, 8), gpus_per_actor=0.5).actors == (1, 16, 16)
+    assert plan(ClusterInfo(64, 8), num_actors="2-8").actors == (2, 8, 8)
+    assert plan(ClusterInfo(64, 8, free_gpus=0), num_actors="2-8").actors == (2, 2, 8)
+    assert plan(ClusterInfo(48, 0), num_actors="3").actors == (3, 3, 3)
+
+
+def test_plans_that_could_never_run_are_refused_before_any_work():
     with pytest.raises(ConfigError, match="has 0 GPUs"):
-        plan(8, 0, gpus_per_actor=1)
+        plan(ClusterInfo(8, 0), gpus_per_actor=1)
+    with pytest.raises(ConfigError, match="largest node of the Ray cluster has 2 CPUs"):
+        plan(ClusterInfo(4, 0, largest_node_cpus=2), cpus_per_actor=3)

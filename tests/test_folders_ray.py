@@ -87,7 +87,7 @@ def test_predicting_the_val_folder_with_the_run_matches_training_evaluation(fold
         precision="fp32",
         num_actors="1",
     )
-    result = predict(cfg, 2, 0)
+    result = predict(cfg, ClusterInfo(cpus=2, gpus=0))
     trained = load_model(summary["model_path"]).meta["metrics"]
     assert result["labelled"] == trained["test_images"] == 150
     assert result["accuracy"] == trained["test_accuracy"]
@@ -98,7 +98,6 @@ def test_predicting_the_val_folder_with_the_run_matches_training_evaluation(fold
     shutil.copytree(data / "val", whole / "val")
     again = predict(
         PredictConfig(**{**cfg.__dict__, "input": [str(whole)], "output": str(tmp_path / "p2")}),
-        2,
-        0,
+        ClusterInfo(cpus=2, gpus=0),
     )
     assert again["accuracy"] == trained["test_accuracy"]

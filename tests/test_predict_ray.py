@@ -19,12 +19,14 @@ from cifar.device import resolve_compute
 from cifar.engine import build, train_one_epoch
 from cifar.model import ARCH, build_model
 from cifar.predict import Classifier, classify_files
+from cifar.raycluster import ClusterInfo
 from cifar.results import read_results
 from cifar.train_config import TrainConfig
 from tests.images import make_image_tree
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.ray
+TWO_CPUS = ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2)  # the embedded test Ray
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
 ):
     model_dir, _ = trained
     root, good, bad = tree
-    summary = run(_cfg(model_dir, [root], tmp_path / "out"), 2, 0)
+    summary = run(_cfg(model_dir, [root], tmp_path / "out"), TWO_CPUS)
     table = pq.read_table(sorted((tmp_path / "out").glob("*.parquet")))
     rows = table.to_pylist()
     paths = [r["path"] for r in rows]
@@ -77,6 +79,7 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
     assert errors == {str(p.resolve()) for p in bad}
     assert summary["files"] == summary["rows"] == len(good) + len(bad)
     assert summary["errors"] == len(bad) and summary["predicted"] == len(good)
+    assert summary["waited_seconds"] == 0  # alone on its Ray: nothing to wait for
     assert sum(summary["class_histogram"].values()) == len(good)
     single = {
         r.path: r
@@ -121,7 +124,7 @@ def test_output_folder_opens_with_every_reader_as_it_is(ray_session, trained, tm
     model_dir, data = trained
     _labelled_tree(tmp_path / "in", data.classes[:3])
     out = tmp_path / "preds"
-    run(_cfg(model_dir, [tmp_path / "in"], out, labels_from_dirs=True, preview=6), 2, 0)
+    run(_cfg(model_dir, [tmp_path / "in"], out, labels_from_dirs=True, preview=6), TWO_CPUS)
     side = {p.name for p in out.iterdir() if p.name.startswith("_")}
     assert side >= {"_summary.json", "_confusion_matrix.csv", "_confusion_matrix.png"}
     assert {"_per_class.csv", "_preview.png"} <= side
@@ -144,7 +147,7 @@ def test_other_formats_open_as_datasets(ray_session, trained, tree, tmp_path, fm
     _labelled_tree(root.parent / f"labelled-{fmt}", data.classes[:2], n=1)
     inputs = [root, root.parent / f"labelled-{fmt}"]
     out = tmp_path / "o"
-    run(_cfg(model_dir, inputs, out, format=fmt, top_k=2, labels_from_dirs=True), 2, 0)
+    run(_cfg(model_dir, inputs, out, format=fmt, top_k=2, labels_from_dirs=True), TWO_CPUS)
     assert (out / "_confusion_matrix.csv").is_file()  # a CSV the CSV readers must skip
     summary = json.loads((out / "_summary.json").read_text())
     assert (summary["errors"], summary["labelled"]) == (len(bad), 3)  # 2 + the tree's cat/
@@ -168,7 +171,7 @@ def test_other_formats_open_as_datasets(ray_session, trained, tree, tmp_path, fm
 def test_extensions_filter_skips_and_counts(ray_session, trained, tree, tmp_path):
     model_dir, _ = trained
     root, good, bad = tree
-    s = run(_cfg(model_dir, [root], tmp_path / "o", extensions="png, .JPG"), 2, 0)
+    s = run(_cfg(model_dir, [root], tmp_path / "o", extensions="png, .JPG"), TWO_CPUS)
     every = good + bad
     kept = [p for p in every if p.suffix.lower() in (".png", ".jpg")]
     assert s["files"] == len(kept) and s["skipped"] == len(every) - len(kept)
@@ -180,7 +183,8 @@ def test_globs_single_files_and_file_uris(ray_session, trained, tree, tmp_path):
     root, good, _ = tree
     one = next(p for p in good if "名前" in str(p))
     s = run(
-        _cfg(model_dir, [f"{root}/jpeg/*.jp*g", one, f"file://{root}/deep"], tmp_path / "o"), 2, 0
+        _cfg(model_dir, [f"{root}/jpeg/*.jp*g", one, f"file://{root}/deep"], tmp_path / "o"),
+        TWO_CPUS,
     )
     jpegs = list((root / "jpeg").iterdir())
     deep = [p for p in (root / "deep").rglob("*") if p.is_file()]
@@ -199,7 +203,7 @@ def test_labels_from_dirs_reports_accuracy_and_confusion(ray_session, trained, t
         Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(
             root / label / f"{i}.png"
         )
-    s = run(_cfg(model_dir, [root], tmp_path / "o", labels_from_dirs=True), 2, 0)
+    s = run(_cfg(model_dir, [root], tmp_path / "o", labels_from_dirs=True), TWO_CPUS)
     table = read_results(str(tmp_path / "o"), "parquet").to_pylist()
     want = np.mean([r["label"] == r["class_name"] for r in table])
     assert s["labelled"] == 150 and s["accuracy"] == pytest.approx(want)
@@ -222,10 +226,10 @@ def test_bad_inputs_fail_before_any_work(ray_session, trained, tree, tmp_path):
     with pytest.raises(ConfigError, match="is a file"):
         preflight(_cfg(model_dir, [root], tmp_path / "afile"))
     with pytest.raises(ConfigError, match="has 0 GPUs"):
-        run(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), 2, 0)
+        run(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), TWO_CPUS)
     assert not (tmp_path / "g").exists()
-    with pytest.raises(ConfigError, match="decode images and write results"):
-        run(_cfg(model_dir, [root], tmp_path / "g2", cpus_per_actor=2), 2, 0)
+    with pytest.raises(ConfigError, match="largest node"):
+        run(_cfg(model_dir, [root], tmp_path / "g2", cpus_per_actor=3), TWO_CPUS)
     sd = build_model(relu=True).state_dict()
     torch.save(sd, tmp_path / "relu_without_meta_is_fine.pt")
     preflight(_cfg(tmp_path / "relu_without_meta_is_fine.pt", [root], tmp_path / "o"))
