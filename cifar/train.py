@@ -22,7 +22,9 @@ from cifar.data import ImageData
 from cifar.plots import per_class_accuracy
 from cifar.raycluster import ClusterInfo
 from cifar.train_config import RESUMABLE_FIELDS, TrainConfig, resolve_recipe
+from cifar.waiting import Watchdog, placement_waiting
 from cifar.worker import TrainState, train_loop_per_worker
+from cifar.writer import HEARTBEAT_FILE
 
 RECIPE_CHOSEN = ("batch_size", "lr")  # None: the default recipe picks them for the data
 log = logging.getLogger(__name__)
@@ -98,8 +100,8 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
         cpus = cfg.cpus_per_worker
     elif use_gpu:
         cpus = 2
-    else:
-        cpus = max(1, int(cluster.cpus) // cfg.num_workers)
+    else:  # what is free now (other jobs may hold the rest), shared evenly
+        cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
     return use_gpu, cpus
 
 
@@ -320,10 +322,30 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     # Ray Train's controller polls its workers every 2 s by default: starting and finishing a
     # run each wait for a poll (measured: a run that only reports, 15.1 s -> 11.2 s at 0.2 s)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # A busy cluster: Ray Train gives up on a placement group after 60 s, logs a traceback and
+    # asks again (it would, for an elastic size, retry smaller). A fixed size only waits in
+    # line: the watchdog reports that wait and ends it after --stall-timeout.
+    wait_s = cfg.stall_timeout + 60 if cfg.stall_timeout > 0 else 10**9
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(wait_s))
+    gpu = " + 1 GPU" if use_gpu else ""
+    need = f"{cfg.num_workers} worker(s) x {cpus} CPU{'s' if cpus > 1 else ''}{gpu}"
+    beat = f"{rdir}/{HEARTBEAT_FILE}"
+    dog = Watchdog(
+        f"training run '{cfg.name}'",
+        need,
+        lambda: _heartbeat(beat),
+        placement_waiting,
+        cfg.stall_timeout,
+    )
     t0 = time.perf_counter()
     try:
-        result = trainer.fit()
-    except TrainingFailedError as e:
+        with dog:
+            result = trainer.fit()
+        dog.check()  # Ray Train's SIGINT handler aborted the run: fit() returned
+    except BaseException as e:
+        dog.check()  # the watchdog interrupted a run that stalled: say why, not how
+        if not isinstance(e, TrainingFailedError):
+            raise
         raise TrainingError(
             f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
             f"{_root_cause(e).rstrip('.')}. Its checkpoints are in {rdir}; continue it with "
@@ -332,6 +354,11 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     summary = summarize(result, cfg, data, time.perf_counter() - t0)
     storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _heartbeat(path: str) -> str | None:
+    """What rank 0 last wrote to the run's heartbeat file (None before it first did)."""
+    return storage.read_text(path) if storage.exists(path) else None
 
 
 class TrainingError(RuntimeError):

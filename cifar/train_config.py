@@ -11,6 +11,7 @@ from typing import Any
 
 from cifar.config import Config, fields_where, make_config, opt
 from cifar.device import PRECISIONS, parse_precision
+from cifar.waiting import STALL_TIMEOUT
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
@@ -66,7 +67,7 @@ class TrainConfig(Config):
     seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
     num_workers: int = scale_opt(1, "Ray Train workers", resumable=True)
     use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, aliases=("--gpu",))  # noqa: E501
-    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the cluster's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
+    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, GPU runs take 2)", resumable=True)  # noqa: E501
     placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
     storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
     name: str | None = run_opt(None, "run name (default: time-stamped)", resumable=True)
@@ -74,6 +75,7 @@ class TrainConfig(Config):
     max_failures: int = run_opt(2, "worker failures to recover from", resumable=True)
     keep_checkpoints: int = run_opt(2, "checkpoints kept (best by test accuracy, plus the latest)", resumable=True)  # noqa: E501
     log_every: int = run_opt(50, "train/loss every N steps", resumable=True)
+    stall_timeout: float = run_opt(STALL_TIMEOUT, "end the run, saying what it waited for, after this many seconds without progress (waiting for workers included; 0: wait for ever)", resumable=True)  # noqa: E501
     smoke_test: bool = run_opt(False, "tiny generated set, 1 epoch, 2 CPU workers")
     verbose: bool = run_opt(False, "also Ray Train's own INFO lines (worker group, checkpoints, reports)", resumable=True)  # noqa: E501
     precision: str = speed_opt("auto", "bf16 autocast or fp32 (auto: bf16 on GPUs and bf16-capable CPUs); --amp off = fp32", choices=PRECISIONS, aliases=("--amp",), convert=parse_precision)  # noqa: E501
@@ -115,6 +117,7 @@ class TrainConfig(Config):
             (self.max_failures >= -1, "--max-failures must be >= 0 (or -1 for unlimited)"),
             (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.stall_timeout >= 0, "--stall-timeout must be >= 0"),
             (self.grad_clip >= 0, f"--grad-clip must be >= 0 (got {self.grad_clip})"),
             (
                 0 <= self.val_fraction < 1,

@@ -107,6 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
     purge = state.start_epoch * e.steps_per_epoch or None  # a resumed run overwrites the rest
     out = RankZero(rank, config["run_dir"], classes, purge_step=purge)
+    out.heartbeat(state.start_epoch, 0, force=True)  # the workers are up
     if checkpoint is not None:
         out.print(
             f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
@@ -189,6 +190,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
 
     def on_log(step: int, loss: float) -> None:
         out.scalars({"train/loss": loss}, epoch * e.steps_per_epoch + step)
+        out.heartbeat(epoch, step)
 
     stats = train_one_epoch(e, epoch, on_log if out.is_writer else None)
     loss_sum, samples = all_reduce([stats.loss_sum, stats.samples], e.compute.device)
@@ -221,6 +223,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         epoch + 1,
     )
     out.metrics(state.history)
+    out.heartbeat(epoch + 1, 0, force=True)
     if is_best:
         state.best = {"epoch": epoch + 1, "confusion": confusion, "examples": wrong}
     out.flush()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +19,8 @@ from cifar.plots import per_class_csv
 progress = logging.getLogger("cifar.progress")
 
 METRICS_FILE = "metrics.csv"
+HEARTBEAT_FILE = "heartbeat.json"  # the driver's watchdog reads it: is the run moving?
+HEARTBEAT_EVERY = 10.0  # seconds between heartbeats at most
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
@@ -43,6 +47,7 @@ class RankZero:
         self.classes = list(classes)
         self.writer = None
         self._tb_local = self._tb_remote = None
+        self._last_beat = 0.0
         if self.is_writer and run_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -69,6 +74,16 @@ class RankZero:
         """``data`` as ``<run>/<name>`` (local path or URI)."""
         if self.is_writer and self.run_dir:
             storage.write_bytes(f"{self.run_dir}/{name}", data)
+
+    def heartbeat(self, epoch: int, step: int, force: bool = False) -> None:
+        """Tell the driver the run is moving: at the start, during epochs (every
+        ``HEARTBEAT_EVERY`` seconds at most) and after each epoch."""
+        now = time.time()
+        if not self.is_writer or (not force and now - self._last_beat < HEARTBEAT_EVERY):
+            return
+        self._last_beat = now
+        beat = {"epoch": epoch, "step": step, "time": round(now, 1)}
+        self.file(HEARTBEAT_FILE, json.dumps(beat).encode())
 
     def metrics(self, history: list[dict[str, float]]) -> None:
         """``metrics.csv``: one row per finished epoch, rewritten whole (object stores cannot

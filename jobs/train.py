@@ -30,6 +30,7 @@ from cifar.config import (
 from cifar.data import DataError
 from cifar.train import TrainingError, plan_lines, run
 from cifar.train_config import TrainConfig, resolve_config
+from cifar.waiting import StallError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The installed ``cifar-train`` command."""
-    run_main(lambda: main(sys.argv[1:]), (ConfigError, DataError, CheckpointError, TrainingError))
+    handled = (ConfigError, DataError, CheckpointError, TrainingError, StallError)
+    run_main(lambda: main(sys.argv[1:]), handled)
 
 
 if __name__ == "__main__":
