@@ -448,3 +448,143 @@ def test_spread_run_equals_single_node_run(cluster, train_data):
     assert [h["test_accuracy"] for h in packed["history"]] == [
         h["test_accuracy"] for h in spread_hist
     ]
+
+
+# ----------------------------------------------------------------- jobs sharing the cluster
+
+
+def _predict_args(model: Path, folder: Path, out: Path, *extra) -> list[str]:
+    return ["predict", "--model", str(model), "--input", str(folder), "--output", str(out), *extra]
+
+
+def _no_wait(cluster, job_id: str, *args):
+    r = _submit(cluster, "--no-wait", "--submission-id", job_id, *args, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def _paths_once(out: Path, files: list[Path]) -> None:
+    paths = pq.read_table(sorted(out.glob("*.parquet"))).column("path").to_pylist()
+    assert sorted(paths) == sorted(str(p) for p in files)  # every file, each exactly once
+
+
+def _alive_job_actors(cluster, job_id: str, class_name: str) -> list[dict]:
+    code = (
+        "import sys; from ray.job_submission import JobSubmissionClient as C; "
+        "print(C(sys.argv[1]).get_job_info(sys.argv[2]).job_id)"
+    )
+    r = _run([sys.executable, "-c", code, cluster["env"]["RAY_ADDRESS"], job_id], cluster["env"])
+    ray_job = r.stdout.strip().splitlines()[-1]
+    return [
+        a for a in _actors(cluster, class_name) if a["job_id"] == ray_job and a["state"] != "DEAD"
+    ]
+
+
+def test_three_prediction_jobs_at_once_all_finish(cluster, untrained_model):
+    """The deadlock this replaces: every job planned its actors from the cluster's total CPUs
+    and its decode tasks waited for CPUs that the actors of all jobs held."""
+    jobs = {}
+    for k in range(3):
+        folder = cluster["work"] / f"shared{k}"
+        jobs[f"p{k}-{uuid.uuid4().hex[:8]}"] = (folder, _images(folder, 1400))
+    for job, (folder, _) in jobs.items():
+        out = cluster["work"] / f"out-{job}"
+        _no_wait(
+            cluster, job, *_predict_args(untrained_model, folder, out, "--stall-timeout", "240")
+        )
+    for job, (_, files) in jobs.items():
+        assert _wait_job(cluster, job, timeout=300) == "SUCCEEDED", _job_logs(cluster, job)[-4000:]
+        _paths_once(cluster["work"] / f"out-{job}", files)
+
+
+def test_prediction_waits_for_training_then_both_finish(cluster, train_data, untrained_model):
+    """Training takes every CPU (2 workers x 2 CPUs); a prediction job submitted next waits,
+    says what for and who holds it, and runs once the training is done."""
+    runs = cluster["work"] / "runs"
+    train_job, predict_job = f"tw-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex[:8]}"
+    args = _train_args(cluster, train_data, "busy", "--epochs", "4")
+    args[args.index("--cpus-per-worker") + 1] = "2"
+    _no_wait(cluster, train_job, *args)
+    _wait_for(lambda: (runs / "busy" / "heartbeat.json").exists(), what="training workers up")
+
+    folder = cluster["work"] / "after-training"
+    files = _images(folder, 300)
+    out = cluster["work"] / "after-training-out"
+    _no_wait(cluster, predict_job, *_predict_args(untrained_model, folder, out))
+    assert _wait_job(cluster, train_job) == "SUCCEEDED", _job_logs(cluster, train_job)[-4000:]
+    assert _wait_job(cluster, predict_job) == "SUCCEEDED", _job_logs(cluster, predict_job)[-4000:]
+    log = _job_logs(cluster, predict_job)
+    waited = re.search(
+        r"\[cifar\] the prediction job has waited \d+s for an inference actor of "
+        r"1 CPU: 0 of 4 CPUs free; held by: (.*)",
+        log,
+    )
+    assert waited, log[-4000:]
+    holder = waited.group(1)
+    assert holder.startswith(f"{train_job} (python -m jobs.train") and "4 CPUs" in holder
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["waited_seconds"] >= 5, summary
+    assert f"{summary['waited_seconds']:.0f}s of it waiting for resources" in log
+    _paths_once(out, files)
+
+
+@pytest.fixture()
+def blocker(cluster):
+    """A job that holds all 4 CPUs of the cluster (one placement group) until stopped."""
+    job = f"blocker-{uuid.uuid4().hex[:8]}"
+    code = (
+        "import ray, time; ray.init(); "
+        "pg = ray.util.placement_group([{'CPU': 2}, {'CPU': 2}], strategy='STRICT_SPREAD'); "
+        "ray.get(pg.ready()); print('HOLDING', flush=True); time.sleep(900)"
+    )
+    _run(
+        [RAY, "job", "submit", "--no-wait", "--submission-id", job, "--", "python", "-c", code],
+        cluster["env"],
+        timeout=120,
+        check=True,
+    )
+    try:
+        _wait_for(lambda: "HOLDING" in _job_logs(cluster, job), timeout=120, what="blocker")
+        yield job
+    finally:
+        _run([RAY, "job", "stop", job], cluster["env"], timeout=120)
+        _wait_job(cluster, job, timeout=120)
+
+
+def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
+    cluster, blocker, untrained_model, train_data
+):
+    folder = cluster["work"] / "starved"
+    _images(folder, 50)
+    job = f"ps-{uuid.uuid4().hex[:8]}"
+    args = _predict_args(untrained_model, folder, cluster["work"] / "starved-out")
+    _no_wait(cluster, job, *args, "--stall-timeout", "20")
+    assert _wait_job(cluster, job, timeout=180) == "FAILED"
+    log = _job_logs(cluster, job)
+    assert re.search(
+        r"the prediction job made no progress for 20s \(waiting for an inference actor of 1 "
+        rf"CPU\): 0 of 4 CPUs free; held by: {blocker} \(python -c .*\): 4 CPUs\. Free those",
+        log,
+    ), log[-4000:]
+    assert "Traceback" not in log, log[-4000:]  # the message, not a stack
+    assert _wait_for(
+        lambda: not _alive_job_actors(cluster, job, "BatchPredictor"),
+        timeout=60,
+        what="no inference actor of the ended job left",
+    )
+
+    job = f"ts-{uuid.uuid4().hex[:8]}"
+    _no_wait(cluster, job, *_train_args(cluster, train_data, "starved", "--stall-timeout", "20"))
+    assert _wait_job(cluster, job, timeout=180) == "FAILED"
+    log = _job_logs(cluster, job)
+    assert "training run 'starved' has waited" in log, log[-4000:]  # said so while it waited
+    assert re.search(
+        r"training run 'starved' made no progress for 20s \(waiting for 2 worker\(s\) x 1 CPU\): "
+        rf"0 of 4 CPUs free; held by: {blocker} ",
+        log,
+    ), log[-4000:]
+    assert "Traceback" not in log, log[-4000:]
+    assert _wait_for(
+        lambda: not _alive_job_actors(cluster, job, "RayTrainWorker"),
+        timeout=60,
+        what="no training worker of the ended job left",
+    )
