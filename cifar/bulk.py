@@ -301,6 +301,9 @@ def run(
     (``ray_start_seconds``, when the caller passes it) are reported apart."""
     pre = pre or preflight(cfg)
     plan = plan_resources(cfg, cluster)
+    blocks = max(1, -(-len(pre.files) // cfg.files_per_block))  # more tasks than blocks: idle
+    plan.decode_tasks = min(plan.decode_tasks, blocks)
+    plan.write_tasks = min(plan.write_tasks, blocks)
     plan.compute = choose_compute(cfg, plan, pre.model)
     storage.clear_dir(cfg.output)
     progress.info(

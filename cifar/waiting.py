@@ -189,17 +189,21 @@ class Watchdog:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=15)
         if self._previous is not None:  # also undoes a handler Ray Train set meanwhile
             signal.signal(signal.SIGINT, self._previous)
+        if exc_type is not None:
+            self.check()  # the interrupt of a stall leaves the block as the StallError
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        """A stall raises StallError in the main thread; a Ctrl-C does what it did before."""
+        """A stall interrupts the main thread like a Ctrl-C (libraries such as Ray Data let a
+        KeyboardInterrupt through without logging it as their own failure) and leaves the
+        ``with`` block as a StallError; a real Ctrl-C does what it did before."""
         if self.stalled is not None:
-            raise StallError(self.stalled)
+            raise KeyboardInterrupt
         if callable(self._previous):
             self._previous(signum, frame)
         elif self._previous != signal.SIG_IGN:
