@@ -57,7 +57,7 @@ class PredictConfig(Config):
     batch_size: int = scale_opt(256, "images per inference batch")
     num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else about 2/3 of the CPUs)")  # noqa: E501
     gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
-    cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1, or what is left beside decoding on a cluster smaller than 2 CPUs)")  # noqa: E501
+    cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1; decoding and writing ask for none)")  # noqa: E501
     stall_timeout: float = scale_opt(STALL_TIMEOUT, "end the job, saying what it waited for, after this many seconds without progress (0: wait for ever)")  # noqa: E501
     precision: str = scale_opt("auto", "auto: bf16 on GPUs; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
     files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")
@@ -328,10 +328,9 @@ def run(
         cfg.stall_timeout,
     )
     try:
-        with dog:
+        with dog:  # a stall leaves it as a StallError
             write(build_dataset(cfg, pre.files, plan, pre.labels), cfg, plan)
-    except BaseException as e:
-        dog.check()  # the watchdog interrupted a job that stalled: say why, not how
+    except Exception as e:
         if type(e).__name__ != "ExecutionTimeoutError":  # Ray Data's own no-progress guard
             raise
         raise StallError(

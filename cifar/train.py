@@ -339,13 +339,10 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     try:
-        with dog:
+        with dog:  # a stall leaves it as a StallError
             result = trainer.fit()
-        dog.check()  # Ray Train's SIGINT handler aborted the run: fit() returned
-    except BaseException as e:
-        dog.check()  # the watchdog interrupted a run that stalled: say why, not how
-        if not isinstance(e, TrainingFailedError):
-            raise
+        dog.check()  # a stall that Ray Train's own SIGINT handler ended quietly
+    except TrainingFailedError as e:
         raise TrainingError(
             f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
             f"{_root_cause(e).rstrip('.')}. Its checkpoints are in {rdir}; continue it with "

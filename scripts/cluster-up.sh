@@ -75,6 +75,9 @@ if ! busy=$(.venv/bin/python scripts/localcluster.py ports-free "$PORT" "$DASH" 
 fi
 rm -rf "$TMP"
 mkdir -p "$TMP"
+# the head's dashboard agent (which runs submitted jobs) on a free port: Ray's default, 52365,
+# is taken by any other Ray on this machine, and then the job server takes no jobs
+AGENT=$(.venv/bin/python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 ray get-auth-token --generate >/dev/null 2>&1 || true
 res=()
 [ -n "$NUM_CPUS" ] && res+=(--num-cpus "$NUM_CPUS")
@@ -83,7 +86,8 @@ if [ "$EXPOSE" = 1 ]; then
   echo "cluster-up: WARNING --expose: Ray listens on this machine's network address; keep it on" \
     "a trusted network." >&2
   ray start --head --port "$PORT" --dashboard-host 0.0.0.0 --dashboard-port "$DASH" \
-    --ray-client-server-port "$CLIENT" --temp-dir "$TMP" --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
+    --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT" --temp-dir "$TMP" \
+    --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
     || { cat "$TMP/head.log" >&2; exit 1; }
   HEAD_IP=$(.venv/bin/python -c "import ray._private.services as s; print(s.get_node_ip_address())")
   GCS="$HEAD_IP:$PORT"
@@ -97,8 +101,8 @@ else
   # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use 127.0.0.1 as the head's address, and a
   # node whose address is 127.0.0.1 binds its servers to loopback (see scripts/localcluster.py).
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --port "$PORT" --dashboard-host "$HOST" \
-    --dashboard-port "$DASH" --ray-client-server-port "$CLIENT" --temp-dir "$TMP" \
-    --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
+    --dashboard-port "$DASH" --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT" \
+    --temp-dir "$TMP" --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
     || { cat "$TMP/head.log" >&2; exit 1; }
   wargs=(--address "$GCS")
   [ -n "$NUM_CPUS" ] && wargs+=(--num-cpus "$NUM_CPUS")
@@ -131,4 +135,16 @@ PY
   sleep 1
 done
 [ "$n" = "$want" ] || { echo "cluster-up: only $n of $want nodes came up; see $TMP" >&2; exit 1; }
+# wait until the job server takes submissions: its agent on the head registers after the nodes
+# ("No available agent to submit job" until then); a no-op job shows it does
+ready=
+for _ in $(seq 1 30); do
+  if RAY_ADDRESS="http://127.0.0.1:$DASH" RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}" .venv/bin/ray \
+      job submit --no-wait --submission-id "cluster-up-ready-$(date +%s%N)" -- true \
+      >/dev/null 2>&1; then
+    ready=1; break
+  fi
+  sleep 1
+done
+[ -n "$ready" ] || { echo "cluster-up: the job server takes no jobs yet; see $TMP" >&2; exit 1; }
 print_usage
