@@ -29,10 +29,9 @@ from cifar.waiting import (
     STALL_TIMEOUT,
     StallError,
     Watchdog,
+    actors_placed,
     actors_waiting,
     describe_cluster,
-    holds,
-    this_job,
 )
 
 log = logging.getLogger(__name__)
@@ -365,19 +364,10 @@ def _pipeline_progress(output: str):
     """For the watchdog: this job's inference actors that are placed, and files written."""
 
     def value() -> tuple[int, int]:
-        from ray.util import state
-
-        actors = 0
         try:
-            found = state.list_actors(
-                detail=True,
-                filters=[("job_id", "=", this_job()), ("state", "!=", "DEAD")],
-                limit=10000,
-                timeout=10,
-            )
-            actors = sum("BatchPredictor" in a.class_name and holds(a) for a in found)
+            actors = actors_placed("BatchPredictor")
         except Exception:  # no dashboard: the output files alone
-            pass
+            actors = 0
         files = len(storage.list_files(output)) if storage.is_dir(output) else 0
         return actors, files
 

@@ -100,18 +100,27 @@ def this_job() -> str:
     return ray.get_runtime_context().get_job_id()
 
 
-def actors_waiting(class_contains: str) -> bool:
-    """This job has an actor (class name containing ``class_contains``) that Ray has not
-    placed yet: it waits for resources."""
+def job_actors(class_contains: str) -> list:
+    """This job's actors (not dead) whose class name contains ``class_contains``."""
     from ray.util import state
 
     found = state.list_actors(
         detail=True,
-        filters=[("job_id", "=", this_job()), ("state", "=", "PENDING_CREATION")],
+        filters=[("job_id", "=", this_job()), ("state", "!=", "DEAD")],
         limit=10000,
         timeout=10,
     )
-    return any(class_contains in a.class_name and not a.pid for a in found)
+    return [a for a in found if class_contains in a.class_name]
+
+
+def actors_waiting(class_contains: str) -> bool:
+    """This job has such an actor that Ray has not placed yet: it waits for resources."""
+    return any(a.state == "PENDING_CREATION" and not a.pid for a in job_actors(class_contains))
+
+
+def actors_placed(class_contains: str) -> int:
+    """How many such actors of this job hold their resources."""
+    return sum(holds(a) for a in job_actors(class_contains))
 
 
 def placement_waiting() -> bool:
@@ -165,7 +174,6 @@ class Watchdog:
         self.interval = interval if interval is not None else report_interval()
         self.poll = 1.0  # seconds between progress() checks
         self.stalled: str | None = None
-        self.reports = 0
         self._t0, self._first_change, self._saw_waiting = time.monotonic(), None, False
         self._previous: Any = None  # the SIGINT handler before this watchdog's
         self._stop = threading.Event()
@@ -224,6 +232,9 @@ class Watchdog:
             if not stalled and (now < next_report or self.interval <= 0):
                 continue
             waiting = self._ask(self.waiting, False)
+            if not (stalled or waiting):  # moving slowly, not waiting: nothing to report
+                next_report = now + self.FIRST_REPORT
+                continue
             cluster = self._ask(lambda: describe_cluster(exclude_job=job), "cluster state unknown")
             if stalled:
                 state = "waiting for" if waiting else "with no progress, holding"
@@ -237,17 +248,12 @@ class Watchdog:
                 if not self._stop.wait(self.GRACE):  # the main thread did not end the job
                     self._exit_now()
                 return
-            if waiting:
-                self.reports += 1
-                self._saw_waiting = self._saw_waiting or self._first_change is None
-                progress.info(
-                    "[cifar] %s has waited %.0fs for %s: %s",
-                    self.what,
-                    now - changed,
-                    self.need,
-                    cluster,
-                )
-            next_report = now + (self.interval if waiting else self.FIRST_REPORT)
+            self._saw_waiting = self._saw_waiting or self._first_change is None
+            waited = now - changed
+            progress.info(
+                "[cifar] %s has waited %.0fs for %s: %s", self.what, waited, self.need, cluster
+            )
+            next_report = now + self.interval
 
     def _exit_now(self) -> None:
         """The interrupt did not end the job: Ray Train's own SIGINT handler waits for its
