@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifar import storage
 from cifar.images import IMAGE_SIZE
 from cifar.model import ARCH, CIFAR10_CLASSES, build_model, expected_keys, infer_variant
 
@@ -207,19 +208,33 @@ class LoadedModel:
         return n["std"] if n else None
 
 
-def _is_checkpoint_dir(d: Path) -> bool:
-    return (d / MODEL_FILE).is_file()
+def _is_checkpoint_dir(d: str) -> bool:
+    return storage.is_file(storage.join(d, MODEL_FILE))
 
 
-def _best_checkpoint_in_run(run_dir: Path) -> Path | None:
+def _meta_at(d: str) -> dict[str, Any] | None:
+    """``meta.json`` in the folder ``d`` (local or URI), or None where there is none."""
+    p = storage.join(d, META_FILE)
+    if not storage.is_file(p):
+        return None
+    try:
+        return json.loads(storage.read_text(p))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p} is not valid JSON ({e}).") from None
+
+
+def _best_checkpoint_in_run(run_dir: str) -> str | None:
     """The run's best checkpoint by test accuracy (latest epoch breaks ties)."""
-    best: tuple[float, int, Path] | None = None
-    for d in run_dir.glob("checkpoint_*"):
-        if not (d / MODEL_FILE).is_file() or not (d / META_FILE).is_file():
+    best: tuple[float, int, str] | None = None
+    for name in storage.list_dirs(run_dir):
+        d = storage.join(run_dir, name)
+        if not name.startswith("checkpoint_") or not _is_checkpoint_dir(d):
             continue
         try:
-            meta = read_meta(d)
+            meta = _meta_at(d)
         except CheckpointError:
+            continue
+        if meta is None:
             continue
         acc = float(meta.get("metrics", {}).get("test_accuracy", float("-inf")))
         key = (acc, int(meta.get("epoch", -1)), d)
@@ -228,30 +243,33 @@ def _best_checkpoint_in_run(run_dir: Path) -> Path | None:
     return best[2] if best else None
 
 
-def resolve_model(path: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
-    """Map what the user passed to (state_dict file, metadata or None for a bare file)."""
-    p = Path(path).expanduser()
-    if not p.exists():
+def resolve_model(path: str | os.PathLike) -> tuple[str, dict[str, Any] | None]:
+    """Map what the user passed (a local path or a URI: s3://, gs://, file://) to (state_dict
+    file, metadata or None for a bare file)."""
+    p = str(path)
+    if not storage.is_uri(p):
+        p = str(Path(p).expanduser())
+    if storage.is_file(p):
+        if storage.name(p) == MODEL_FILE:
+            return p, _meta_at(storage.parent(p))
+        return p, None
+    if not storage.is_dir(p):
         raise CheckpointError(
             f"--model {p} does not exist. Pass a training run directory, a checkpoint "
-            "directory, an exported model/ directory or a .pt/.pth state_dict file."
+            "directory, an exported model/ directory or a .pt/.pth state_dict file (local "
+            "paths or URIs such as s3://bucket/runs/r1)."
         )
-    if p.is_file():
-        meta_beside = p.parent / META_FILE
-        if p.name == MODEL_FILE and meta_beside.is_file():
-            return p, read_meta(p.parent)
-        return p, None
     candidates = [p] if _is_checkpoint_dir(p) else []
-    candidates.append(p / "model")
+    candidates.append(storage.join(p, "model"))
     best = _best_checkpoint_in_run(p)
     if best is not None:
         candidates.append(best)
     for c in candidates:
         if _is_checkpoint_dir(c):
-            return c / MODEL_FILE, read_meta(c) if (c / META_FILE).is_file() else None
+            return storage.join(c, MODEL_FILE), _meta_at(c)
     raise CheckpointError(
-        f"{p} is a directory without a model: expected {MODEL_FILE} in it, in {p / 'model'}, "
-        "or in a checkpoint_* subdirectory of a training run."
+        f"{p} is a directory without a model: expected {MODEL_FILE} in it, in "
+        f"{storage.join(p, 'model')}, or in a checkpoint_* subdirectory of a training run."
     )
 
 
@@ -310,7 +328,11 @@ def _raise_mismatch(sd: Mapping[str, torch.Tensor], relu: bool, num_classes: int
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """Load any accepted model source onto ``device`` in eval mode (weights_only=True)."""
     sd_path, meta = resolve_model(path)
-    sd = load_state_dict_file(sd_path)
-    model, meta = build_from_state_dict(sd, meta, str(sd_path))
+    try:
+        local = storage.local_copy(sd_path)  # a URI: downloaded once per node, then re-used
+    except OSError as e:
+        raise CheckpointError(f"cannot read the model file {sd_path}: {e}") from None
+    sd = load_state_dict_file(local)
+    model, meta = build_from_state_dict(sd, meta, sd_path)
     model.to(device).eval()
     return LoadedModel(model=model, meta=meta, path=str(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -144,10 +145,32 @@ def make_config(cls: type[T], *layers: dict[str, Any]) -> T:
     values: dict[str, Any] = {}
     for layer in layers:
         values.update({k: v for k, v in layer.items() if k in known})
+    for k, v in values.items():
+        for item in v if isinstance(v, list | tuple) else [v]:
+            if isinstance(item, str):
+                refuse_credentials(k, item)
     cfg = cls(**values)
     if isinstance(cfg, Config):
         cfg.validate()
     return cfg
+
+
+_CREDENTIALS_IN_URI = re.compile(
+    r"^[a-z][\w+.-]*://[^/@]*@|[?&](access_key|secret_key|session_token)=", re.IGNORECASE
+)
+
+
+def refuse_credentials(field: str, value: str) -> None:
+    """A URI with a key or token in it would be written into config.json, summary.json and the
+    logs: refused (before anything is written) with where credentials go instead."""
+    if _CREDENTIALS_IN_URI.search(value):
+        raise ConfigError(
+            f"--{field.replace('_', '-')}: the URI carries credentials (user:key@ or a key "
+            "parameter). They would be saved with the run and printed in its log, so it was "
+            "refused. Give credentials through the standard AWS environment instead: "
+            "AWS_PROFILE / ~/.aws/credentials, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "the node's instance profile; AWS_ENDPOINT_URL for an S3-compatible server."
+        )
 
 
 def add_job_flags(parser: argparse.ArgumentParser, saved_config: bool = False) -> None:

@@ -26,12 +26,21 @@ def load_data(
     if folders.is_folder_tree(data_dir):
         return folders.load_folders(data_dir, val_fraction)
     if storage.is_uri(data_dir):
-        raise DataError(
-            f"--data-dir {data_dir} has no train/ folder. From object storage the training job "
-            "reads image-folder trees (train/<class>/..., val/<class>/...); copy CIFAR-10's "
-            "python files to a local --data-dir instead."
-        )
+        return cifar10.load_cifar10(_cifar_files_from(data_dir).parent)
     return cifar10.prepare_data(data_dir, download)
+
+
+def _cifar_files_from(data_dir: str):
+    """This node's copy of ``<data_dir>/cifar-10-batches-py`` from object storage (downloaded
+    once under a lock, size-checked, re-used while the objects are unchanged)."""
+    batches = storage.join(data_dir, cifar10.BATCH_DIR)
+    if not storage.is_dir(batches):
+        raise DataError(
+            f"--data-dir {data_dir} holds neither image folders (train/<class>/...) nor "
+            f"CIFAR-format files ({cifar10.BATCH_DIR}/). Upload one of them there, e.g. `aws s3 "
+            f"sync data/{cifar10.BATCH_DIR} {batches}`."
+        )
+    return storage.local_tree(batches)
 
 
 def check_data(
@@ -55,7 +64,10 @@ def check_data(
             n_train,
         )
     if storage.is_uri(data_dir):
-        load_data(data_dir, download)  # raises the no-train/ error
+        batches = storage.join(data_dir, cifar10.BATCH_DIR)
+        if not storage.is_dir(batches):
+            load_data(data_dir, download)  # raises the error that says what to upload
+        return f"CIFAR-format files in {batches} (copied to this node's cache)", 50000
     if cifar10.has_cifar10(data_dir):
         return f"CIFAR-format files in {cifar10.batch_dir(data_dir)}", 50000
     if download:

@@ -44,3 +44,30 @@ def job_env(tmp_path) -> dict[str, str]:
     env["RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS"] = "0"
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server (moto) on loopback for the whole session."""
+    from tests import s3server
+
+    server = s3server.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3(s3_server, monkeypatch, request):
+    """This process pointed at the S3 server through the standard AWS environment, and a fresh
+    bucket for the test: yields ``(server, "s3://<bucket>")``."""
+    import re
+
+    from cifar import storage
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    storage.reset_filesystems()  # filesystems are cached per bucket: none from another endpoint
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    bucket = s3_server.create_bucket(f"t-{name}")
+    yield s3_server, bucket
+    storage.reset_filesystems()

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,7 +157,7 @@ def test_run_directory_resolves_to_export_or_best_checkpoint(tmp_path):
             {"arch": "cifar10_quick", "epoch": epoch, "metrics": {"test_accuracy": acc}},
         )
     sd_path, meta = C.resolve_model(run)
-    assert meta["epoch"] == 2 and sd_path.parent.name == "checkpoint_epoch_0002"
+    assert meta["epoch"] == 2 and Path(sd_path).parent.name == "checkpoint_epoch_0002"
     C.save_checkpoint(run / "model", build_model(), {"arch": "cifar10_quick", "epoch": 9})
     sd_path, meta = C.resolve_model(run)
-    assert meta["epoch"] == 9 and sd_path.parent.name == "model"
+    assert meta["epoch"] == 9 and Path(sd_path).parent.name == "model"

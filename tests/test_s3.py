@@ -1,0 +1,265 @@
+"""Every s3:// path against a real S3-protocol server (moto on loopback), reached through the
+standard AWS environment: models, inputs, training data, runs, results, and no secret leaked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import torch
+
+from cifar import storage
+from cifar.checkpoint import CheckpointError, load_model, model_meta, save_checkpoint
+from cifar.cifar10 import load_cifar10
+from cifar.config import ConfigError
+from cifar.data import DataError
+from cifar.inputs import list_inputs
+from cifar.model import CIFAR10_CLASSES, build_model
+from cifar.sources import load_data
+from tests.s3server import SECRET_KEY
+
+
+def _weights_equal(model, sd) -> bool:
+    return all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture()
+def run_in_bucket(s3, tmp_path):
+    """A training run's layout (two checkpoints, a model/ export) and a tutorial state_dict,
+    uploaded: (bucket, {form: expected state_dict})."""
+    server, bucket = s3
+    torch.manual_seed(0)
+    models = {k: build_model() for k in ("ckpt1", "ckpt2", "export", "bare")}
+    run = tmp_path / "r1"
+    for epoch, (key, acc) in enumerate((("ckpt1", 0.3), ("ckpt2", 0.7)), start=1):
+        meta = model_meta(CIFAR10_CLASSES, epoch=epoch, metrics={"test_accuracy": acc})
+        save_checkpoint(run / f"checkpoint_epoch_{epoch:04d}", models[key], meta)
+    save_checkpoint(run / "model", models["export"], model_meta(CIFAR10_CLASSES, epoch=2))
+    torch.save(models["bare"].state_dict(), tmp_path / "model_state.pth")  # the tutorial's
+    server.upload_dir(run, f"{bucket}/runs/r1")
+    server.client().upload_file(str(tmp_path / "model_state.pth"), bucket[5:], "model_state.pth")
+    return bucket, {k: m.state_dict() for k, m in models.items()}
+
+
+def test_model_from_s3_in_every_form(run_in_bucket, tmp_path, monkeypatch):
+    bucket, sd = run_in_bucket
+    monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path / "node-cache"))
+    forms = {
+        f"{bucket}/runs/r1": "export",  # a run: its model/ export first
+        f"{bucket}/runs/r1/": "export",
+        f"{bucket}/runs/r1/model": "export",
+        f"{bucket}/runs/r1/model/model.pt": "export",
+        f"{bucket}/runs/r1/checkpoint_epoch_0001": "ckpt1",
+        f"{bucket}/model_state.pth": "bare",
+    }
+    for uri, key in forms.items():
+        loaded = load_model(uri)
+        assert _weights_equal(loaded.model, sd[key]), uri
+        assert loaded.classes == list(CIFAR10_CLASSES)
+    storage.reset_filesystems()
+    # without model/, a run dir means its best checkpoint (test accuracy 0.7: epoch 2)
+    storage.clear_dir(f"{bucket}/runs/r1/model")
+    assert _weights_equal(load_model(f"{bucket}/runs/r1").model, sd["ckpt2"])
+    with pytest.raises(CheckpointError, match=r"--model s3://.*/runs/r9 does not exist"):
+        load_model(f"{bucket}/runs/r9")
+
+
+def test_pickled_module_in_bucket_is_refused_without_running_it(s3, tmp_path, monkeypatch):
+    server, bucket = s3
+    monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path / "node-cache"))
+    torch.save(build_model(), tmp_path / "whole.pt")  # the tutorial's "method 1"
+    server.client().upload_file(str(tmp_path / "whole.pt"), bucket[5:], "whole.pt")
+    with pytest.raises(CheckpointError, match="nothing in it was executed"):
+        load_model(f"{bucket}/whole.pt")
+
+
+def test_node_cache_downloads_once_and_again_when_the_object_changes(s3, tmp_path, monkeypatch):
+    _, bucket = s3
+    monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path / "node-cache"))
+    storage.write_bytes(f"{bucket}/m/model.pt", b"first")
+    local = storage.local_copy(f"{bucket}/m/model.pt")
+    assert local.read_bytes() == b"first" and str(local).startswith(str(tmp_path / "node-cache"))
+    stamp = local.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert storage.local_copy(f"{bucket}/m/model.pt").stat().st_mtime_ns == stamp  # re-used
+    time.sleep(1.1)  # S3 mtimes have one-second resolution
+    storage.write_bytes(f"{bucket}/m/model.pt", b"second, longer")
+    assert storage.local_copy(f"{bucket}/m/model.pt").read_bytes() == b"second, longer"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.local_copy(f"{bucket}/m/nothing.pt")
+
+
+def test_inputs_from_a_prefix_a_glob_and_a_file(s3):
+    _, bucket = s3
+    for rel in ("a/cat/1.png", "a/cat/2.jpg", "a/dog/3.png", "a/.hidden/4.png", "b/5.png"):
+        storage.write_bytes(f"{bucket}/imgs/{rel}", b"x")
+    found = list_inputs([f"{bucket}/imgs/a"], None)
+    assert [f.removeprefix(f"{bucket}/imgs/") for f in found.files] == [
+        "a/.hidden/4.png",  # every file of a prefix, as for a local folder: the job decides
+        "a/cat/1.png",
+        "a/cat/2.jpg",
+        "a/dog/3.png",
+    ]
+    assert set(found.roots) == {f"{bucket}/imgs/a"}
+    globbed = list_inputs([f"{bucket}/imgs/*/*/*.png"], None)
+    assert [f.removeprefix(f"{bucket}/imgs/") for f in globbed.files] == [
+        "a/.hidden/4.png",
+        "a/cat/1.png",
+        "a/dog/3.png",
+    ]
+    assert list_inputs([f"{bucket}/imgs/b/5.png"], None).files == [f"{bucket}/imgs/b/5.png"]
+    with pytest.raises(ConfigError, match="no files found"):
+        list_inputs([f"{bucket}/imgs/none"], None)
+
+
+def test_cifar_format_data_dir_is_copied_once_and_read_like_local(
+    s3, synthetic_dir, tmp_path, monkeypatch
+):
+    server, bucket = s3
+    monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path / "node-cache"))
+    server.upload_dir(synthetic_dir, f"{bucket}/data")
+    from_s3 = load_data(f"{bucket}/data", download=False)
+    local = load_cifar10(synthetic_dir)
+    assert np.array_equal(from_s3.train_images, local.train_images)
+    assert np.array_equal(from_s3.test_labels, local.test_labels)
+    assert str(tmp_path / "node-cache") in from_s3.root
+    copies = sorted((tmp_path / "node-cache").rglob("data_batch_1"))
+    before = [p.stat().st_mtime_ns for p in copies]
+    load_data(f"{bucket}/data", download=False)  # the second time: nothing downloaded
+    assert [p.stat().st_mtime_ns for p in copies] == before
+    with pytest.raises(DataError, match="neither image folders"):
+        load_data(f"{bucket}/nothing", download=False)
+
+
+def test_credentials_in_a_uri_are_refused_before_anything_is_written(tmp_path):
+    from cifar.train_config import resolve_config
+
+    with pytest.raises(ConfigError, match="carries credentials"):
+        resolve_config({"storage_path": "s3://AKIAEXAMPLE:secret@bucket/runs", "name": "x"})
+
+
+# --------------------------------------------------------------------------- jobs, end to end
+
+
+def _job(args, env, cwd, log, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the driver and the Ray it started
+        **kw,
+    )
+
+
+def _wait_for_key(server, uri: str, key: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while key not in server.keys(uri):
+        assert proc.poll() is None, f"the job ended (rc {proc.returncode}) before {key} appeared"
+        assert time.monotonic() < deadline, f"{key} did not appear in {uri} in {timeout}s"
+        time.sleep(0.2)
+
+
+@pytest.mark.ray
+def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
+    s3, synthetic_dir, tmp_path, job_env
+):
+    """Data and run in the bucket; the job (driver and its Ray) SIGKILLed after its first
+    checkpoint; resumed from another folder with another node cache: the run lives only in the
+    bucket. Then prediction with --model/--input/--output on S3. No secret anywhere."""
+    server, bucket = s3
+    server.upload_dir(synthetic_dir, f"{bucket}/data")
+    images = tmp_path / "images"
+    from tests.images import make_image_tree
+
+    good, bad = make_image_tree(images)
+    server.upload_dir(images, f"{bucket}/images")
+    env = {**job_env, **server.env(), "CIFAR_RAY_CACHE": str(tmp_path / "cache-a")}
+    train = ["jobs.train", "--data-dir", f"{bucket}/data", "--storage-path", f"{bucket}/runs"]
+    train += ["--name", "r1", "--epochs", "3", "--num-workers", "2", "--cpus-per-worker", "1"]
+    train += ["--batch-size", "32", "--max-failures", "0"]
+    (tmp_path / "a").mkdir()
+    logs = []
+    with open(tmp_path / "train-1.log", "wb") as log:
+        first = _job(train, env, tmp_path / "a", log)
+        try:
+            _wait_for_key(
+                server, f"{bucket}/runs/r1", "checkpoint_epoch_0001/meta.json", first, 240
+            )
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+    logs.append((tmp_path / "train-1.log").read_text())
+    done = server.keys(f"{bucket}/runs/r1")
+    assert "summary.json" not in done and "model/model.pt" not in done, done
+
+    (tmp_path / "b").mkdir()
+    env_b = {**env, "CIFAR_RAY_CACHE": str(tmp_path / "cache-b")}  # a machine that never saw it
+    resumed = subprocess.run(
+        [sys.executable, "-m", *train, "--resume"],
+        cwd=tmp_path / "b",
+        env=env_b,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    logs.append(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, logs[-1][-3000:]
+    summary = json.loads(storage.read_text(f"{bucket}/runs/r1/summary.json"))
+    assert summary["epochs_completed"] == 3 and summary["restarts"] >= 1
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["best_test_accuracy"] > 0.5
+    assert summary["model_path"] == f"{bucket}/runs/r1/model"
+    keys = server.keys(f"{bucket}/runs/r1")
+    assert {"model/model.pt", "model/meta.json", "config.json", "metrics.csv"} <= set(keys)
+    assert {"checkpoint_epoch_0003/model.pt", "checkpoint_epoch_0003/train_state.pt"} <= set(keys)
+
+    # TensorBoard events read back from the bucket with TensorBoard's reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    for k in keys:
+        if k.startswith("tensorboard/") and not k.endswith("/"):
+            (tb / k).parent.mkdir(parents=True, exist_ok=True)
+            (tb / k).write_bytes(storage.read_bytes(f"{bucket}/runs/r1/{k}"))
+    acc = EventAccumulator(str(tb / "tensorboard"))
+    acc.Reload()
+    assert sorted({e.step for e in acc.Scalars("test/accuracy")}) == [1, 2, 3]
+
+    predict = ["jobs.predict", "--model", f"{bucket}/runs/r1", "--input", f"{bucket}/images"]
+    predict += ["--output", f"{bucket}/preds/r1", "--num-actors", "1"]
+    env_c = {**env, "CIFAR_RAY_CACHE": str(tmp_path / "cache-c")}
+    pred = subprocess.run(
+        [sys.executable, "-m", *predict],
+        cwd=tmp_path,
+        env=env_c,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    logs.append(pred.stdout + pred.stderr)
+    assert pred.returncode == 0, logs[-1][-3000:]
+    df = pd.read_parquet(f"{bucket}/preds/r1")  # as a user reads it, straight from the bucket
+    want = sorted(f"{bucket}/images/{p.relative_to(images).as_posix()}" for p in good + bad)
+    assert sorted(df["path"]) == want  # one row per file
+    assert df["error"].notna().sum() == len(bad)
+    table = pads.dataset(f"{bucket}/preds/r1", format="parquet").to_table()
+    assert table.num_rows == len(good) + len(bad)
+    out = json.loads(storage.read_text(f"{bucket}/preds/r1/_summary.json"))
+    assert out["files"] == len(want) and out["predicted"] == len(good)
+
+    # no credential anywhere: the objects written, the logs
+    for k in server.keys(bucket):
+        if not k.startswith(("data/", "images/")) and not k.endswith("/"):
+            assert SECRET_KEY.encode() not in storage.read_bytes(f"{bucket}/{k}"), k
+    for text in logs:
+        assert SECRET_KEY not in text
