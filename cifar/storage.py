@@ -24,13 +24,13 @@ _FS_CACHE: dict[str, Any] = {}
 # SDK (SDK_ATTEMPTS, its standard backoff); what still fails with a transient error is retried
 # here as a whole (a read, a write, a listing), RETRY_ATTEMPTS times within RETRY_DEADLINE_S,
 # then raised: a file that keeps failing becomes an error, never a hang.
-SDK_ATTEMPTS = 4
+SDK_ATTEMPTS = 3  # the AWS SDK's standard mode default
 RETRY_ATTEMPTS = 4
 RETRY_DEADLINE_S = 120.0
 CONNECT_TIMEOUT_S = 10.0
-REQUEST_TIMEOUT_S = 60.0  # no byte for this long: the request fails (and is retried)
+REQUEST_TIMEOUT_S = 30.0  # no byte for this long: the request fails (and is retried)
 _TRANSIENT = re.compile(
-    r"slow ?down|throttl|service.?unavailable|internal.?(failure|error)|network.?connection|"
+    r"slow.?down|throttl|service.?unavailable|internal.?(failure|error)|network.?connection|"
     r"request.?time|curlCode|HTTP status 5\d\d|connection (reset|refused|aborted|closed)|"
     r"broken pipe|timed out|unexpected end|premature|incomplete|reset by peer",
     re.IGNORECASE,
@@ -103,7 +103,8 @@ def retrying(what: str, fn: Callable[[], T]) -> T:
                     f"{what}: still failing after {attempt} attempts in {spent:.0f}s "
                     f"(each retried {SDK_ATTEMPTS} times by the AWS SDK): {e}"
                 ) from e
-            delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            backoff = min(8.0, 0.5 * 2 ** (attempt - 1), RETRY_DEADLINE_S - spent)
+            delay = max(0.0, backoff) * random.uniform(0.5, 1.0)
             log.info("%s: %s; attempt %d again in %.1fs", what, e, attempt + 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -197,6 +198,11 @@ def join(path: str, rel: str) -> str:
     if is_uri(path):
         return f"{path.rstrip('/')}/{rel}"
     return str(Path(path).expanduser().resolve() / rel)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URI as it is."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 def parent(path: str) -> str:
