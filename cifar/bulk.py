@@ -24,7 +24,24 @@ from cifar.images import decode_batch
 from cifar.inputs import label_from_dirs, list_inputs
 from cifar.predict import BatchPredictor, inference_compute
 from cifar.raycluster import ClusterInfo
-from cifar.results import FORMATS, preview_png, read_results, summarize, write_side_files
+from cifar.results import (
+    FORMATS,
+    preview_png,
+    read_results,
+    result_schema,
+    summarize,
+    write_side_files,
+)
+from cifar.sink import (
+    JOB_FILE,
+    ROWS_PER_FILE,
+    check_resume,
+    committed_paths,
+    finish,
+    job_record,
+    make_sink,
+    start,
+)
 from cifar.waiting import (
     STALL_TIMEOUT,
     StallError,
@@ -51,6 +68,8 @@ class PredictConfig(Config):
     format: str = output_opt("parquet", "result format", choices=tuple(FORMATS))
     top_k: int = output_opt(3, "top-k classes to write")
     overwrite: bool = output_opt(False, "replace results already in OUT")
+    resume: bool = output_opt(False, "continue a job that was killed, in the same OUT: keep the rows it committed, classify only the rest")  # noqa: E501
+    rows_per_file: int = output_opt(ROWS_PER_FILE, "rows per result file (each is committed whole; a killed job redoes at most the files it was writing)")  # noqa: E501
     preview: int = output_opt(0, "also write OUT/_preview.png: the first N images with predicted class and confidence")  # noqa: E501
     verbose: bool = output_opt(False, "also Ray's and Ray Data's INFO lines")
     batch_size: int = scale_opt(256, "images per inference batch")
@@ -83,6 +102,11 @@ class PredictConfig(Config):
                 "--cpus-per-actor must be > 0",
             ),
             (self.files_per_block >= 1, "--files-per-block must be at least 1"),
+            (self.rows_per_file >= 1, "--rows-per-file must be at least 1"),
+            (
+                not (self.resume and self.overwrite),
+                "--resume keeps the results in --output and --overwrite replaces them: pass one",
+            ),
             (0 <= self.preview <= 1000, f"--preview must be 0..1000 (got {self.preview})"),
             (self.stall_timeout >= 0, "--stall-timeout must be >= 0"),
             (not actors_error, actors_error),
@@ -106,8 +130,9 @@ def parse_actors(spec: str) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- output folder
 
 
-def check_output(output: str, overwrite: bool) -> None:
-    """Refuse an output that holds results (unless --overwrite) or that cannot be written."""
+def check_output(output: str, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an output that holds results (unless --overwrite or --resume) or that cannot be
+    written."""
     if not storage.is_uri(output):
         out = Path(output).expanduser()
         if out.exists() and not out.is_dir():
@@ -115,20 +140,27 @@ def check_output(output: str, overwrite: bool) -> None:
         probe_dir = out if out.is_dir() else next(p for p in out.parents if p.exists())
         if not os.access(probe_dir, os.W_OK):
             raise ConfigError(f"--output {out} is not writable. Choose a folder you can write.")
-    if storage.is_dir(output) and storage.has_entries(output) and not overwrite:
+    if storage.is_dir(output) and storage.has_entries(output) and not (overwrite or resume):
         raise ConfigError(
-            f"--output {output} already holds results. Pass --overwrite to replace them, "
-            "or choose another --output."
+            f"--output {output} already holds results. Pass --resume to continue the job that "
+            "wrote them (same command), --overwrite to replace them, or choose another --output."
         )
 
 
 @dataclass
 class Preflight:
     model: LoadedModel
-    files: list[str]
+    files: list[str]  # every input file
     skipped: int
     seconds: float = 0.0
     labels: list[str | None] | None = None  # with --labels-from-dirs
+    record: dict[str, Any] | None = None  # the job, as _job.json says it
+    resuming: bool = False
+    todo: list[int] | None = None  # indexes of the files still to classify (None: all)
+
+    @property
+    def already_done(self) -> int:
+        return 0 if self.todo is None else len(self.files) - len(self.todo)
 
 
 def preflight(cfg: PredictConfig) -> Preflight:
@@ -143,8 +175,26 @@ def preflight(cfg: PredictConfig) -> Preflight:
             label_from_dirs(f, r, loaded.classes)
             for f, r in zip(found.files, found.roots, strict=True)
         ]
-    check_output(cfg.output, cfg.overwrite)
-    return Preflight(loaded, found.files, found.skipped, time.perf_counter() - t0, labels)
+    check_output(cfg.output, cfg.overwrite, cfg.resume)
+    pre = Preflight(loaded, found.files, found.skipped, labels=labels)
+    pre.record = job_record(cfg, loaded.sha256)
+    if cfg.resume and check_resume(cfg.output, pre.record):
+        pre.resuming = True
+        pre.todo = still_to_do(found.files, committed_paths(cfg.output, cfg.format))
+    pre.seconds = time.perf_counter() - t0
+    return pre
+
+
+def still_to_do(files: list[str], done) -> list[int]:
+    """Indexes of ``files`` not among ``done`` (a pyarrow array of committed paths)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(done) == 0:
+        return list(range(len(files)))
+    kept = pc.invert(pc.is_in(pa.array(files, pa.string()), value_set=done))
+    return np.flatnonzero(kept.to_numpy(zero_copy_only=False)).tolist()
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -280,11 +330,11 @@ def build_dataset(
     )
 
 
-def write(ds, cfg: PredictConfig, plan: Plan) -> None:
+def write(ds, cfg: PredictConfig, plan: Plan, schema) -> None:
     # Writers ask no CPU (see DECODE_SHARE) and are at most one per actor, so they run while
     # the actors work instead of queueing up behind them, and Ray starts few processes for them.
-    writer = getattr(ds, FORMATS[cfg.format].writer)
-    writer(cfg.output, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
+    sink = make_sink(cfg.output, cfg.format, schema, cfg.rows_per_file)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
 
 
 def run(
@@ -299,16 +349,22 @@ def run(
     the inputs and loading the model (``preflight_seconds``) and starting or joining Ray
     (``ray_start_seconds``, when the caller passes it) are reported apart."""
     pre = pre or preflight(cfg)
+    files, labels = pre.files, pre.labels
+    if pre.todo is not None:
+        files = [pre.files[i] for i in pre.todo]
+        labels = None if labels is None else [labels[i] for i in pre.todo]
     plan = plan_resources(cfg, cluster)
-    blocks = max(1, -(-len(pre.files) // cfg.files_per_block))  # more tasks than blocks: idle
+    blocks = max(1, -(-len(files) // cfg.files_per_block))  # more tasks than blocks: idle
     plan.decode_tasks = min(plan.decode_tasks, blocks)
     plan.write_tasks = min(plan.write_tasks, blocks)
     plan.compute = choose_compute(cfg, plan, pre.model)
-    storage.clear_dir(cfg.output)
+    start(cfg.output, pre.record or job_record(cfg, pre.model.sha256), pre.resuming)
+    kept = f", {pre.already_done} kept from the killed run" if pre.resuming else ""
     progress.info(
-        "[cifar] classifying %d files (%d skipped by --extensions): %s",
-        len(pre.files),
+        "[cifar] classifying %d files (%d skipped by --extensions%s): %s",
+        len(files),
         pre.skipped,
+        kept,
         plan.describe(),
     )
     import ray.data
@@ -326,9 +382,11 @@ def run(
         lambda: actors_waiting("BatchPredictor"),
         cfg.stall_timeout,
     )
+    schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
     try:
         with dog:  # a stall leaves it as a StallError
-            write(build_dataset(cfg, pre.files, plan, pre.labels), cfg, plan)
+            if files:
+                write(build_dataset(cfg, files, plan, labels), cfg, plan, schema)
     except Exception as e:
         if type(e).__name__ != "ExecutionTimeoutError":  # Ray Data's own no-progress guard
             raise
@@ -346,18 +404,34 @@ def run(
         pre.skipped,
         seconds,
         pre.model.meta,
+        already_done=pre.already_done,
+        classified=len(files),
         preflight_seconds=pre.seconds,
         ray_start_seconds=ray_start_seconds,
         waited_seconds=round(dog.waited, 1),
         compute=plan.compute.describe(),
     )
     preview = preview_png(table, cfg.preview) if cfg.preview else None
-    write_side_files(cfg.output, summary, preview)
-    if summary["rows"] != len(pre.files):
-        raise RuntimeError(
-            f"{summary['rows']} result rows for {len(pre.files)} files: results are incomplete"
-        )
+    finish(cfg.output)
+    write_side_files(cfg.output, summary, preview, written=[JOB_FILE])
+    check_exactly_once(table, pre.files)
     return summary
+
+
+def check_exactly_once(table, files: list[str]) -> None:
+    """Every input file has exactly one row (rows of files that vanished since a killed run
+    may remain: they are results too)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    paths = table.column("path")
+    unique = pc.unique(paths)
+    missing = len(files) - pc.sum(pc.is_in(pa.array(files, pa.string()), value_set=unique)).as_py()
+    if missing or len(unique) != len(paths):
+        raise RuntimeError(
+            f"{missing} of {len(files)} files have no result row and {len(paths) - len(unique)} "
+            f"rows repeat a path in {table.num_rows} rows: results are incomplete"
+        )
 
 
 def _pipeline_progress(output: str):

@@ -10,6 +10,7 @@ its best checkpoint), a checkpoint directory, an exported ``model/`` directory, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -192,6 +193,7 @@ class LoadedModel:
     model: nn.Module
     meta: dict[str, Any]
     path: str
+    sha256: str = ""  # of the state_dict file: what a resumed prediction job must still use
 
     @property
     def classes(self) -> list[str]:
@@ -335,4 +337,5 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     sd = load_state_dict_file(local)
     model, meta = build_from_state_dict(sd, meta, sd_path)
     model.to(device).eval()
-    return LoadedModel(model=model, meta=meta, path=str(path))
+    sha256 = hashlib.sha256(Path(local).read_bytes()).hexdigest()
+    return LoadedModel(model=model, meta=meta, path=str(path), sha256=sha256)

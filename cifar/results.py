@@ -92,9 +92,9 @@ def prediction_columns(
     return cols
 
 
-def read_results(output: str, fmt: str):
-    """The written result files back as one pyarrow Table (side files like summary.json left
-    out)."""
+def read_results(output: str, fmt: str, columns: list[str] | None = None):
+    """The written result files back as one pyarrow Table (side files like _summary.json and
+    unfinished files under _tmp/ left out, as every reader of the folder leaves them out)."""
     import pyarrow.dataset as pds
 
     f = FORMATS[fmt]
@@ -102,14 +102,17 @@ def read_results(output: str, fmt: str):
     files = [
         f"{base.rstrip('/')}/{e.rel}"
         for e in storage.list_files(output)
-        if e.rel.endswith(f.suffix) and e.rel != SUMMARY_FILE
+        if e.rel.endswith(f.suffix) and not any(p.startswith("_") for p in e.rel.split("/"))
     ]
     fmt_ = f.arrow
     if f.arrow == "csv":  # an empty field is a null (no error, no label), as pandas reads it
         import pyarrow.csv as pcsv
 
         fmt_ = pds.CsvFileFormat(convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
-    return pds.dataset(files, format=fmt_, filesystem=fs).to_table()
+    return storage.retrying(
+        f"reading the results in {output}",
+        lambda: pds.dataset(files, format=fmt_, filesystem=fs).to_table(columns=columns),
+    )
 
 
 def summarize(
@@ -136,7 +139,8 @@ def summarize(
         "errors": table.num_rows - predicted,
         "skipped": skipped,
         "seconds": seconds,
-        "images_per_s": files / seconds if seconds > 0 else None,
+        # of the files this run classified (a resumed run: not the ones it kept)
+        "images_per_s": extra.get("classified", files) / seconds if seconds > 0 else None,
         **extra,
         "input": ", ".join(config["input"] or []),
         "output": config["output"],
@@ -177,9 +181,12 @@ def accuracy_and_confusion(table, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def write_side_files(output: str, summary: dict[str, Any], preview: bytes | None) -> list[str]:
+def write_side_files(
+    output: str, summary: dict[str, Any], preview: bytes | None, written: Sequence[str] = ()
+) -> list[str]:
     """``_summary.json`` and, for labelled inputs, the confusion matrix (CSV and PNG) and the
-    per-class table; the preview sheet if there is one. Returns the names written."""
+    per-class table; the preview sheet if there is one. Returns the names of the side files
+    (``written``: those already there)."""
     from cifar.plots import confusion_png, per_class_csv
 
     base = output.rstrip("/")
@@ -196,7 +203,7 @@ def write_side_files(output: str, summary: dict[str, Any], preview: bytes | None
         files[PER_CLASS_CSV] = per_class_csv(matrix, classes)
     if preview is not None:
         files[PREVIEW_PNG] = preview
-    summary["side_files"] = [SUMMARY_FILE, *files]
+    summary["side_files"] = [SUMMARY_FILE, *written, *files]
     files[SUMMARY_FILE] = json.dumps(summary, indent=2, default=str).encode()
     for name, data in files.items():
         storage.write_bytes(f"{base}/{name}", data)

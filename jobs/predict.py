@@ -8,6 +8,7 @@ Examples:
       --gpus-per-actor 1 --num-actors 1-8
   cifar-predict --model run1 --input val/ --output val-preds --labels-from-dirs --preview 64
   cifar-predict --model run1 --input photos/ --output preds/ --dry-run   # check, start nothing
+  cifar-predict --model run1 --input photos/ --output preds/ --resume    # after a crash
 
 Read the results with pandas.read_parquet("preds/"), pyarrow.dataset.dataset("preds/"),
 ray.data.read_parquet("preds/") or DuckDB's read_parquet('preds/*.parquet'); the side files
@@ -53,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
     waited = summary["waited_seconds"]
     queued = f", {waited:.0f}s of it waiting for resources" if waited >= 5 else ""
+    kept = summary["already_done"]
+    resumed = f" ({kept} of them kept from the killed run)" if cfg.resume else ""
     print(
-        f"[cifar] classified {summary['files']} files: {summary['predicted']} predicted, "
+        f"[cifar] classified {summary['files']} files{resumed}: {summary['predicted']} predicted, "
         f"{summary['errors']} errors, {summary['skipped']} skipped{acc} in "
-        f"{summary['seconds']:.1f}s ({summary['images_per_s']:.0f} img/s{queued}; Ray start-up "
-        f"{ray_seconds:.1f}s not included)\n"
+        f"{summary['seconds']:.1f}s ({summary['images_per_s'] or 0:.0f} img/s{queued}; Ray "
+        f"start-up {ray_seconds:.1f}s not included)\n"
         f"  results: {cfg.output} ({cfg.format}; side files: {', '.join(summary['side_files'])})"
     )
     return 0

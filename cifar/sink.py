@@ -1,0 +1,193 @@
+"""The prediction output folder as a commit log: result files appear whole or not at all, and a
+killed job can be resumed from what it committed.
+
+    OUT/part-<digest>.parquet   committed results (about --rows-per-file rows each)
+    OUT/_job.json               what the job is (model fingerprint, inputs, format): a resume
+                                must be the same job
+    OUT/_tmp/                   files being written (local folders): renamed into OUT when whole
+
+A result file is written under ``_tmp/`` and renamed into the folder (one atomic rename on a
+local file system); on object storage it is uploaded under its final name, where it becomes
+visible only once the upload completes (a single PUT, or a multipart upload completed at the
+end). Its name is a digest of the paths it holds, so a write task that Ray retries after the
+rename writes the same file again instead of a second copy. Readers that list the folder skip
+``_``-prefixed names (pandas, pyarrow, Ray Data, DuckDB globs): they never see a half-written
+file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cifar import storage
+from cifar.config import ConfigError
+from cifar.results import FORMATS
+
+JOB_FILE = "_job.json"
+TMP_DIR = "_tmp"
+PART_PREFIX = "part-"
+ROWS_PER_FILE = 100_000
+# what must match for a resume to continue a job: the rows it kept would otherwise be another
+# job's (other inputs, another model) or another shape (format, top-k, labels)
+JOB_KEYS = ("input", "extensions", "labels_from_dirs", "format", "top_k", "model_sha256")
+
+
+def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
+    return {
+        "input": [storage.absolute(i) for i in cfg.input],
+        "extensions": cfg.extensions,
+        "labels_from_dirs": cfg.labels_from_dirs,
+        "format": cfg.format,
+        "top_k": cfg.top_k,
+        "model": cfg.model,
+        "model_sha256": model_sha256,
+    }
+
+
+def check_resume(output: str, record: dict[str, Any]) -> bool:
+    """True if ``output`` holds a job to resume (it must be this job: else ConfigError); False
+    if there is nothing there yet."""
+    path = storage.join(output, JOB_FILE)
+    if not storage.exists(path):
+        if storage.is_dir(output) and committed_files(output, record["format"]):
+            raise ConfigError(
+                f"--resume: {output} holds results but no {JOB_FILE} (written by an older "
+                "version, or by another program), so it cannot tell which job they belong to. "
+                "Pass --overwrite to start again, or choose another --output."
+            )
+        return False
+    saved = json.loads(storage.read_text(path))
+    changed = [k for k in JOB_KEYS if saved.get(k) != record.get(k)]
+    if changed:
+        what = "; ".join(
+            f"{'model (its weights)' if k == 'model_sha256' else '--' + k.replace('_', '-')}: "
+            f"{_short(saved.get(k))} -> {_short(record.get(k))}"
+            for k in changed
+        )
+        raise ConfigError(
+            f"--resume: {output} holds results of another job ({what}). A resume reruns the "
+            "same command: pass the same --model and --input flags, or pass --overwrite to "
+            "start again, or choose another --output."
+        )
+    return True
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v)
+    return s if len(s) <= 80 else s[:38] + "..." + s[-38:]
+
+
+def start(output: str, record: dict[str, Any], resume: bool) -> None:
+    """Make the output folder ready: emptied for a new job (or --overwrite), its unfinished
+    files dropped for a resume; then the job record."""
+    if resume:
+        if not storage.is_uri(output):
+            storage.clear_dir(storage.join(output, TMP_DIR))
+    else:
+        storage.clear_dir(output)
+    storage.write_text(storage.join(output, JOB_FILE), json.dumps(record, indent=2))
+
+
+def finish(output: str) -> None:
+    """Drop the (now empty) folder of unfinished files."""
+    if not storage.is_uri(output) or output.startswith("file://"):
+        tmp = Path(storage.absolute(output).removeprefix("file://")) / TMP_DIR
+        if tmp.is_dir() and not any(tmp.iterdir()):
+            tmp.rmdir()
+
+
+def committed_files(output: str, fmt: str) -> list[str]:
+    """The result files in ``output`` (relative names), not side files or unfinished ones."""
+    suffix = FORMATS[fmt].suffix
+    return [
+        e.rel
+        for e in storage.list_files(output)
+        if e.rel.endswith(suffix) and not any(p.startswith("_") for p in e.rel.split("/"))
+    ]
+
+
+def committed_paths(output: str, fmt: str):
+    """The ``path`` column of every committed result (a pyarrow array, no Python objects)."""
+    import pyarrow as pa
+
+    from cifar.results import read_results
+
+    if not storage.is_dir(output) or not committed_files(output, fmt):
+        return pa.array([], pa.string())
+    table = read_results(output, fmt, columns=["path"])
+    return table.column("path").combine_chunks()
+
+
+def digest(paths) -> str:
+    """A name for the rows of these paths: the same rows, the same name."""
+    h = hashlib.sha1()
+    for buf in paths.buffers():
+        if buf is not None:
+            h.update(buf)
+    return h.hexdigest()[:20]
+
+
+def serialize(table, fmt: str) -> bytes:
+    """One result file's bytes, in the format Ray Data's writers produce."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="snappy")
+        return buf.getvalue()
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+
+        buf = io.BytesIO()
+        pcsv.write_csv(table, buf)
+        return buf.getvalue()
+    return table.to_pandas().to_json(orient="records", lines=True).encode()
+
+
+def commit(output: str, name: str, data: bytes) -> None:
+    """Put ``data`` at ``output/name`` whole or not at all."""
+    if storage.is_uri(output) and not output.startswith("file://"):
+        storage.write_bytes(storage.join(output, name), data)  # visible once complete
+        return
+    out = Path(storage.absolute(output).removeprefix("file://"))
+    tmp = out / TMP_DIR / f"{name}.{uuid.uuid4().hex[:8]}"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / name)
+
+
+def make_sink(output: str, fmt: str, schema, rows_per_file: int):
+    """A Ray Data datasink writing ``schema`` rows in files of about ``rows_per_file`` rows,
+    each committed whole."""
+    import pyarrow as pa
+    from ray.data import Datasink
+
+    class ResultSink(Datasink):
+        @property
+        def min_rows_per_write(self) -> int:
+            return rows_per_file
+
+        def get_name(self) -> str:
+            return "WriteResults"
+
+        def write(self, blocks: Iterable, ctx) -> dict[str, Any]:
+            tables = [pa.table(b) if not isinstance(b, pa.Table) else b for b in blocks]
+            tables = [t.select(schema.names).cast(schema) for t in tables if t.num_rows]
+            if not tables:
+                return {"file": None, "rows": 0}
+            table = pa.concat_tables(tables).combine_chunks()
+            name = f"{PART_PREFIX}{digest(table.column('path').chunk(0))}{FORMATS[fmt].suffix}"
+            commit(output, name, serialize(table, fmt))
+            return {"file": name, "rows": table.num_rows}
+
+    return ResultSink()

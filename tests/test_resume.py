@@ -1,0 +1,161 @@
+"""Prediction jobs resumed after a crash: every file exactly once, nothing half-written read,
+only the same job resumed; and a real SIGKILL of the driver with its Ray part-way through."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cifar.bulk import PredictConfig, preflight, run
+from cifar.checkpoint import model_meta, save_checkpoint
+from cifar.config import ConfigError
+from cifar.model import CIFAR10_CLASSES, build_model
+from cifar.raycluster import ClusterInfo
+from cifar.sink import JOB_FILE, TMP_DIR
+
+pytestmark = pytest.mark.ray
+TWO_CPUS = ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2)
+
+
+def _images(root: Path, n: int, seed: int = 0) -> list[str]:
+    """``n`` small PNGs in folders of 500; their absolute paths, sorted."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    out = []
+    for i in range(n):
+        p = root / f"d{i // 500:03d}" / f"img{i:06d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i % 16]).save(p, compress_level=0)
+        out.append(str(p.resolve()))
+    return sorted(out)
+
+
+def _model(d: Path, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    return save_checkpoint(d, build_model(), model_meta(CIFAR10_CLASSES))
+
+
+def _cfg(model, inputs, out, **kw) -> PredictConfig:
+    base = dict(num_actors="1", batch_size=64, files_per_block=50, rows_per_file=100)
+    return PredictConfig(model=str(model), input=[str(inputs)], output=str(out), **{**base, **kw})
+
+
+def _rows(out: Path) -> list[dict]:
+    return pds.dataset(out, format="parquet").to_table().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    return _model(root / "model"), root / "in", _images(root / "in", 700)
+
+
+def test_a_resume_keeps_committed_rows_and_never_reads_half_written_files(
+    ray_session, job, tmp_path
+):
+    model, inputs, files = job
+    out = tmp_path / "out"
+    first = run(_cfg(model, inputs, out), TWO_CPUS)
+    parts = sorted(out.glob("part-*.parquet"))
+    assert first["files"] == first["rows"] == 700 and len(parts) >= 7  # ~100 rows per file
+    assert first["already_done"] == 0 and not (out / TMP_DIR).exists()
+    full = {r["path"]: r for r in _rows(out)}
+    # what a crash leaves: some files committed, others not yet, one half-written in _tmp/
+    lost = parts[::2]
+    lost_paths = {p for f in lost for p in pq.read_table(f, columns=["path"])["path"].to_pylist()}
+    (out / TMP_DIR).mkdir()
+    (out / TMP_DIR / f"{lost[0].name}.1a2b3c4d").write_bytes(lost[0].read_bytes()[:300])
+    for f in lost:
+        f.unlink()
+    (out / "_summary.json").unlink()
+    with pytest.raises(ConfigError, match="--resume to continue"):
+        preflight(_cfg(model, inputs, out))  # without --resume: refused, nothing touched
+
+    resumed = run(_cfg(model, inputs, out, resume=True), TWO_CPUS)
+    rows = _rows(out)
+    assert sorted(r["path"] for r in rows) == files  # each exactly once
+    assert resumed["already_done"] == 700 - len(lost_paths) > 0
+    assert resumed["classified"] == len(lost_paths)
+    assert (resumed["files"], resumed["rows"], resumed["errors"]) == (700, 700, 0)
+    assert not (out / TMP_DIR).exists()  # the half-written file is gone, never read
+    for r in rows:  # the rows redone are the rows the uninterrupted run wrote
+        assert r == full[r["path"]]
+    assert json.loads((out / "_summary.json").read_text())["already_done"] > 0
+
+    again = run(_cfg(model, inputs, out, resume=True), TWO_CPUS)  # nothing left to do
+    assert (again["already_done"], again["classified"], again["rows"]) == (700, 0, 700)
+
+
+def test_a_resume_of_another_job_is_refused(ray_session, job, tmp_path):
+    model, inputs, _ = job
+    out = tmp_path / "out"
+    small = tmp_path / "small"
+    _images(small, 30)
+    run(_cfg(model, small, out), TWO_CPUS)
+    with pytest.raises(ConfigError, match=r"another job \(--input"):
+        preflight(_cfg(model, inputs, out, resume=True))
+    other = _model(tmp_path / "other", seed=1)
+    with pytest.raises(ConfigError, match=r"another job \(model \(its weights\)"):
+        preflight(_cfg(other, small, out, resume=True))
+    with pytest.raises(ConfigError, match=r"--top-k"):
+        preflight(_cfg(model, small, out, resume=True, top_k=2))
+    with pytest.raises(ConfigError, match="pass one"):
+        _cfg(model, small, out, resume=True, overwrite=True).validate()
+    (out / JOB_FILE).unlink()  # results, but nothing says whose
+    with pytest.raises(ConfigError, match=f"no {JOB_FILE}"):
+        preflight(_cfg(model, small, out, resume=True))
+    fresh = preflight(_cfg(model, small, tmp_path / "new", resume=True))  # nothing to resume
+    assert not fresh.resuming and fresh.already_done == 0
+
+
+def test_sigkilled_job_resumes_with_every_file_exactly_once(tmp_path, job_env):
+    """20,000 files; the driver and the Ray it started SIGKILLed once some result files are
+    committed; the same command with --resume: every path once, less work than a full run."""
+    files = _images(tmp_path / "in", 20_000, seed=3)
+    model = _model(tmp_path / "model")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jobs.predict", "--model", str(model), "--input"]
+    cmd += [str(tmp_path / "in"), "--output", str(out), "--rows-per-file", "1000"]
+    cmd += ["--num-actors", "1", "--files-per-block", "250"]
+    with open(tmp_path / "killed.log", "wb") as log:
+        killed = subprocess.Popen(cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 240
+        try:
+            while len(list(out.glob("part-*.parquet"))) < 3:
+                assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no result file committed in 240s"
+                time.sleep(0.05)
+        finally:
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait(30)
+    assert not (out / "_summary.json").exists()  # it really died part-way
+    kept = len(pds.dataset(out, format="parquet").to_table(columns=["path"]))
+    assert 0 < kept < len(files)
+
+    resumed = subprocess.run([*cmd, "--resume"], env=job_env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"classified 20000 files ({kept} of them kept from the killed run)" in resumed.stdout
+    paths = pds.dataset(out, format="parquet").to_table(columns=["path"])["path"].to_pylist()
+    assert sorted(paths) == files  # each exactly once: no loss, no duplicate
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["already_done"] == kept and summary["classified"] == len(files) - kept
+    assert summary["rows"] == summary["files"] == len(files)
+    sizes = sorted(pq.read_metadata(f).num_rows for f in out.glob("part-*.parquet"))
+    print("rows per file:", sizes)
+    assert sum(sizes) == len(files) and not (out / TMP_DIR).exists()
+    assert sum(s >= 1000 for s in sizes) >= len(sizes) - 4  # --rows-per-file, tails apart
