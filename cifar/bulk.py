@@ -150,17 +150,17 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> None:
 @dataclass
 class Preflight:
     model: LoadedModel
-    files: list[str]  # every input file
+    files: Any  # every input file: a pyarrow string array (no Python object per file)
     skipped: int
     seconds: float = 0.0
-    labels: list[str | None] | None = None  # with --labels-from-dirs
+    labels: Any = None  # with --labels-from-dirs: a pyarrow string array beside ``files``
     record: dict[str, Any] | None = None  # the job, as _job.json says it
     resuming: bool = False
-    todo: list[int] | None = None  # indexes of the files still to classify (None: all)
+    todo: Any = None  # pyarrow boolean mask of the files still to classify (None: all)
 
     @property
     def already_done(self) -> int:
-        return 0 if self.todo is None else len(self.files) - len(self.todo)
+        return 0 if self.todo is None else len(self.files) - self.todo.true_count
 
 
 def preflight(cfg: PredictConfig) -> Preflight:
@@ -171,10 +171,15 @@ def preflight(cfg: PredictConfig) -> Preflight:
     found = list_inputs(cfg.input, cfg.extensions)
     labels = None
     if cfg.labels_from_dirs:
-        labels = [
-            label_from_dirs(f, r, loaded.classes)
-            for f, r in zip(found.files, found.roots, strict=True)
-        ]
+        import pyarrow as pa
+
+        labels = pa.array(
+            [
+                label_from_dirs(f, r, loaded.classes)
+                for f, r in zip(found.files.to_pylist(), found.root_list(), strict=True)
+            ],
+            pa.string(),
+        )
     check_output(cfg.output, cfg.overwrite, cfg.resume)
     pre = Preflight(loaded, found.files, found.skipped, labels=labels)
     pre.record = job_record(cfg, loaded.sha256)
@@ -185,16 +190,11 @@ def preflight(cfg: PredictConfig) -> Preflight:
     return pre
 
 
-def still_to_do(files: list[str], done) -> list[int]:
-    """Indexes of ``files`` not among ``done`` (a pyarrow array of committed paths)."""
-    import numpy as np
-    import pyarrow as pa
+def still_to_do(files, done):
+    """A mask of the ``files`` not among ``done`` (pyarrow arrays of paths)."""
     import pyarrow.compute as pc
 
-    if len(done) == 0:
-        return list(range(len(files)))
-    kept = pc.invert(pc.is_in(pa.array(files, pa.string()), value_set=done))
-    return np.flatnonzero(kept.to_numpy(zero_copy_only=False)).tolist()
+    return pc.invert(pc.is_in(files, value_set=done))
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -278,9 +278,7 @@ def plan_resources(cfg: PredictConfig, cluster: ClusterInfo) -> Plan:
     )
 
 
-def build_dataset(
-    cfg: PredictConfig, files: list[str], plan: Plan, labels: list[str | None] | None = None
-):
+def build_dataset(cfg: PredictConfig, files, plan: Plan, labels=None):
     """paths -> decode tasks (no torch, no CPU asked) -> inference actor pool -> result rows.
 
     Decoding stays a separate task stage: Ray Data fuses a map into the next actor map when both
@@ -290,10 +288,10 @@ def build_dataset(
     import pyarrow as pa
     import ray.data
 
-    def block(i: int) -> pa.Table:
-        cols = {"path": pa.array(files[i : i + cfg.files_per_block], pa.string())}
+    def block(i: int) -> pa.Table:  # zero-copy slices of the listing
+        cols = {"path": files.slice(i, cfg.files_per_block)}
         if labels is not None:
-            cols["label"] = pa.array(labels[i : i + cfg.files_per_block], pa.string())
+            cols["label"] = labels.slice(i, cfg.files_per_block)
         return pa.table(cols)
 
     tables = [block(i) for i in range(0, len(files), cfg.files_per_block)]
@@ -351,8 +349,8 @@ def run(
     pre = pre or preflight(cfg)
     files, labels = pre.files, pre.labels
     if pre.todo is not None:
-        files = [pre.files[i] for i in pre.todo]
-        labels = None if labels is None else [labels[i] for i in pre.todo]
+        files = files.filter(pre.todo)
+        labels = None if labels is None else labels.filter(pre.todo)
     plan = plan_resources(cfg, cluster)
     blocks = max(1, -(-len(files) // cfg.files_per_block))  # more tasks than blocks: idle
     plan.decode_tasks = min(plan.decode_tasks, blocks)
@@ -418,15 +416,14 @@ def run(
     return summary
 
 
-def check_exactly_once(table, files: list[str]) -> None:
+def check_exactly_once(table, files) -> None:
     """Every input file has exactly one row (rows of files that vanished since a killed run
     may remain: they are results too)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     paths = table.column("path")
     unique = pc.unique(paths)
-    missing = len(files) - pc.sum(pc.is_in(pa.array(files, pa.string()), value_set=unique)).as_py()
+    missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
     if missing or len(unique) != len(paths):
         raise RuntimeError(
             f"{missing} of {len(files)} files have no result row and {len(paths) - len(unique)} "
@@ -453,7 +450,7 @@ def plan_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:
     meta = pre.model.meta
     labels = ""
     if pre.labels is not None:
-        labelled = sum(label is not None for label in pre.labels)
+        labelled = len(pre.labels) - pre.labels.null_count
         labels = f"; {labelled} of them in folders named after a class (--labels-from-dirs)"
     return [
         "[cifar] dry run: the model, inputs and output check out; nothing was started",

@@ -7,9 +7,11 @@ from __future__ import annotations
 import fnmatch
 import glob
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cifar import storage
 from cifar.config import ConfigError
@@ -45,19 +47,66 @@ def _list_uri(uri: str) -> tuple[list[str], str]:
     return [f"{scheme}://{p}" for p in sorted(found)], f"{scheme}://{root}"
 
 
-def _list_local(spec: str) -> tuple[list[str], str]:
-    """(files, root) for a local file, folder (recursive) or glob."""
+def walk_sorted(root: str, chunk: int = 10_000):
+    """Every file below the local folder ``root``, depth-first with each folder's entries
+    sorted, which is the order of ``sorted()`` over the full paths (a folder sorts as
+    ``name/``, so ``a/b`` follows ``a.txt``); yields pyarrow string arrays of ``chunk`` paths.
+    Held meanwhile: one chunk and a stack of the entries still to visit, never the listing.
+    Linked folders are not followed (no cycles); linked files are listed where they are.
+    Measured (scripts/bench_listing.py, AMD EPYC, 2 vCPUs): 1,000,000 files in 0.8-1.0 s and
+    +10 MB, against 32 s and +556 MB for the rglob + resolve it replaced."""
+    import pyarrow as pa
+
+    buf: list[str] = []
+    stack: list[tuple[str, bool]] = [(root.rstrip("/") or "/", True)]
+    while stack:
+        path, is_dir = stack.pop()
+        if not is_dir:
+            buf.append(path)
+            if len(buf) >= chunk:
+                yield pa.array(buf, type=pa.string())
+                buf = []
+            continue
+        entries = []
+        with os.scandir(path) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    entries.append((e.name + "/", True))
+                elif e.is_file():
+                    entries.append((e.name, False))
+        entries.sort(reverse=True)
+        while entries and not entries[-1][1]:  # the folder's leading files go straight out
+            buf.append(f"{path.rstrip('/')}/{entries.pop()[0]}")
+            if len(buf) >= chunk:
+                yield pa.array(buf, type=pa.string())
+                buf = []
+        stack.extend((f"{path.rstrip('/')}/{k.rstrip('/')}", d) for k, d in entries)
+    if buf:
+        yield pa.array(buf, type=pa.string())
+
+
+def _list_local(spec: str):
+    """(files as a pyarrow string array, root) for a local file, folder (recursive) or glob."""
+    import pyarrow as pa
+
     p = Path(spec).expanduser()
     if p.is_file():
-        return [str(p.resolve())], str(p.resolve().parent.parent)
+        return pa.array([str(p.resolve())], pa.string()), str(p.resolve().parent.parent)
     if p.is_dir():
-        return sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file()), str(p.resolve())
+        root = str(p.resolve())
+        return _concat(list(walk_sorted(root))), root
     if _magic_at(spec) >= 0:
         head = spec[: _magic_at(spec)]
         root = Path(head).expanduser() if head.endswith("/") else Path(head).expanduser().parent
         found = sorted(str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True))
-        return [f for f in found if Path(f).is_file()], str(root.resolve())
-    return [], ""
+        return pa.array([f for f in found if Path(f).is_file()], pa.string()), str(root.resolve())
+    return pa.array([], pa.string()), ""
+
+
+def _concat(chunks):
+    import pyarrow as pa
+
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
 
 
 def label_from_dirs(path: str, root: str, classes: Sequence[str]) -> str | None:
@@ -75,38 +124,62 @@ def label_from_dirs(path: str, root: str, classes: Sequence[str]) -> str | None:
 
 @dataclass
 class Inputs:
-    files: list[str]  # every file, once, sorted
-    roots: list[str]  # for each file, the root of the --input it was found under
+    files: Any  # pyarrow string array: every file, once, sorted
+    roots: list[str]  # the root each --input was found under
+    root_of: Any  # pyarrow int32 array: for each file, the index of its root in ``roots``
     skipped: int  # left out by --extensions
+
+    def root_list(self) -> list[str]:
+        return [self.roots[i] for i in self.root_of.to_pylist()]
 
 
 def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
-    """Every file under the inputs, once each, sorted, with the input root it came from."""
-    seen: dict[str, str] = {}
-    missing = []
+    """Every file under the inputs, once each, sorted, with the input root it came from. The
+    paths stay in Arrow arrays: a million of them cost tens of MB, not a Python object each."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts, roots, missing = [], [], []
     for spec in inputs:
-        found, root = _list_uri(spec) if storage.is_uri(spec) else _list_local(spec)
-        if not found:
+        if storage.is_uri(spec):
+            found, root = _list_uri(spec)
+            found = pa.array(found, pa.string())
+        else:
+            found, root = _list_local(spec)
+        if len(found) == 0:
             missing.append(spec)
-        for f in found:
-            seen.setdefault(f, root)
-    if missing and not seen:
+        parts.append(pa.table({"path": found, "root": pa.repeat(len(roots), len(found))}))
+        roots.append(root)
+    if missing and len(missing) == len(inputs):
         raise ConfigError(
             f"no files found in {', '.join(map(repr, missing))}. Pass a folder (searched "
             "recursively), an image file, a quoted glob like 'photos/**/*.jpg', or a URI."
         )
     if missing:
         log.warning("no files found for %s", ", ".join(missing))
-    files = sorted(seen)
-    kept = files
+    table = pa.concat_tables(parts).cast(pa.schema([("path", pa.string()), ("root", pa.int32())]))
+    if len(inputs) > 1:  # overlapping inputs: each file once, under the first input naming it
+        g = table.group_by("path", use_threads=False).aggregate([("root", "min")])
+        table = pa.table({"path": g["path"], "root": g["root_min"]}).sort_by("path")
+    files = table.column("path").combine_chunks()
+    kept = table
     if extensions:
         wanted = tuple(
             "." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip()
         )
-        kept = [f for f in files if f.lower().endswith(wanted)]
-        if not kept:
+        lower = pc.utf8_lower(files)
+        mask = pc.ends_with(lower, wanted[0])
+        for w in wanted[1:]:
+            mask = pc.or_(mask, pc.ends_with(lower, w))
+        kept = table.filter(mask)
+        if kept.num_rows == 0:
             raise ConfigError(
                 f"none of the {len(files)} files found has an extension in {wanted}. Known "
                 f"image extensions: {', '.join(IMAGE_EXTENSIONS)}."
             )
-    return Inputs(kept, [seen[f] for f in kept], len(files) - len(kept))
+    return Inputs(
+        kept.column("path").combine_chunks(),
+        roots,
+        kept.column("root").combine_chunks(),
+        table.num_rows - kept.num_rows,
+    )

@@ -102,20 +102,21 @@ def test_inputs_from_a_prefix_a_glob_and_a_file(s3):
     for rel in ("a/cat/1.png", "a/cat/2.jpg", "a/dog/3.png", "a/.hidden/4.png", "b/5.png"):
         storage.write_bytes(f"{bucket}/imgs/{rel}", b"x")
     found = list_inputs([f"{bucket}/imgs/a"], None)
-    assert [f.removeprefix(f"{bucket}/imgs/") for f in found.files] == [
+    assert [f.removeprefix(f"{bucket}/imgs/") for f in found.files.to_pylist()] == [
         "a/.hidden/4.png",  # every file of a prefix, as for a local folder: the job decides
         "a/cat/1.png",
         "a/cat/2.jpg",
         "a/dog/3.png",
     ]
-    assert set(found.roots) == {f"{bucket}/imgs/a"}
+    assert set(found.root_list()) == {f"{bucket}/imgs/a"}
     globbed = list_inputs([f"{bucket}/imgs/*/*/*.png"], None)
-    assert [f.removeprefix(f"{bucket}/imgs/") for f in globbed.files] == [
+    assert [f.removeprefix(f"{bucket}/imgs/") for f in globbed.files.to_pylist()] == [
         "a/.hidden/4.png",
         "a/cat/1.png",
         "a/dog/3.png",
     ]
-    assert list_inputs([f"{bucket}/imgs/b/5.png"], None).files == [f"{bucket}/imgs/b/5.png"]
+    one = list_inputs([f"{bucket}/imgs/b/5.png"], None).files.to_pylist()
+    assert one == [f"{bucket}/imgs/b/5.png"]
     with pytest.raises(ConfigError, match="no files found"):
         list_inputs([f"{bucket}/imgs/none"], None)
 
