@@ -21,7 +21,7 @@ from cifar.checkpoint import LoadedModel, load_model
 from cifar.config import Config, ConfigError, opt
 from cifar.device import PRECISIONS, Compute
 from cifar.images import decode_batch
-from cifar.inputs import label_from_dirs, list_inputs
+from cifar.inputs import label_from_dirs, list_inputs, streamed_input
 from cifar.predict import BatchPredictor, inference_compute
 from cifar.raycluster import ClusterInfo
 from cifar.results import (
@@ -157,6 +157,8 @@ class Preflight:
     record: dict[str, Any] | None = None  # the job, as _job.json says it
     resuming: bool = False
     todo: Any = None  # pyarrow boolean mask of the files still to classify (None: all)
+    stream: str | None = None  # a prefix listed while classifying (files is None then)
+    done: Any = None  # with stream and --resume: the committed paths, for the lister
 
     @property
     def already_done(self) -> int:
@@ -168,6 +170,15 @@ def preflight(cfg: PredictConfig) -> Preflight:
     t0 = time.perf_counter()
     cfg.validate()
     loaded = load_model(cfg.model)
+    stream = streamed_input(cfg.input)
+    if stream is not None:  # listed while classifying
+        check_output(cfg.output, cfg.overwrite, cfg.resume)
+        pre = Preflight(loaded, None, 0, stream=stream, record=job_record(cfg, loaded.sha256))
+        if cfg.resume and check_resume(cfg.output, pre.record):
+            pre.resuming = True
+            pre.done = committed_paths(cfg.output, cfg.format)
+        pre.seconds = time.perf_counter() - t0
+        return pre
     found = list_inputs(cfg.input, cfg.extensions)
     labels = None
     if cfg.labels_from_dirs:
@@ -207,6 +218,7 @@ def still_to_do(files, done):
 # the actors leave. Measured on 2 cores (small PNGs): decoding costs about half as much CPU per
 # image as CIFAR10-quick's forward pass in bf16, so actors get about two thirds of the CPUs.
 DECODE_SHARE = 1 / 3
+BLOCK_BYTES = 8 * 2**20  # ~2,700 decoded 32x32 images
 WRITERS_PER_ACTOR = 1  # a writer spends its time in Arrow and file I/O, ~10 ms per block
 
 
@@ -297,7 +309,20 @@ def build_dataset(cfg: PredictConfig, files, plan: Plan, labels=None):
     tables = [block(i) for i in range(0, len(files), cfg.files_per_block)]
     # from_blocks, not from_arrow: from_arrow reads each block's schema in a 1-CPU task, so on a
     # cluster whose CPUs other jobs hold the job waited for a CPU before it even started
-    ds = ray.data.from_blocks(tables)
+    return classify(cfg, ray.data.from_blocks(tables), plan)
+
+
+def listed(lister, plan: Plan):
+    """The paths a :class:`~cifar.listing.Lister` actor hands out, as a dataset."""
+    from cifar.listing import listed_dataset
+
+    return listed_dataset(lister, plan.decode_tasks)
+
+
+def classify(cfg: PredictConfig, ds, plan: Plan):
+    """Paths (+ labels) -> decoded pixels -> result rows."""
+    import ray.data
+
     ds = ds.map_batches(
         decode_batch,
         batch_size=cfg.batch_size,
@@ -352,24 +377,48 @@ def run(
         files = files.filter(pre.todo)
         labels = None if labels is None else labels.filter(pre.todo)
     plan = plan_resources(cfg, cluster)
-    blocks = max(1, -(-len(files) // cfg.files_per_block))  # more tasks than blocks: idle
-    plan.decode_tasks = min(plan.decode_tasks, blocks)
-    plan.write_tasks = min(plan.write_tasks, blocks)
+    if files is not None:
+        blocks = max(1, -(-len(files) // cfg.files_per_block))  # more tasks than blocks: idle
+        plan.decode_tasks = min(plan.decode_tasks, blocks)
+        plan.write_tasks = min(plan.write_tasks, blocks)
     plan.compute = choose_compute(cfg, plan, pre.model)
     start(cfg.output, pre.record or job_record(cfg, pre.model.sha256), pre.resuming)
-    kept = f", {pre.already_done} kept from the killed run" if pre.resuming else ""
-    progress.info(
-        "[cifar] classifying %d files (%d skipped by --extensions%s): %s",
-        len(files),
-        pre.skipped,
-        kept,
-        plan.describe(),
-    )
+    import ray
     import ray.data
+
+    lister = None
+    if pre.stream is not None:
+        from cifar.listing import Lister
+
+        classes = pre.model.classes if cfg.labels_from_dirs else None
+        lister = ray.remote(num_cpus=0)(Lister).remote(
+            pre.stream, cfg.extensions, classes, pre.done, cfg.files_per_block
+        )
+        kept = ", keeping what the killed run committed" if pre.resuming else ""
+        progress.info(
+            "[cifar] classifying the files under %s as they are listed%s: %s",
+            pre.stream,
+            kept,
+            plan.describe(),
+        )
+    else:
+        kept = f", {pre.already_done} kept from the killed run" if pre.resuming else ""
+        progress.info(
+            "[cifar] classifying %d files (%d skipped by --extensions%s): %s",
+            len(files),
+            pre.skipped,
+            kept,
+            plan.describe(),
+        )
 
     # Ray Data's own guard ends a pipeline in which no block moved for this long
     timeout = cfg.stall_timeout if cfg.stall_timeout > 0 else -1
-    ray.data.DataContext.get_current().execution_no_progress_timeout_s = timeout
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_no_progress_timeout_s = timeout
+    # A task's output is cut into blocks of at most this size. Ray Data's 128 MiB would keep
+    # ~40,000 decoded images (or a whole listing of paths) in a task before the next stage
+    # sees the first: small blocks let rows flow, and commit, as soon as they are classified.
+    ctx.target_max_block_size = BLOCK_BYTES
     t0 = time.perf_counter()
     gpu = f" + {plan.gpus_per_actor:g} GPU" if plan.gpus_per_actor else ""
     need = f"an inference actor of {plan.actor_cpus:g} CPU{gpu}"
@@ -383,7 +432,9 @@ def run(
     schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
     try:
         with dog:  # a stall leaves it as a StallError
-            if files:
+            if lister is not None:
+                write(classify(cfg, listed(lister, plan), plan), cfg, plan, schema)
+            elif len(files):
                 write(build_dataset(cfg, files, plan, labels), cfg, plan, schema)
     except Exception as e:
         if type(e).__name__ != "ExecutionTimeoutError":  # Ray Data's own no-progress guard
@@ -394,16 +445,22 @@ def run(
             "--cpus-per-actor, or raise --stall-timeout."
         ) from None
     seconds = time.perf_counter() - t0
-    table = read_results(cfg.output, cfg.format)
+    if lister is not None:
+        counts = ray.get(lister.counts.remote())
+        n_files, skipped, already_done = counts["files"], counts["skipped"], counts["already_done"]
+    else:
+        n_files, skipped, already_done = len(pre.files), pre.skipped, pre.already_done
+    columns = ["path", "class_name", "confidence", "error"]
+    table = read_results(cfg.output, cfg.format, columns + ["label"] * cfg.labels_from_dirs)
     summary = summarize(
         table,
         cfg.to_dict(),
-        len(pre.files),
-        pre.skipped,
+        n_files,
+        skipped,
         seconds,
         pre.model.meta,
-        already_done=pre.already_done,
-        classified=len(files),
+        already_done=already_done,
+        classified=n_files - already_done,
         preflight_seconds=pre.seconds,
         ray_start_seconds=ray_start_seconds,
         waited_seconds=round(dog.waited, 1),
@@ -412,18 +469,22 @@ def run(
     preview = preview_png(table, cfg.preview) if cfg.preview else None
     finish(cfg.output)
     write_side_files(cfg.output, summary, preview, written=[JOB_FILE])
-    check_exactly_once(table, pre.files)
+    check_exactly_once(table, pre.files, n_files)
     return summary
 
 
-def check_exactly_once(table, files) -> None:
+def check_exactly_once(table, files, n_files: int) -> None:
     """Every input file has exactly one row (rows of files that vanished since a killed run
-    may remain: they are results too)."""
+    may remain: they are results too). ``files`` None (listed while classifying): their
+    number ``n_files`` is checked."""
     import pyarrow.compute as pc
 
     paths = table.column("path")
     unique = pc.unique(paths)
-    missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
+    if files is None:
+        missing = max(0, n_files - len(unique))
+    else:
+        missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
     if missing or len(unique) != len(paths):
         raise RuntimeError(
             f"{missing} of {len(files)} files have no result row and {len(paths) - len(unique)} "
@@ -456,7 +517,10 @@ def plan_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:
         "[cifar] dry run: the model, inputs and output check out; nothing was started",
         f"  model:   {pre.model.path}: {meta.get('arch')}, {len(pre.model.classes)} classes "
         f"({', '.join(pre.model.classes[:10])}{', ...' if len(pre.model.classes) > 10 else ''})",
-        f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions){labels}",
+        f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions){labels}"
+        if pre.stream is None
+        else f"  inputs:  the files under {pre.stream}, listed folder by folder while they are "
+        "classified",
         f"  output:  {cfg.output} ({cfg.format}, top {cfg.top_k}"
         f"{', replacing what is there' if cfg.overwrite else ''})",
         f"  actors:  {cfg.num_actors} (sized from the cluster when it runs), batch "

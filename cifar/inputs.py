@@ -122,6 +122,69 @@ def label_from_dirs(path: str, root: str, classes: Sequence[str]) -> str | None:
     return None
 
 
+def wanted_extensions(extensions: str) -> tuple[str, ...]:
+    return tuple("." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip())
+
+
+def extension_mask(paths, extensions: str):
+    """Which of ``paths`` (a pyarrow string array) end in one of ``extensions``, any case."""
+    import pyarrow.compute as pc
+
+    lower = pc.utf8_lower(paths)
+    wanted = wanted_extensions(extensions)
+    mask = pc.ends_with(lower, wanted[0])
+    for w in wanted[1:]:
+        mask = pc.or_(mask, pc.ends_with(lower, w))
+    return mask
+
+
+def walk_uri(uri: str, chunk: int = 1024):
+    """Every object below the prefix ``uri``, as :func:`walk_sorted` walks a local folder: one
+    listing per folder (a delimited LIST on object storage, which S3 returns in sorted order),
+    files yielded in pyarrow chunks as each folder is listed, so the first paths come after the
+    first LIST, not after the whole prefix is listed."""
+    import pyarrow as pa
+    import pyarrow.fs
+
+    buf: list[str] = []
+    stack: list[tuple[str, bool]] = [(uri.rstrip("/"), True)]
+    while stack:
+        path, is_dir = stack.pop()
+        if not is_dir:
+            buf.append(path)
+            if len(buf) >= chunk:
+                yield pa.array(buf, type=pa.string())
+                buf = []
+            continue
+        entries = sorted(
+            (
+                (f"{i.base_name}/", True)
+                if i.type == pyarrow.fs.FileType.Directory
+                else (i.base_name, False)
+            )
+            for i in storage.listing(path)
+            if i.type in (pyarrow.fs.FileType.Directory, pyarrow.fs.FileType.File)
+        )
+        entries.reverse()
+        while entries and not entries[-1][1]:
+            buf.append(f"{path}/{entries.pop()[0]}")
+            if len(buf) >= chunk:
+                yield pa.array(buf, type=pa.string())
+                buf = []
+        stack.extend((f"{path}/{k.rstrip('/')}", d) for k, d in entries)
+    if buf:
+        yield pa.array(buf, type=pa.string())
+
+
+def streamed_input(inputs: list[str]) -> str | None:
+    """The one object-storage prefix to list while classifying, or None (local folders list in
+    about a second per million files: they are listed first; globs, files and several inputs
+    too)."""
+    if len(inputs) != 1 or not storage.is_uri(inputs[0]) or _magic_at(inputs[0]) >= 0:
+        return None
+    return inputs[0].rstrip("/") if storage.is_dir(inputs[0]) else None
+
+
 @dataclass
 class Inputs:
     files: Any  # pyarrow string array: every file, once, sorted
@@ -137,7 +200,6 @@ def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
     """Every file under the inputs, once each, sorted, with the input root it came from. The
     paths stay in Arrow arrays: a million of them cost tens of MB, not a Python object each."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     parts, roots, missing = [], [], []
     for spec in inputs:
@@ -164,18 +226,12 @@ def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
     files = table.column("path").combine_chunks()
     kept = table
     if extensions:
-        wanted = tuple(
-            "." + e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip()
-        )
-        lower = pc.utf8_lower(files)
-        mask = pc.ends_with(lower, wanted[0])
-        for w in wanted[1:]:
-            mask = pc.or_(mask, pc.ends_with(lower, w))
-        kept = table.filter(mask)
+        kept = table.filter(extension_mask(files, extensions))
         if kept.num_rows == 0:
             raise ConfigError(
-                f"none of the {len(files)} files found has an extension in {wanted}. Known "
-                f"image extensions: {', '.join(IMAGE_EXTENSIONS)}."
+                f"none of the {len(files)} files found has an extension in "
+                f"{wanted_extensions(extensions)}. Known image extensions: "
+                f"{', '.join(IMAGE_EXTENSIONS)}."
             )
     return Inputs(
         kept.column("path").combine_chunks(),

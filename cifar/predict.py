@@ -145,7 +145,8 @@ class BatchPredictor:
         cols: dict[str, Any] = {"path": [str(p) for p in batch["path"]]}
         cols.update(self.classifier.predict(batch, self.top_k))
         if self.label_dirs:  # labels read from the folders by the driver (bulk.label_from_dirs)
-            cols["label"] = [None if v is None else str(v) for v in batch["label"]]
+            # a block whose labels are all null arrives as NaNs (Arrow -> numpy)
+            cols["label"] = [v if isinstance(v, str) else None for v in batch["label"]]
         cols["error"] = [str(e) or None for e in batch["error"]]
         return pa.table(cols, schema=self.schema)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,10 +127,13 @@ def summarize(
     from the pipeline's (``preflight_seconds``, ``ray_start_seconds``), the part of the
     pipeline's seconds spent waiting for resources before any actor was placed
     (``waited_seconds``), the ``compute`` the actors used."""
-    names = table.column("class_name").to_pylist()
-    errors = table.column("error").to_pylist()
-    paths = table.column("path").to_pylist()
-    predicted = sum(e is None for e in errors)
+    import pyarrow.compute as pc
+
+    errors = table.column("error")
+    failed = table.filter(pc.is_valid(errors)).slice(0, 20)
+    counts = pc.value_counts(table.column("class_name").drop_null())
+    histogram = {v["values"]: v["counts"] for v in counts.to_pylist()}
+    predicted = errors.null_count
     summary: dict[str, Any] = {
         "files": files,
         "rows": table.num_rows,
@@ -147,10 +149,13 @@ def summarize(
         "format": config["format"],
         "model": config["model"],
         "model_meta": {k: v for k, v in model_meta.items() if k != "config"},
-        "class_histogram": dict(sorted(Counter(n for n in names if n is not None).items())),
+        "class_histogram": dict(sorted(histogram.items())),
         "error_examples": [
-            {"path": p, "error": e} for p, e in zip(paths, errors, strict=True) if e is not None
-        ][:20],
+            {"path": p, "error": e}
+            for p, e in zip(
+                failed.column("path").to_pylist(), failed.column("error").to_pylist(), strict=True
+            )
+        ],
     }
     if config["labels_from_dirs"]:
         summary.update(accuracy_and_confusion(table, list(model_meta["classes"])))
@@ -160,23 +165,18 @@ def summarize(
 
 def accuracy_and_confusion(table, classes: list[str]) -> dict[str, Any]:
     """Accuracy and confusion matrix over the rows with a label and a prediction."""
-    pairs = [
-        (lab, pred)
-        for lab, pred, err in zip(
-            table.column("label").to_pylist(),
-            table.column("class_name").to_pylist(),
-            table.column("error").to_pylist(),
-            strict=True,
-        )
-        if lab is not None and err is None
-    ]
+    import pyarrow.compute as pc
+
+    ok = table.filter(pc.and_(pc.is_valid(table.column("label")), pc.is_null(table["error"])))
+    pairs = ok.group_by(["label", "class_name"]).aggregate([("label", "count")]).to_pylist()
     idx = {c: i for i, c in enumerate(classes)}
     confusion = [[0] * len(classes) for _ in classes]
-    for lab, pred in pairs:
-        confusion[idx[lab]][idx[pred]] += 1
+    for p in pairs:
+        confusion[idx[p["label"]]][idx[p["class_name"]]] += p["label_count"]
+    right = sum(confusion[i][i] for i in range(len(classes)))
     return {
-        "labelled": len(pairs),
-        "accuracy": (sum(a == b for a, b in pairs) / len(pairs)) if pairs else None,
+        "labelled": ok.num_rows,
+        "accuracy": right / ok.num_rows if ok.num_rows else None,
         "confusion_matrix": {"classes": classes, "rows_true_cols_pred": confusion},
     }
 
@@ -213,10 +213,12 @@ def write_side_files(
 def preview_png(table, n: int, size: int = 64) -> bytes | None:
     """A contact sheet of the first ``n`` classified files (by path) with class and
     confidence, and the folder's label where there is one."""
+    import pyarrow.compute as pc
+
     from cifar.images import load_image_file
     from cifar.plots import image_grid_png
 
-    rows = [r for r in table.sort_by("path").to_pylist() if r["error"] is None][:n]
+    rows = table.filter(pc.is_null(table["error"])).sort_by("path").slice(0, n).to_pylist()
     if not rows:
         return None
     images = np.stack([load_image_file(r["path"], size) for r in rows])

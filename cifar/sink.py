@@ -128,9 +128,8 @@ def committed_paths(output: str, fmt: str):
 def digest(paths) -> str:
     """A name for the rows of these paths: the same rows, the same name."""
     h = hashlib.sha1()
-    for buf in paths.buffers():
-        if buf is not None:
-            h.update(buf)
+    for p in paths.to_pylist():
+        h.update(p.encode() + b"\0")
     return h.hexdigest()[:20]
 
 
@@ -184,10 +183,18 @@ def make_sink(output: str, fmt: str, schema, rows_per_file: int):
             tables = [pa.table(b) if not isinstance(b, pa.Table) else b for b in blocks]
             tables = [t.select(schema.names).cast(schema) for t in tables if t.num_rows]
             if not tables:
-                return {"file": None, "rows": 0}
+                return {"files": [], "rows": 0}
             table = pa.concat_tables(tables).combine_chunks()
-            name = f"{PART_PREFIX}{digest(table.column('path').chunk(0))}{FORMATS[fmt].suffix}"
-            commit(output, name, serialize(table, fmt))
-            return {"file": name, "rows": table.num_rows}
+            # Ray Data hands over at least rows_per_file rows, in whole blocks: a bundle of
+            # several files' worth is cut into files of about rows_per_file rows each
+            n = max(1, table.num_rows // rows_per_file)
+            size = -(-table.num_rows // n)
+            names = []
+            for i in range(0, table.num_rows, size):
+                part = table.slice(i, size)
+                digest_ = digest(part.column("path").combine_chunks())
+                names.append(f"{PART_PREFIX}{digest_}{FORMATS[fmt].suffix}")
+                commit(output, names[-1], serialize(part, fmt))
+            return {"files": names, "rows": table.num_rows}
 
     return ResultSink()

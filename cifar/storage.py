@@ -124,6 +124,11 @@ def _info(path: str):
     return retrying(f"looking up {path}", lambda: fs.get_file_info(p))
 
 
+def listing(path: str) -> list:
+    """pyarrow FileInfos of what is directly inside the folder ``path`` (files and folders)."""
+    return _listing(path, recursive=False)
+
+
 def _listing(path: str, recursive: bool) -> list:
     import pyarrow.fs
 

@@ -159,3 +159,29 @@ def test_sigkilled_job_resumes_with_every_file_exactly_once(tmp_path, job_env):
     print("rows per file:", sizes)
     assert sum(sizes) == len(files) and not (out / TMP_DIR).exists()
     assert sum(s >= 1000 for s in sizes) >= len(sizes) - 4  # --rows-per-file, tails apart
+
+
+def test_a_prefix_listed_while_classifying_resumes_exactly_once(ray_session, job, tmp_path):
+    """A URI input is listed folder by folder in an actor while the pipeline runs (file:// here,
+    s3:// in tests/test_s3.py): the same rows, counts and resume as a listed folder."""
+    model, inputs, files = job
+    (inputs / "d000" / "notes.txt").write_text("not an image")
+    try:
+        uri = f"file://{inputs}"
+        out = tmp_path / "out"
+        cfg = _cfg(model, uri, out, extensions="png", labels_from_dirs=True)
+        assert preflight(cfg).stream == uri and preflight(cfg).files is None
+        first = run(cfg, TWO_CPUS)
+        assert (first["files"], first["rows"], first["skipped"]) == (700, 700, 1)
+        assert first["labelled"] == 0  # no folder names a class: every label null
+        parts = sorted(out.glob("part-*.parquet"))
+        lost = sum(pq.read_metadata(p).num_rows for p in parts[1::2])
+        for p in parts[1::2]:
+            p.unlink()
+        resumed = run(_cfg(model, uri, out, extensions="png", labels_from_dirs=True, resume=True),
+                      TWO_CPUS)  # fmt: skip
+        assert resumed["already_done"] == 700 - lost and resumed["classified"] == lost
+        assert (resumed["files"], resumed["rows"], resumed["skipped"]) == (700, 700, 1)
+        assert sorted(r["path"] for r in _rows(out)) == [f"file://{f}" for f in files]
+    finally:
+        (inputs / "d000" / "notes.txt").unlink()

@@ -264,3 +264,36 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
             assert SECRET_KEY.encode() not in storage.read_bytes(f"{bucket}/{k}"), k
     for text in logs:
         assert SECRET_KEY not in text
+
+
+@pytest.mark.ray
+def test_prediction_from_a_prefix_resumes_in_the_bucket(s3, tmp_path, job_env):
+    """A prefix listed while classifying, results committed object by object to S3; some lost
+    as a crash would lose them; --resume: every key exactly once, the rest kept."""
+    from tests.images import make_class_tree
+
+    server, bucket = s3
+    tree = make_class_tree(tmp_path / "tree", val=False)
+    server.upload_dir(tmp_path / "tree", f"{bucket}/tree")
+    model = save_checkpoint(tmp_path / "model", build_model(), model_meta(CIFAR10_CLASSES))
+    env = {**job_env, **server.env()}
+    cmd = [sys.executable, "-m", "jobs.predict", "--model", str(model), "--input"]
+    cmd += [f"{bucket}/tree", "--output", f"{bucket}/preds", "--rows-per-file", "4"]
+    cmd += ["--files-per-block", "4", "--num-actors", "1", "--batch-size", "4"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"classifying the files under {bucket}/tree as they are listed" in first.stdout
+    parts = [k for k in server.keys(f"{bucket}/preds") if k.startswith("part-")]
+    n = sum(len(v) for v in tree.values()) + 1  # + train/cat/.DS_Store: every file is a row
+    assert len(parts) >= 5 and len(pd.read_parquet(f"{bucket}/preds")) == n
+    c = server.client()
+    for k in parts[::2]:
+        c.delete_object(Bucket=bucket[5:], Key=f"preds/{k}")
+    kept = len(pd.read_parquet(f"{bucket}/preds"))
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    df = pd.read_parquet(f"{bucket}/preds")
+    assert df["path"].is_unique and len(df) == n
+    out = json.loads(storage.read_text(f"{bucket}/preds/_summary.json"))
+    assert (out["already_done"], out["classified"], out["rows"]) == (kept, n - kept, n)
