@@ -6,6 +6,7 @@ and model wrapper, so a benchmark figure is a figure of the job's own loop.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -15,10 +16,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from cifar.checkpoint import unwrap
-from cifar.data import TensorImageDataset, eval_loader, train_loader
+from cifar.data import TensorImageDataset, eval_loader
 from cifar.device import Compute, machine_key, resolve_compute
 from cifar.model import build_model
 from cifar.train_config import TrainConfig, resolve_recipe
@@ -93,8 +94,7 @@ def build(
             data[f"{split}_images"].to(store), data[f"{split}_labels"].to(store)
         )
 
-    per_rank_batch = max(1, cfg.batch_size // world)
-    tl = train_loader(dataset("train"), per_rank_batch, rank, world, cfg.seed, cuda)
+    tl = global_batch_loader(dataset("train"), cfg.batch_size, rank, world, cfg.seed, cuda)
     el = eval_loader(dataset("test"), EVAL_BATCH, rank, world, cuda)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -119,6 +119,59 @@ def build(
         world=world,
         num_classes=num_classes,
     )
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's share of every global batch. Each epoch shuffles all ``n`` indices (by seed +
+    epoch, as ``DistributedSampler`` does) and cuts them into global batches of ``batch``; rank
+    ``r`` of ``w`` takes positions ``r, r + w, ...`` of each. So step ``k`` of an epoch trains on
+    the same images whatever the world size (an elastic run's recipe stays the recipe), every
+    rank takes ``ceil(n / batch)`` steps, and no image is padded in or dropped. Where ``w``
+    divides ``batch`` and ``n`` these are exactly ``DistributedSampler``'s batches of
+    ``batch / w``; elsewhere ranks differ by one image at most (see :func:`train_one_epoch`)."""
+
+    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int) -> None:
+        self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for start in range(0, self.n, self.batch):
+            yield order[start : start + self.batch][self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def global_size(self, step: int) -> int:
+        """Images in global batch ``step`` (all ranks together): ``batch``, less in the last."""
+        return min(self.batch, self.n - step * self.batch)
+
+
+def global_batch_loader(
+    dataset: TensorImageDataset,
+    batch: int,
+    rank: int,
+    world: int,
+    seed: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """This rank's share of each shuffled global batch; ``loader.batch_sampler.set_epoch(e)``."""
+    return DataLoader(
+        dataset,
+        batch_sampler=GlobalBatchSampler(len(dataset), batch, rank, world, seed),
+        collate_fn=_stacked,
+        pin_memory=pin_memory and dataset.images.device.type == "cpu",
+    )
+
+
+def _stacked(batch):
+    """collate_fn: ``TensorImageDataset.__getitems__`` already returns a stacked batch."""
+    return batch
 
 
 def training_probe(
@@ -217,10 +270,16 @@ class EpochStats:
 def train_one_epoch(
     e: Engine, epoch: int, on_log: Callable[[int, float], None] | None = None
 ) -> EpochStats:
-    """One pass over this rank's shard. ``on_log(step_in_epoch, mean_loss)`` every
-    ``cfg.log_every`` steps (the only host syncs besides the epoch total)."""
+    """One pass over this rank's share of every global batch. ``on_log(step_in_epoch,
+    mean_loss)`` every ``cfg.log_every`` steps (the only host syncs besides the epoch total).
+
+    DDP averages the ranks' gradients. Where a global batch does not split evenly (the last one,
+    or a world size that does not divide the batch) each rank's loss is weighted by its share,
+    so the step is the global batch's mean whatever the world size; an even split is weighted
+    by exactly 1, untouched."""
     cfg, device = e.cfg, e.compute.device
-    e.train_loader.sampler.set_epoch(epoch)
+    sampler = e.train_loader.batch_sampler
+    sampler.set_epoch(epoch)
     generator = epoch_generator(device, cfg.seed, e.rank, epoch)
     e.model.train()
     loss_sum = torch.zeros((), device=device)
@@ -232,9 +291,14 @@ def train_one_epoch(
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x)
-        loss = e.loss_fn(logits.float(), y)
+        share = y.shape[0] * e.world / sampler.global_size(steps)
+        if y.shape[0]:
+            loss = e.loss_fn(logits.float(), y)
+            weighted = loss if share == 1.0 else loss * share
+        else:  # a last global batch smaller than the world: this rank only joins the all-reduce
+            loss = weighted = logits.float().sum() * 0.0
         e.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        weighted.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(e.model.parameters(), cfg.grad_clip)
         e.optimizer.step()

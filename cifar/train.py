@@ -21,7 +21,7 @@ from cifar.config import ConfigError
 from cifar.data import ImageData
 from cifar.plots import per_class_accuracy
 from cifar.raycluster import ClusterInfo
-from cifar.train_config import RESUMABLE_FIELDS, TrainConfig, resolve_recipe
+from cifar.train_config import RESUMABLE_FIELDS, TrainConfig, resolve_recipe, workers_text
 from cifar.waiting import Watchdog, placement_waiting
 from cifar.worker import TrainState, train_loop_per_worker
 from cifar.writer import HEARTBEAT_FILE
@@ -100,6 +100,8 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
         cpus = cfg.cpus_per_worker
     elif use_gpu:
         cpus = 2
+    elif cfg.elastic:  # workers come and go with nodes: one per node, with all its CPUs
+        cpus = max(1, int(cluster.largest_node_cpus or cluster.cpus))
     else:  # what is free now (other jobs may hold the rest), shared evenly
         cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
     return use_gpu, cpus
@@ -180,9 +182,16 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
     data, n_train = check_data(cfg.data_dir, cfg.download, cfg.synthetic)
     chose = "" if cfg.batch_size and cfg.lr else " (batch/lr picked for the data)"
     if n_train:
-        cfg = resolve_recipe(cfg, n_train, cfg.num_workers)
+        cfg = resolve_recipe(cfg, n_train, cfg.worker_range[1])
     gpu = {True: "1 GPU each", False: "CPU only", None: "a GPU each if the cluster has GPUs"}
-    cpus = cfg.cpus_per_worker or "the cluster's CPUs shared"
+    shared = "a node's CPUs (CPU runs)" if cfg.elastic else "the cluster's CPUs shared"
+    cpus = cfg.cpus_per_worker or shared
+    elastic = (
+        f" (elastic: resizes from the latest checkpoint; looks for room every "
+        f"{cfg.resize_interval:g}s)"
+        if cfg.elastic
+        else ""
+    )
     return [
         "[cifar] dry run: the config, data and run directory check out; nothing was started",
         f"  run:       {run_dir(cfg)} ({'resumes its latest checkpoint' if cfg.resume else 'new'})",
@@ -190,7 +199,8 @@ def plan_lines(cfg: TrainConfig) -> list[str]:
         f"  recipe:    {cfg.recipe}{chose}: {cfg.epochs} epochs, global batch "
         f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.schedule}), momentum {cfg.momentum:g}, weight "
         f"decay {cfg.weight_decay:g}, augment {'on' if cfg.augment else 'off'}",
-        f"  scale:     {cfg.num_workers} worker(s), {gpu[cfg.use_gpu]}, CPUs per worker: {cpus}",
+        f"  scale:     {workers_text(cfg.num_workers)} worker(s){elastic}, {gpu[cfg.use_gpu]}, "
+        f"CPUs per worker: {cpus}",
         f"  precision: {cfg.precision}"
         + (" (on a CPU: measured at the start; bf16 on GPUs)" if cfg.precision == "auto" else ""),
     ]
@@ -210,7 +220,6 @@ def build_trainer(
         FailureConfig,
         LoggingConfig,
         RunConfig,
-        ScalingConfig,
     )
     from ray.train.torch import TorchTrainer
 
@@ -230,12 +239,7 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
-            placement_strategy=cfg.placement,
-        ),
+        scaling_config=scaling_config(cfg, use_gpu, cpus),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=storage_root(cfg),
@@ -250,6 +254,36 @@ def build_trainer(
             ),
         ),
     )
+
+
+def scaling_config(cfg: TrainConfig, use_gpu: bool, cpus: int):
+    """Ray Train's ScalingConfig: a fixed size, or for ``--num-workers MIN-MAX`` a (min, max)
+    range that Ray Train starts with what the cluster has room for and resizes (a restart from
+    the latest checkpoint) when that changes, looking every ``--resize-interval`` seconds."""
+    from ray.train import ScalingConfig
+
+    lo, hi = cfg.worker_range
+    return ScalingConfig(
+        num_workers=(lo, hi) if cfg.elastic else lo,
+        use_gpu=use_gpu,
+        resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
+        placement_strategy=cfg.placement,
+        elastic_resize_monitor_interval_s=cfg.resize_interval,
+    )
+
+
+def world_sizes(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The worker counts a run trained with, as runs of epochs: ``[{"epochs": [1, 3],
+    "workers": 1}, {"epochs": [4, 6], "workers": 2}]`` (``workers`` None for epochs recorded
+    before runs kept it)."""
+    spans: list[dict[str, Any]] = []
+    for h in history:
+        n = h.get("workers")
+        if spans and spans[-1]["workers"] == n:
+            spans[-1]["epochs"][1] = h["epoch"]
+        else:
+            spans.append({"epochs": [h["epoch"], h["epoch"]], "workers": n})
+    return spans
 
 
 def export_model(result, rdir: str) -> tuple[str, dict[str, Any]]:
@@ -284,7 +318,7 @@ def summarize(result, cfg: TrainConfig, data: ImageData, seconds: float) -> dict
         "train_images_per_s": sum(ips) / len(ips) if ips else None,
         "seconds": seconds,
         "restarts": state.restarts,
-        # the epoch whose checkpoint each restart (worker failure or --resume) continued from
+        # the epoch whose checkpoint each restart (worker failure, resize, --resume) continued from
         "restored_from_epochs": state.restored_from,
         "best_epoch": int(best_meta["epoch"]),
         "best_per_class_accuracy": per_class_accuracy(state.best["confusion"], data.classes)
@@ -294,7 +328,8 @@ def summarize(result, cfg: TrainConfig, data: ImageData, seconds: float) -> dict
         "compute": last_meta.get("compute"),  # precision and layout, and why
         "model_path": model_path,
         "tensorboard_dir": f"{rdir}/tensorboard",
-        "num_workers": cfg.num_workers,
+        "num_workers": cfg.num_workers,  # as asked: N, or [MIN, MAX] for an elastic run
+        "world_sizes": world_sizes(history),  # as trained, epoch by epoch
         "history": history,
         "config": cfg.to_dict(),
     }
@@ -312,7 +347,8 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     cfg = prepare_run(cfg)
     data = load_data(cfg)
     cfg = check_classes(cfg, data)
-    cfg = resolve_recipe(cfg, len(data.train_labels), cfg.num_workers)
+    # one global batch and schedule for the whole run: an elastic one's for its largest size
+    cfg = resolve_recipe(cfg, len(data.train_labels), cfg.worker_range[1])
     dataset = describe_data(data)
     log_data(data, dataset)
     rdir = run_dir(cfg)
@@ -323,12 +359,25 @@ def run(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     # run each wait for a poll (measured: a run that only reports, 15.1 s -> 11.2 s at 0.2 s)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     # A busy cluster: Ray Train gives up on a placement group after 60 s, logs a traceback and
-    # asks again (it would, for an elastic size, retry smaller). A fixed size only waits in
-    # line: the watchdog reports that wait and ends it after --stall-timeout.
-    wait_s = cfg.stall_timeout + 60 if cfg.stall_timeout > 0 else 10**9
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(wait_s))
-    gpu = " + 1 GPU" if use_gpu else ""
-    need = f"{cfg.num_workers} worker(s) x {cpus} CPU{'s' if cpus > 1 else ''}{gpu}"
+    # asks again. A fixed size only waits in line: the watchdog reports that wait and ends it
+    # after --stall-timeout. An elastic size keeps Ray's 60 s: Ray Train counts the nodes'
+    # CPUs, not what other jobs hold, and may ask for more workers than fit (or for a node just
+    # lost); after 60 s it counts again and asks for what there is.
+    if not cfg.elastic:
+        wait_s = cfg.stall_timeout + 60 if cfg.stall_timeout > 0 else 10**9
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(wait_s))
+    each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" + 1 GPU" if use_gpu else "")
+    workers = workers_text(cfg.num_workers)
+    need = f"{workers} worker(s) x {each}"
+    if cfg.elastic:
+        progress.info(
+            "[cifar] elastic: %s workers of %s; global batch %d at every size; looks for room "
+            "for more every %gs; a resize or a lost node continues from the latest checkpoint",
+            workers,
+            each,
+            cfg.batch_size,
+            cfg.resize_interval,
+        )
     beat = f"{rdir}/{HEARTBEAT_FILE}"
     dog = Watchdog(
         f"training run '{cfg.name}'",

@@ -45,6 +45,24 @@ data_opt, recipe_opt, scale_opt, run_opt, speed_opt = (
 )
 
 
+def parse_workers(text: str) -> int | list[int] | str:
+    """``--num-workers``: ``N`` (a fixed size) or ``MIN-MAX`` (elastic; ``N-N`` is N). What does
+    not parse is kept as typed, for :meth:`TrainConfig.checks` to refuse with the fix."""
+    lo, dash, hi = text.strip().partition("-")
+    try:
+        lo_n, hi_n = int(lo), int(hi if dash else lo)
+    except ValueError:
+        return text
+    return lo_n if lo_n == hi_n else [lo_n, hi_n]
+
+
+def workers_text(num_workers: int | list[int] | str) -> str:
+    """``num_workers`` as typed: ``4`` or ``2-4``."""
+    if isinstance(num_workers, list | tuple):
+        return "-".join(map(str, num_workers))
+    return str(num_workers)
+
+
 @dataclass
 class TrainConfig(Config):
     # fmt: off
@@ -53,7 +71,7 @@ class TrainConfig(Config):
     val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
     recipe: str = recipe_opt("default", "preset; 'tutorial' reproduces the tutorial exactly", choices=RECIPES)  # noqa: E501
     epochs: int = recipe_opt(20, "training epochs")
-    batch_size: int | None = recipe_opt(None, "GLOBAL batch, split across workers (default: from the data and epochs, about 1,000 optimizer steps per run, 4..256)")  # noqa: E501
+    batch_size: int | None = recipe_opt(None, "GLOBAL batch, split across the workers, the same whatever their number (default: from the data and epochs, about 1,000 optimizer steps per run, 4..256)")  # noqa: E501
     lr: float | None = recipe_opt(None, "peak learning rate (default: scaled with the batch)")
     momentum: float = recipe_opt(0.9, "SGD momentum")
     nesterov: bool = recipe_opt(True, "Nesterov momentum")
@@ -65,9 +83,10 @@ class TrainConfig(Config):
     normalize: bool = recipe_opt(True, "normalize inputs by the training set's mean/std")
     relu: bool = recipe_opt(False, "add ReLUs (Caffe's CIFAR10-quick)")
     seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
-    num_workers: int = scale_opt(1, "Ray Train workers", resumable=True)
+    num_workers: int | list[int] = scale_opt(1, "Ray Train workers: N, or MIN-MAX for elastic training (starts with what the cluster has room for, grows as nodes join, goes on smaller from the last checkpoint when one is lost)", resumable=True, metavar="N|MIN-MAX", convert=parse_workers)  # noqa: E501, RUF009 (scale_opt is opt)
+    resize_interval: float = scale_opt(60.0, "elastic runs: seconds between looks for room for more workers (a resize restarts the workers from the latest checkpoint)", resumable=True, metavar="SECONDS")  # noqa: E501
     use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, aliases=("--gpu",))  # noqa: E501
-    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, GPU runs take 2)", resumable=True)  # noqa: E501
+    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, elastic CPU runs take a node's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
     placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
     storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
     name: str | None = run_opt(None, "run name (default: time-stamped)", resumable=True)
@@ -87,18 +106,43 @@ class TrainConfig(Config):
     classes: list[str] | None = opt(None, cli=False)  # from the data; checked apart on resume
     # fmt: on
 
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(fewest, most) workers: equal for a fixed size."""
+        n = self.num_workers
+        return (n[0], n[1]) if isinstance(n, list | tuple) else (n, n)
+
+    @property
+    def elastic(self) -> bool:
+        lo, hi = self.worker_range
+        return lo < hi
+
     def checks(self) -> list[tuple[bool, str]]:
+        n = self.num_workers
+        form = isinstance(n, int) or (
+            isinstance(n, list | tuple) and len(n) == 2 and all(isinstance(k, int) for k in n)
+        )
+        if not form:
+            return [(False, f"--num-workers takes N or MIN-MAX, e.g. 4 or 2-4 (got {n!r})")]
+        lo, hi = self.worker_range
+        typed = workers_text(n)
         return [
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
-            (self.num_workers >= 1, f"--num-workers must be at least 1 (got {self.num_workers})"),
+            (lo >= 1, f"--num-workers must be at least 1 (got {typed})"),
+            (
+                lo <= hi,
+                f"--num-workers {typed}: the smaller count comes first (MIN-MAX, e.g. {hi}-{lo})",
+            ),
+            (self.resize_interval >= 0, "--resize-interval must be >= 0"),
             (
                 self.batch_size is None or self.batch_size >= 1,
                 f"--batch-size must be at least 1 (got {self.batch_size})",
             ),
             (
-                self.batch_size is None or self.batch_size >= self.num_workers,
+                self.batch_size is None or self.batch_size >= hi,
                 f"--batch-size {self.batch_size} is the global batch and must be at least "
-                f"--num-workers {self.num_workers} (each worker gets batch_size/num_workers)",
+                f"--num-workers {typed if lo == hi else f'{typed} (its MAX)'}: every worker "
+                "takes its share of each batch",
             ),
             (
                 self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
@@ -142,7 +186,8 @@ LR_AT_128, LR_MAX = 0.1, 0.1
 
 def default_batch(n_train: int, world: int, epochs: int) -> int:
     """The global batch the default recipe picks: a power of two near
-    ``n_train * epochs / RECIPE_STEPS`` in ``BATCH_RANGE``, a multiple of the worker count."""
+    ``n_train * epochs / RECIPE_STEPS`` in ``BATCH_RANGE``, a multiple of the worker count
+    (of the most workers, for an elastic run: any fewer split it as evenly as they can)."""
     want = max(1.0, n_train * epochs / RECIPE_STEPS)
     batch = min(max(2 ** round(math.log2(want)), BATCH_RANGE[0]), BATCH_RANGE[1])
     return max(world, batch // world * world)
@@ -155,7 +200,8 @@ def default_lr(batch: int) -> float:
 
 def resolve_recipe(cfg: TrainConfig, n_train: int, world: int) -> TrainConfig:
     """``cfg`` with the batch and learning rate the user did not type filled in for this data
-    and world size (typed values stay)."""
+    and world size (typed values stay). An elastic run resolves them once, on the driver, for
+    its largest size: the global batch and the schedule then stay whatever the size."""
     batch = cfg.batch_size or default_batch(n_train, world, cfg.epochs)
     lr = cfg.lr if cfg.lr is not None else default_lr(batch)
     return dataclasses.replace(cfg, batch_size=batch, lr=lr)

@@ -44,7 +44,7 @@ class TrainState:
     resumed run continues exactly where it stopped."""
 
     epoch: int = -1  # last completed epoch (0-based); -1: none yet
-    restarts: int = 0  # worker failures and --resume continuations so far
+    restarts: int = 0  # worker failures, elastic resizes and --resume continuations so far
     restored_from: list[int] = field(default_factory=list)  # epoch each restart continued at
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     rng: list[dict[str, Any]] = field(default_factory=list)  # per rank, end of the last epoch
@@ -109,10 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     out = RankZero(rank, config["run_dir"], classes, purge_step=purge)
     out.heartbeat(state.start_epoch, 0, force=True)  # the workers are up
     if checkpoint is not None:
-        out.print(
-            f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
-            f"(restart #{state.restarts}); continuing at epoch {state.start_epoch + 1}/{cfg.epochs}"
-        )
+        out.print(restored_line(state, cfg.epochs, world))
     else:
         write_intro(out, e, data["train_images"][:64], config["dataset"])
         out.print(compute_line(compute, world))
@@ -129,9 +126,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     t_run, first = time.perf_counter(), state.start_epoch
     for epoch in range(first, cfg.epochs):
+        before = state.history[-1].get("workers") if state.history else None
         metrics = run_epoch(e, epoch, out, state)
         elapsed = time.perf_counter() - t_run
-        out.print(epoch_line(metrics, cfg.epochs, elapsed / (epoch + 1 - first)))
+        line = epoch_line(metrics, cfg.epochs, elapsed / (epoch + 1 - first))
+        if world != before and (cfg.elastic or before is not None):  # a size that changed
+            line += f"  ({world} worker{'s' if world > 1 else ''})"
+        out.print(line)
         report(e, out, state, metrics, meta)
         if cfg.stop_after_epoch is not None and epoch + 1 == cfg.stop_after_epoch:
             out.close()
@@ -206,6 +207,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         "train_seconds": seconds,
         "lr": e.optimizer.param_groups[0]["lr"],
         "restarts": state.restarts,
+        "workers": e.world,  # the world size this epoch trained with: an elastic run's varies
         **evaluation,
     }
     is_best = all(metrics["test_accuracy"] > h["test_accuracy"] for h in state.history)
@@ -228,6 +230,19 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         state.best = {"epoch": epoch + 1, "confusion": confusion, "examples": wrong}
     out.flush()
     return metrics
+
+
+def restored_line(state: TrainState, epochs: int, world: int) -> str:
+    """A restart says where it continues, and with how many workers when that changed (an
+    elastic run resized, or a node lost)."""
+    line = (
+        f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
+        f"(restart #{state.restarts}); continuing at epoch {state.start_epoch + 1}/{epochs}"
+    )
+    before = state.history[-1].get("workers") if state.history else None
+    if before is not None and before != world:
+        line += f" with {world} worker{'s' if world > 1 else ''} (was {before})"
+    return line
 
 
 def epoch_line(m: dict[str, Any], epochs: int, seconds_per_epoch: float) -> str:

@@ -29,6 +29,8 @@ METRICS_COLUMNS = (
     "lr",
     "images_per_s",
     "train_seconds",
+    "workers",  # world size: an elastic run's changes as nodes come and go
+    "test_images",  # images evaluated: the whole test set, each once, whatever the world size
 )
 
 

@@ -147,3 +147,21 @@ def test_use_gpu_on_cpu_cluster_fails_before_starting(ray_session, synthetic_dir
     with pytest.raises(ConfigError, match="no GPUs"):
         run(_cfg(synthetic_dir, tmp_path, "gpu", use_gpu=True), ClusterInfo(cpus, 0))
     assert not Path(tmp_path, "gpu").exists()
+
+
+def test_summary_records_the_world_size_and_whole_test_set_of_every_epoch(finished_run):
+    _, summary = finished_run
+    assert summary["world_sizes"] == [{"epochs": [1, EPOCHS], "workers": 2}]
+    assert [h["test_images"] for h in summary["history"]] == [600] * EPOCHS
+
+
+def test_a_worker_range_makes_an_elastic_scaling_config(tmp_path):
+    from cifar.train import scaling_config, world_sizes
+
+    elastic = _cfg(tmp_path, tmp_path, "e", num_workers=[1, 4], resize_interval=5.0)
+    sc = scaling_config(elastic, False, 3)
+    assert sc.elasticity_enabled and (sc.min_workers, sc.max_workers) == (1, 4)
+    assert sc.elastic_resize_monitor_interval_s == 5.0 and sc.resources_per_worker == {"CPU": 3}
+    assert not scaling_config(_cfg(tmp_path, tmp_path, "f"), False, 1).elasticity_enabled
+    rows = [{"epoch": 1, "workers": 1}, {"epoch": 2, "workers": 2}, {"epoch": 3, "workers": 2}]
+    assert world_sizes(rows) == [{"epochs": [1, 1], "workers": 1}, {"epochs": [2, 3], "workers": 2}]
