@@ -100,6 +100,9 @@ if [ "$EXPOSE" = 1 ]; then
 else
   # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use 127.0.0.1 as the head's address, and a
   # node whose address is 127.0.0.1 binds its servers to loopback (see scripts/localcluster.py).
+  # Each node its own cache ($CIFAR_RAY_CACHE: model copies, decoded folders), as separate
+  # machines have, unless the caller set one for all.
+  CIFAR_RAY_CACHE="${CIFAR_RAY_CACHE:-$TMP/cache}" \
   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --port "$PORT" --dashboard-host "$HOST" \
     --dashboard-port "$DASH" --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT" \
     --temp-dir "$TMP" --disable-usage-stats "${res[@]}" >"$TMP/head.log" 2>&1 \
@@ -110,6 +113,7 @@ else
   for i in $(seq 1 "$WORKERS"); do
     # Each node its own temp dir: nodes sharing one would unpack job working dirs into the
     # same folder and delete it from under each other's running jobs.
+    CIFAR_RAY_CACHE="${CIFAR_RAY_CACHE:-$TMP/node$i/cache}" \
     .venv/bin/python scripts/localcluster.py worker "${wargs[@]}" --temp-dir "$TMP/node$i" \
       >>"$TMP/workers.log" 2>&1 \
       || { cat "$TMP/workers.log" >&2; exit 1; }

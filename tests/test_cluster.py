@@ -3,10 +3,12 @@ token auth), jobs submitted with scripts/submit.sh, failures injected with real 
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -587,4 +589,108 @@ def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
         lambda: not _alive_job_actors(cluster, job, "RayTrainWorker"),
         timeout=60,
         what="no training worker of the ended job left",
+    )
+
+
+# ----------------------------------------------------------------- elastic training
+
+ELASTIC_PORT, ELASTIC_DASH, ELASTIC_CLIENT = 6398, 8278, 23008  # a cluster of its own
+EPOCHS = 40
+
+
+@pytest.fixture()
+def one_node_cluster(tmp_path):
+    """A cluster of one 1-CPU node (head only) that a test grows with :func:`_add_node`;
+    stopped, every node with it, however the test ends."""
+    tmp = f"/tmp/cifar-ray-elastic-{os.getpid()}"
+    gcs = f"127.0.0.1:{ELASTIC_PORT}"
+    env = dict(
+        os.environ,
+        CIFAR_RAY_CLUSTER_TMP=tmp,
+        RAY_AUTH_MODE="token",
+        RAY_ADDRESS=f"http://127.0.0.1:{ELASTIC_DASH}",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("RAY_AUTH_TOKEN", None)
+    up = ["scripts/cluster-up.sh", "--workers", "0", "--num-cpus", "1", "--port"]
+    up += [str(ELASTIC_PORT), "--dashboard-port", str(ELASTIC_DASH)]
+    up += ["--client-port", str(ELASTIC_CLIENT)]
+    try:
+        _run(up, env, timeout=300, check=True)
+        yield {"env": env, "tmp": tmp, "gcs": gcs, "work": tmp_path}
+    finally:
+        _run(["scripts/cluster-down.sh", "--port", str(ELASTIC_PORT)], env, timeout=120)
+        count = [sys.executable, "scripts/localcluster.py", "count", "--temp-dir", tmp]
+        left = _run([*count, "--address", gcs], env, timeout=60).stdout.strip()
+        assert left == "0", f"{left} Ray processes left behind"
+        shutil.rmtree(tmp, ignore_errors=True)  # its logs: the test has read them
+
+
+def _add_node(cluster, num_cpus: int) -> None:
+    """Another node joins the running cluster, as scripts/cluster-up.sh starts its workers."""
+    node = f"{cluster['tmp']}/node{uuid.uuid4().hex[:6]}"
+    worker = [sys.executable, "scripts/localcluster.py", "worker", "--address", cluster["gcs"]]
+    env = {"CIFAR_RAY_CACHE": f"{node}/cache", **cluster["env"]}  # its own cache, as a machine
+    _run([*worker, "--temp-dir", node, "--num-cpus", str(num_cpus)], env, 120, True)
+
+
+def _epochs_with(run: Path, workers: int) -> list[int]:
+    """Epochs that metrics.csv says ``workers`` workers trained."""
+    try:
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+    except OSError:
+        return []
+    return [int(r["epoch"]) for r in rows if r.get("workers") == str(workers)]
+
+
+def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_cluster):
+    """--num-workers 1-2 on one 1-CPU node: it starts with 1 worker; a second node joins after
+    the first epoch, the run resizes to 2 workers from its latest checkpoint and finishes, every
+    epoch evaluated on the whole test set exactly once. Ray Train sees a new node within 20 s
+    (its autoscaling coordinator's tick) and --resize-interval 1 s: the 40 epochs (about 1 s
+    each) outlast that."""
+    from cifar.synthetic import write_synthetic
+
+    cluster, n_test = one_node_cluster, 300
+    data = cluster["work"] / "data"
+    write_synthetic(data, n_train=1600, n_test=n_test, seed=2)
+    run, job = cluster["work"] / "runs" / "elastic", f"el-{uuid.uuid4().hex[:8]}"
+    args = [
+        "train",
+        *("--data-dir", str(data), "--no-download", "--epochs", str(EPOCHS), "--batch-size", "64"),
+        *("--num-workers", "1-2", "--cpus-per-worker", "1", "--resize-interval", "1"),
+        *("--max-failures", "1", "--precision", "fp32", "--name", "elastic"),
+        *("--storage-path", str(run.parent)),
+    ]
+    t0 = time.time()
+    r = _submit(cluster, "--no-wait", "--submission-id", job, *args, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _wait_for(lambda: _registered(run, 1), timeout=180, what="epoch 1's checkpoint registered")
+    t_join = time.time()
+    _add_node(cluster, num_cpus=1)
+    _wait_for(lambda: _epochs_with(run, 2), timeout=120, what="an epoch trained by 2 workers")
+    t_grown = time.time()
+    assert _wait_job(cluster, job, timeout=240) == "SUCCEEDED", _job_logs(cluster, job)[-4000:]
+    t_end = time.time()
+
+    summary = json.loads((run / "summary.json").read_text())
+    history = summary["history"]
+    assert summary["num_workers"] == [1, 2] and summary["epochs_completed"] == EPOCHS
+    sizes = summary["world_sizes"]
+    assert [s["workers"] for s in sizes] == [1, 2], sizes
+    assert sizes[0]["epochs"][0] == 1 and sizes[-1]["epochs"][1] == EPOCHS
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))  # none lost, none twice
+    for h in history:  # the whole test set, each image once, at either size
+        assert h["test_images"] == n_test
+        assert h["test_accuracy"] * n_test == pytest.approx(round(h["test_accuracy"] * n_test))
+    assert summary["best_test_accuracy"] > 0.5
+    assert summary["restarts"] >= 1  # the resize: a restart from the latest checkpoint
+    line = "with 2 workers (was 1)"
+    hits = subprocess.run(["grep", "-rlF", line, cluster["tmp"]], capture_output=True, text=True)
+    assert hits.stdout.strip(), f"no log file of the cluster says: {line}"
+    grown = sizes[-1]["epochs"][0]
+    print(
+        f"elastic: node joined {t_join - t0:.1f}s after submit; first epoch of 2 workers done "
+        f"{t_grown - t_join:.1f}s later; job done {t_end - t_join:.1f}s after the join; epochs "
+        f"1-{grown - 1} on 1 worker, {grown}-{EPOCHS} on 2"
     )
