@@ -38,7 +38,7 @@ def _run(cmd, env, timeout=600, check=False):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, s3_server):
     tmp = f"/tmp/cifar-ray-test-{os.getpid()}"  # short: Ray's unix sockets live under it
     env = dict(
         os.environ,
@@ -46,7 +46,9 @@ def cluster(tmp_path_factory):
         RAY_AUTH_MODE="token",
         RAY_ADDRESS=f"http://127.0.0.1:{DASH}",
         PYTHONUNBUFFERED="1",
+        **s3_server.env(),  # every node reaches the S3 server, as through an instance profile
     )
+    env.pop("CIFAR_RAY_CACHE", None)  # each node its own cache (cluster-up.sh)
     env.pop("RAY_AUTH_TOKEN", None)
     up = [
         "scripts/cluster-up.sh",
@@ -66,7 +68,8 @@ def cluster(tmp_path_factory):
         assert "token authentication on" in out and "127.0.0.1 only" in out
         again = _run(up, env, timeout=120, check=True).stdout  # idempotent
         assert "already running" in again
-        yield {"env": env, "tmp": tmp, "work": tmp_path_factory.mktemp("cluster"), "up": out}
+        work = tmp_path_factory.mktemp("cluster")
+        yield {"env": env, "tmp": tmp, "work": work, "up": out, "s3": s3_server}
     finally:
         _run(["scripts/cluster-down.sh", "--port", str(PORT)], env, timeout=120)
         left = _run(
@@ -694,3 +697,76 @@ def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_clus
         f"{t_grown - t_join:.1f}s later; job done {t_end - t_join:.1f}s after the join; epochs "
         f"1-{grown - 1} on 1 worker, {grown}-{EPOCHS} on 2"
     )
+
+
+def test_stopped_prediction_job_resumes_with_every_file_once(cluster, untrained_model):
+    """`ray job stop` part-way, then the same command with --resume, through scripts/submit.sh."""
+    files = _images(cluster["work"] / "resume-in", 4000)
+    out = cluster["work"] / "resume-preds"
+    args = ["predict", "--model", str(untrained_model), "--input"]
+    args += [str(cluster["work"] / "resume-in"), "--output", str(out), "--rows-per-file", "250"]
+    args += ["--files-per-block", "50", "--num-actors", "2", "--batch-size", "32"]
+    job = f"pstop-{uuid.uuid4().hex[:8]}"
+    r = _submit(cluster, "--no-wait", "--submission-id", job, *args, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, what="2 result files")
+    _run([RAY, "job", "stop", job], cluster["env"], timeout=120, check=True)
+    assert _wait_job(cluster, job) == "STOPPED"
+    assert not (out / "_summary.json").exists()
+    kept = pq.read_table(sorted(out.glob("part-*.parquet")), columns=["path"]).num_rows
+    assert 0 < kept < len(files)
+
+    again = f"presume-{uuid.uuid4().hex[:8]}"
+    r = _submit(cluster, "--submission-id", again, *args, "--resume")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    paths = pq.read_table(sorted(out.glob("part-*.parquet")), columns=["path"])["path"]
+    assert sorted(paths.to_pylist()) == sorted(str(p) for p in files)  # each exactly once
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["already_done"] >= kept  # files committed after the count above count too
+    assert summary["classified"] == len(files) - summary["already_done"] > 0
+
+
+def test_object_storage_is_the_only_place_the_nodes_share(cluster, tmp_path, monkeypatch):
+    """Data, run and results in the S3 server, each node its own cache: training on both nodes
+    and prediction read and write only the bucket."""
+    import pandas as pd
+
+    from cifar import storage
+    from cifar.synthetic import write_folders
+    from tests.s3server import SECRET_KEY
+
+    server = cluster["s3"]
+    bucket = server.create_bucket("cluster-s3")
+    data = write_folders(tmp_path / "pets", 240, 60, num_classes=3, seed=5)
+    server.upload_dir(data, f"{bucket}/pets")
+    train = ["train", "--data-dir", f"{bucket}/pets", "--storage-path", f"{bucket}/runs"]
+    train += ["--name", "c1", "--epochs", "2", "--num-workers", "2", "--cpus-per-worker", "1"]
+    train += ["--placement", "STRICT_SPREAD", "--batch-size", "16"]
+    r = _submit(cluster, *train)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    log = r.stdout + r.stderr
+    predict = ["predict", "--model", f"{bucket}/runs/c1", "--input", f"{bucket}/pets/val"]
+    predict += ["--output", f"{bucket}/preds", "--num-actors", "2", "--labels-from-dirs"]
+    r = _submit(cluster, *predict)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    log += r.stdout + r.stderr
+
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    storage.reset_filesystems()
+    summary = json.loads(storage.read_text(f"{bucket}/runs/c1/summary.json"))
+    assert summary["epochs_completed"] == 2 and summary["world_sizes"][0]["workers"] == 2
+    assert summary["data"]["classes"] == ["airplane", "automobile", "bird"]
+    df = pd.read_parquet(f"{bucket}/preds")
+    found = [p for p in (data / "val").rglob("*") if p.is_file()]
+    val = sorted(f"{bucket}/pets/{p.relative_to(data).as_posix()}" for p in found)
+    assert sorted(df["path"]) == val  # one row per file
+    out = json.loads(storage.read_text(f"{bucket}/preds/_summary.json"))
+    assert out["labelled"] == len(val) and out["errors"] == 0
+    # each node fetched the model into its own cache; no node read another's
+    tmp = Path(cluster["tmp"])
+    copies = {d: list((d / "cifar-ray" / "objects").glob("*/model.pt")) for d in
+              (tmp / "cache", tmp / "node1" / "cache")}  # fmt: skip
+    assert any(copies.values()), copies
+    assert not (Path.home() / "ray_results" / "c1").exists()
+    assert SECRET_KEY not in log
