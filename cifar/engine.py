@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from cifar.checkpoint import unwrap
-from cifar.data import TensorImageDataset, eval_loader
+from cifar.data import TensorImageDataset, eval_loader, train_loader
 from cifar.device import Compute, machine_key, resolve_compute
 from cifar.model import build_model
 from cifar.train_config import TrainConfig, resolve_recipe
@@ -94,7 +94,11 @@ def build(
             data[f"{split}_images"].to(store), data[f"{split}_labels"].to(store)
         )
 
-    tl = global_batch_loader(dataset("train"), cfg.batch_size, rank, world, cfg.seed, cuda)
+    if cfg.elastic:  # the world size changes: every size must train the same global batches
+        tl = global_batch_loader(dataset("train"), cfg.batch_size, rank, world, cfg.seed, cuda)
+    else:  # each rank its shard (DistributedSampler), batch / world images per step
+        per_rank = max(1, cfg.batch_size // world)
+        tl = train_loader(dataset("train"), per_rank, rank, world, cfg.seed, cuda)
     el = eval_loader(dataset("test"), EVAL_BATCH, rank, world, cuda)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -270,16 +274,18 @@ class EpochStats:
 def train_one_epoch(
     e: Engine, epoch: int, on_log: Callable[[int, float], None] | None = None
 ) -> EpochStats:
-    """One pass over this rank's share of every global batch. ``on_log(step_in_epoch,
-    mean_loss)`` every ``cfg.log_every`` steps (the only host syncs besides the epoch total).
+    """One pass over this rank's shard (an elastic run: its share of every global batch).
+    ``on_log(step_in_epoch, mean_loss)`` every ``cfg.log_every`` steps (the only host syncs
+    besides the epoch total).
 
-    DDP averages the ranks' gradients. Where a global batch does not split evenly (the last one,
-    or a world size that does not divide the batch) each rank's loss is weighted by its share,
-    so the step is the global batch's mean whatever the world size; an even split is weighted
-    by exactly 1, untouched."""
+    DDP averages the ranks' gradients. In an elastic run, where a global batch does not split
+    evenly (the last one, or a world size that does not divide the batch) each rank's loss is
+    weighted by its share, so the step is the global batch's mean whatever the world size; an
+    even split is weighted by exactly 1, untouched."""
     cfg, device = e.cfg, e.compute.device
     sampler = e.train_loader.batch_sampler
-    sampler.set_epoch(epoch)
+    global_batches = isinstance(sampler, GlobalBatchSampler)
+    (sampler if global_batches else e.train_loader.sampler).set_epoch(epoch)
     generator = epoch_generator(device, cfg.seed, e.rank, epoch)
     e.model.train()
     loss_sum = torch.zeros((), device=device)
@@ -291,7 +297,7 @@ def train_one_epoch(
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x)
-        share = y.shape[0] * e.world / sampler.global_size(steps)
+        share = y.shape[0] * e.world / sampler.global_size(steps) if global_batches else 1.0
         if y.shape[0]:
             loss = e.loss_fn(logits.float(), y)
             weighted = loss if share == 1.0 else loss * share

@@ -169,7 +169,8 @@ def _one_epoch(root, rank=0, world=1):
     """Weights (numpy) and steps after epoch 0 on 194 images, global batch 64."""
     torch.set_num_threads(1)
     data = {k: v[:194] for k, v in load_cifar10(root).tensors().items()}  # last batch: 2 images
-    cfg = TrainConfig(epochs=2, batch_size=64, augment=False)  # augmentation draws per rank
+    # an elastic run (1-3 workers): global batches; augmentation off, it draws per rank
+    cfg = TrainConfig(epochs=2, batch_size=64, augment=False, num_workers=[1, 3])
 
     def ddp(m):
         return torch.nn.parallel.DistributedDataParallel(m) if world > 1 else m
