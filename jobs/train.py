@@ -8,6 +8,7 @@ Examples:
   cifar-train --name run1 --resume                 # continue run1 from its latest checkpoint
   cifar-train --config runs/run1/config.json --seed 1 --name run2   # rerun a saved config
   cifar-train --data-dir data --dry-run            # check everything, print the plan, start nothing
+  cifar-train --num-workers 1-4 --storage-path s3://bucket/runs   # elastic: grows with the cluster
   ray job submit --working-dir . -- python -m jobs.train --num-workers 4 --gpu \\
       --storage-path s3://bucket/runs
 """
