@@ -21,7 +21,7 @@ from cifar.checkpoint import LoadedModel, load_model
 from cifar.config import Config, ConfigError, opt
 from cifar.device import PRECISIONS, Compute
 from cifar.images import decode_batch
-from cifar.inputs import label_from_dirs, list_inputs, streamed_input
+from cifar.inputs import label_from_dirs, list_inputs, streamed_input, wanted_extensions
 from cifar.predict import BatchPredictor, inference_compute
 from cifar.raycluster import ClusterInfo
 from cifar.results import (
@@ -103,6 +103,10 @@ class PredictConfig(Config):
             ),
             (self.files_per_block >= 1, "--files-per-block must be at least 1"),
             (self.rows_per_file >= 1, "--rows-per-file must be at least 1"),
+            (
+                self.extensions is None or bool(wanted_extensions(self.extensions)),
+                f"--extensions {self.extensions!r} names no extension: pass e.g. 'jpg,png'",
+            ),
             (
                 not (self.resume and self.overwrite),
                 "--resume keeps the results in --output and --overwrite replaces them: pass one",
@@ -231,6 +235,7 @@ class Plan:
     decode_tasks: int = 1  # at most this many at once
     write_tasks: int = 1
     compute: Compute | None = None  # precision and layout of every actor: choose_compute()
+    model_file: str | None = None  # the state_dict the driver resolved and fingerprinted
 
     def describe(self) -> str:
         lo, first, hi = self.actors
@@ -334,7 +339,7 @@ def classify(cfg: PredictConfig, ds, plan: Plan):
     return ds.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={
-            "model_path": cfg.model,
+            "model_path": plan.model_file or cfg.model,  # the file the driver resolved
             "device": plan.device,
             "top_k": cfg.top_k,
             "threads": max(1, int(plan.actor_cpus)),
@@ -382,6 +387,7 @@ def run(
         plan.decode_tasks = min(plan.decode_tasks, blocks)
         plan.write_tasks = min(plan.write_tasks, blocks)
     plan.compute = choose_compute(cfg, plan, pre.model)
+    plan.model_file = pre.model.file
     start(cfg.output, pre.record or job_record(cfg, pre.model.sha256), pre.resuming)
     import ray
     import ray.data
@@ -451,7 +457,8 @@ def run(
     else:
         n_files, skipped, already_done = len(pre.files), pre.skipped, pre.already_done
     columns = ["path", "class_name", "confidence", "error"]
-    table = read_results(cfg.output, cfg.format, columns + ["label"] * cfg.labels_from_dirs)
+    columns += ["label"] * cfg.labels_from_dirs
+    table = read_results(cfg.output, cfg.format, columns, schema)
     summary = summarize(
         table,
         cfg.to_dict(),
@@ -487,7 +494,7 @@ def check_exactly_once(table, files, n_files: int) -> None:
         missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
     if missing or len(unique) != len(paths):
         raise RuntimeError(
-            f"{missing} of {len(files)} files have no result row and {len(paths) - len(unique)} "
+            f"{missing} of {n_files} files have no result row and {len(paths) - len(unique)} "
             f"rows repeat a path in {table.num_rows} rows: results are incomplete"
         )
 

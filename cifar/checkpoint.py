@@ -194,6 +194,7 @@ class LoadedModel:
     meta: dict[str, Any]
     path: str
     sha256: str = ""  # of the state_dict file: what a resumed prediction job must still use
+    file: str = ""  # the state_dict file ``path`` resolved to (local path or URI)
 
     @property
     def classes(self) -> list[str]:
@@ -338,4 +339,4 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     model, meta = build_from_state_dict(sd, meta, sd_path)
     model.to(device).eval()
     sha256 = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-    return LoadedModel(model=model, meta=meta, path=str(path), sha256=sha256)
+    return LoadedModel(model=model, meta=meta, path=str(path), sha256=sha256, file=sd_path)

@@ -102,7 +102,8 @@ def _list_local(spec: str):
     if _magic_at(spec) >= 0:
         head = spec[: _magic_at(spec)]
         root = Path(head).expanduser() if head.endswith("/") else Path(head).expanduser().parent
-        found = sorted(str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True))
+        # a set: one glob can name a file twice ('**/**', links)
+        found = sorted({str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True)})
         return pa.array([f for f in found if Path(f).is_file()], pa.string()), str(root.resolve())
     return pa.array([], pa.string()), ""
 

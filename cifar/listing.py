@@ -16,8 +16,15 @@ from cifar.inputs import extension_mask, label_from_dirs, walk_uri
 
 
 class Lister:
-    """Run as a Ray actor (one call at a time): ``next()`` -> a pyarrow Table of ``path``
-    (+ ``label``) to classify, or None at the end; ``counts()`` -> what it listed."""
+    """Run as a Ray actor (one call at a time): ``begin(reader)`` then ``next(reader)`` -> a
+    pyarrow Table of ``path`` (+ ``label``) to classify, or None at the end; ``counts()`` ->
+    what it listed.
+
+    Each chunk goes to one reader, and a reader that starts again (Ray retries a read task
+    whose worker died, or re-runs it to rebuild a lost block) is handed the same chunks in the
+    same order before any new one: Ray skips the outputs of the retried task it has already
+    seen, so no path is lost or repeated. The actor keeps the chunks it handed out (tens of MB
+    per million paths). It is not restarted: a new one would list from the start."""
 
     def __init__(
         self,
@@ -27,14 +34,17 @@ class Lister:
         done=None,  # pyarrow array of committed paths (--resume)
         chunk: int = 1024,
     ) -> None:
-        self.uri, self.extensions, self.classes, self.done = uri, extensions, classes, done
+        self.uri, self.extensions, self.classes = uri, extensions, classes
+        # one hash set for the whole walk (pc.is_in would rebuild it for every chunk)
+        self.done = set(done.to_pylist()) if done is not None and len(done) else None
         self.files = self.skipped = self.already_done = 0
         self.finished = False
         self._chunks = self._generate(chunk)
+        self._given: dict[int, list] = {}  # reader -> the chunks handed to it, in order
+        self._cursor: dict[int, int] = {}
 
     def _generate(self, chunk: int):
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         for paths in walk_uri(self.uri, chunk):
             if self.extensions:
@@ -42,8 +52,8 @@ class Lister:
                 self.skipped += len(paths) - len(kept)
                 paths = kept
             self.files += len(paths)
-            if self.done is not None and len(self.done):
-                todo = pc.invert(pc.is_in(paths, value_set=self.done))
+            if self.done is not None:
+                todo = pa.array([p not in self.done for p in paths.to_pylist()], pa.bool_())
                 self.already_done += len(paths) - todo.true_count
                 paths = paths.filter(todo)
             if not len(paths):
@@ -56,14 +66,25 @@ class Lister:
                 )
             yield pa.table(cols)
 
-    def next(self):
+    def begin(self, reader: int) -> None:
+        self._cursor[reader] = 0
+        self._given.setdefault(reader, [])
+
+    def next(self, reader: int):
+        given, i = self._given[reader], self._cursor[reader]
+        if i < len(given):  # a reader started again: the same chunks first
+            self._cursor[reader] = i + 1
+            return given[i]
         if self.finished:
             return None
         try:
-            return next(self._chunks)
+            table = next(self._chunks)
         except StopIteration:
             self.finished = True
             return None
+        given.append(table)
+        self._cursor[reader] = i + 1
+        return table
 
     def counts(self) -> dict[str, Any]:
         return {
@@ -74,10 +95,11 @@ class Lister:
         }
 
 
-def _pull(lister):
+def _pull(lister, reader: int):
     import ray
 
-    while (table := ray.get(lister.next.remote())) is not None:
+    ray.get(lister.begin.remote(reader))
+    while (table := ray.get(lister.next.remote(reader))) is not None:
         yield table
 
 
@@ -94,7 +116,7 @@ def listed_dataset(lister, readers: int):
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
             meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
-            return [ReadTask(partial(_pull, lister), meta) for _ in range(readers)]
+            return [ReadTask(partial(_pull, lister, i), meta) for i in range(readers)]
 
         def get_name(self) -> str:
             return "ListFiles"

@@ -91,7 +91,7 @@ def prediction_columns(
     return cols
 
 
-def read_results(output: str, fmt: str, columns: list[str] | None = None):
+def read_results(output: str, fmt: str, columns: list[str] | None = None, schema=None):
     """The written result files back as one pyarrow Table (side files like _summary.json and
     unfinished files under _tmp/ left out, as every reader of the folder leaves them out)."""
     import pyarrow.dataset as pds
@@ -103,14 +103,27 @@ def read_results(output: str, fmt: str, columns: list[str] | None = None):
         for e in storage.list_files(output)
         if e.rel.endswith(f.suffix) and not any(p.startswith("_") for p in e.rel.split("/"))
     ]
-    fmt_ = f.arrow
+    if not files and schema is not None:
+        return schema.empty_table().select(columns or schema.names)
+    # with the schema the job wrote: else the first file decides each column's type, and an
+    # error column that is empty there (null) fails on the first file that has an error
+    fmt_: Any = f.arrow
+    types = {} if schema is None else {n: schema.field(n).type for n in schema.names}
     if f.arrow == "csv":  # an empty field is a null (no error, no label), as pandas reads it
         import pyarrow.csv as pcsv
 
-        fmt_ = pds.CsvFileFormat(convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+        fmt_ = pds.CsvFileFormat(
+            convert_options=pcsv.ConvertOptions(strings_can_be_null=True, column_types=types)
+        )
+    elif f.arrow == "json" and schema is not None:
+        import pyarrow.json as pjson
+
+        fmt_ = pds.JsonFileFormat(parse_options=pjson.ParseOptions(explicit_schema=schema))
     return storage.retrying(
         f"reading the results in {output}",
-        lambda: pds.dataset(files, format=fmt_, filesystem=fs).to_table(columns=columns),
+        lambda: pds.dataset(files, format=fmt_, filesystem=fs, schema=schema).to_table(
+            columns=columns
+        ),
     )
 
 

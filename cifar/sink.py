@@ -40,9 +40,11 @@ JOB_KEYS = ("input", "extensions", "labels_from_dirs", "format", "top_k", "model
 
 
 def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
+    from cifar.inputs import wanted_extensions
+
     return {
-        "input": [storage.absolute(i) for i in cfg.input],
-        "extensions": cfg.extensions,
+        "input": [storage.absolute(i).rstrip("/") or "/" for i in cfg.input],
+        "extensions": sorted(set(wanted_extensions(cfg.extensions))) if cfg.extensions else None,
         "labels_from_dirs": cfg.labels_from_dirs,
         "format": cfg.format,
         "top_k": cfg.top_k,
@@ -51,16 +53,22 @@ def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
     }
 
 
+def _local(output: str) -> bool:
+    """A folder on this machine's file system (a path or a file:// URI): commit by rename."""
+    return not storage.is_uri(output) or output.startswith("file://")
+
+
 def check_resume(output: str, record: dict[str, Any]) -> bool:
     """True if ``output`` holds a job to resume (it must be this job: else ConfigError); False
     if there is nothing there yet."""
     path = storage.join(output, JOB_FILE)
     if not storage.exists(path):
-        if storage.is_dir(output) and committed_files(output, record["format"]):
+        if storage.is_dir(output) and storage.has_entries(output):
             raise ConfigError(
-                f"--resume: {output} holds results but no {JOB_FILE} (written by an older "
-                "version, or by another program), so it cannot tell which job they belong to. "
-                "Pass --overwrite to start again, or choose another --output."
+                f"--resume: {output} is not empty but holds no {JOB_FILE} (results of an older "
+                "version, of another program, or not results at all), so nothing there can be "
+                "resumed and nothing was touched. Choose another --output, or pass --overwrite "
+                "(instead of --resume) to replace what is there."
             )
         return False
     saved = json.loads(storage.read_text(path))
@@ -88,7 +96,7 @@ def start(output: str, record: dict[str, Any], resume: bool) -> None:
     """Make the output folder ready: emptied for a new job (or --overwrite), its unfinished
     files dropped for a resume; then the job record."""
     if resume:
-        if not storage.is_uri(output):
+        if _local(output):
             storage.clear_dir(storage.join(output, TMP_DIR))
     else:
         storage.clear_dir(output)
@@ -97,7 +105,7 @@ def start(output: str, record: dict[str, Any], resume: bool) -> None:
 
 def finish(output: str) -> None:
     """Drop the (now empty) folder of unfinished files."""
-    if not storage.is_uri(output) or output.startswith("file://"):
+    if _local(output):
         tmp = Path(storage.absolute(output).removeprefix("file://")) / TMP_DIR
         if tmp.is_dir() and not any(tmp.iterdir()):
             tmp.rmdir()
@@ -152,7 +160,7 @@ def serialize(table, fmt: str) -> bytes:
 
 def commit(output: str, name: str, data: bytes) -> None:
     """Put ``data`` at ``output/name`` whole or not at all."""
-    if storage.is_uri(output) and not output.startswith("file://"):
+    if not _local(output):
         storage.write_bytes(storage.join(output, name), data)  # visible once complete
         return
     out = Path(storage.absolute(output).removeprefix("file://"))

@@ -31,7 +31,7 @@ CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0  # no byte for this long: the request fails (and is retried)
 _TRANSIENT = re.compile(
     r"slow.?down|throttl|service.?unavailable|internal.?(failure|error)|network.?connection|"
-    r"request.?time|curlCode|HTTP status 5\d\d|connection (reset|refused|aborted|closed)|"
+    r"request.?time.?out|curlCode|HTTP status 5\d\d|connection (reset|refused|aborted|closed)|"
     r"broken pipe|timed out|unexpected end|premature|incomplete|reset by peer",
     re.IGNORECASE,
 )
@@ -84,7 +84,9 @@ def is_transient(e: BaseException) -> bool:
     """A throttle, a 5xx or a dropped connection: worth trying again."""
     if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
         return False
-    return isinstance(e, OSError) and bool(_TRANSIENT.search(str(e)))
+    # what the store says, not the key or bucket names quoted in the message
+    said = re.sub(r"'[^']*'", "''", str(e))
+    return isinstance(e, OSError) and bool(_TRANSIENT.search(said))
 
 
 def retrying(what: str, fn: Callable[[], T]) -> T:
@@ -142,8 +144,11 @@ def is_dir(path: str) -> bool:
         return Path(path).expanduser().is_dir()
     import pyarrow.fs
 
-    if _info(path).type == pyarrow.fs.FileType.Directory:
+    kind = _info(path).type
+    if kind == pyarrow.fs.FileType.Directory:
         return True
+    if kind == pyarrow.fs.FileType.File:
+        return False
     # a bucket or prefix that exists only through the keys below it
     return bool(_listing(path, recursive=False)) if not path.endswith("://") else False
 
@@ -302,7 +307,7 @@ def local_copy(path: str) -> Path:
     target, stamp_file = d / name(path), d / "source.json"
     with FileLock(str(d / ".lock")):
         if target.is_file() and stamp_file.is_file():  # noqa: SIM102
-            if json.loads(stamp_file.read_text()) == stamp:
+            if _read_stamp(stamp_file) == stamp:
                 return target
         tmp = d / f".{name(path)}.part"
         data = read_bytes(path)
@@ -312,8 +317,16 @@ def local_copy(path: str) -> Path:
             )
         tmp.write_bytes(data)
         os.replace(tmp, target)
-        stamp_file.write_text(json.dumps(stamp))
+        tmp.write_text(json.dumps(stamp))
+        os.replace(tmp, stamp_file)
     return target
+
+
+def _read_stamp(p: Path) -> dict | None:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):  # unreadable: stale, download again
+        return None
 
 
 def local_tree(path: str) -> Path:

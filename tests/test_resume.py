@@ -185,3 +185,13 @@ def test_a_prefix_listed_while_classifying_resumes_exactly_once(ray_session, job
         assert sorted(r["path"] for r in _rows(out)) == [f"file://{f}" for f in files]
     finally:
         (inputs / "d000" / "notes.txt").unlink()
+
+
+def test_a_resume_into_a_folder_of_other_things_touches_nothing(job, tmp_path):
+    model, inputs, _ = job
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "cat.jpg").write_bytes(b"a photo")
+    with pytest.raises(ConfigError, match="nothing was touched"):
+        preflight(_cfg(model, inputs, out, resume=True))
+    assert [p.name for p in out.iterdir()] == ["cat.jpg"]
