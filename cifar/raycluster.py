@@ -15,6 +15,7 @@ class ClusterInfo:
     free_cpus: float | None = None  # not held by any job now (None: all of them)
     free_gpus: float | None = None
     largest_node_cpus: float | None = None  # the most CPUs one task or actor can get
+    smallest_node_cpus: float | None = None  # of the nodes with any CPU
 
     @property
     def idle_cpus(self) -> float:
@@ -48,4 +49,5 @@ def cluster_info() -> ClusterInfo:
         free_cpus=free.get("CPU", 0.0),
         free_gpus=free.get("GPU", 0.0),
         largest_node_cpus=max(nodes, default=None),
+        smallest_node_cpus=min((n for n in nodes if n > 0), default=None),
     )

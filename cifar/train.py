@@ -100,8 +100,9 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
         cpus = cfg.cpus_per_worker
     elif use_gpu:
         cpus = 2
-    elif cfg.elastic:  # workers come and go with nodes: one per node, with all its CPUs
-        cpus = max(1, int(cluster.largest_node_cpus or cluster.cpus))
+    elif cfg.elastic:  # workers come and go with nodes: one per node, the smallest node's CPUs
+        node = cluster.smallest_node_cpus or cluster.largest_node_cpus or cluster.cpus
+        cpus = max(1, int(node))
     else:  # what is free now (other jobs may hold the rest), shared evenly
         cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
     return use_gpu, cpus

@@ -133,8 +133,10 @@ def test_an_elastic_run_keeps_the_recipe_batch_and_takes_a_node_per_worker():
 
     cfg = _parsed(["--num-workers", "1-3"])
     assert resolve_recipe(cfg, 7000, 3).batch_size == 126  # for the most: a multiple of 3
-    cluster = ClusterInfo(cpus=12, gpus=0, free_cpus=2, largest_node_cpus=8)
-    assert resolve_scale(cfg, cluster) == (False, 8)  # CPUs of a node, not today's free share
+    cluster = ClusterInfo(cpus=12, gpus=0, free_cpus=2, largest_node_cpus=8, smallest_node_cpus=4)
+    # the CPUs of a node that every node has (a bigger ask would never fit the small ones), not
+    # today's free share
+    assert resolve_scale(cfg, cluster) == (False, 4)
     assert resolve_scale(_parsed(["--num-workers", "2"]), cluster) == (False, 1)
 
 
