@@ -8,6 +8,7 @@ conversion to float, random crop, flip and normalization run per batch on the wo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +140,54 @@ def train_loader(
         collate_fn=_keep_batch,
         pin_memory=pin_memory and dataset.images.device.type == "cpu",
         drop_last=False,
+    )
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's share of every global batch. Each epoch shuffles all ``n`` indices (by seed +
+    epoch, as ``DistributedSampler`` does) and cuts them into global batches of ``batch``; rank
+    ``r`` of ``w`` takes positions ``r, r + w, ...`` of each. So step ``k`` of an epoch trains on
+    the same images whatever the world size (an elastic run's recipe stays the recipe), every
+    rank takes ``ceil(n / batch)`` steps, and no image is padded in or dropped. Where ``w``
+    divides ``batch`` and ``n`` these are exactly ``DistributedSampler``'s batches of
+    ``batch / w``; elsewhere ranks differ by one image at most (see :func:`train_one_epoch`)."""
+
+    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int) -> None:
+        self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for start in range(0, self.n, self.batch):
+            yield order[start : start + self.batch][self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def global_size(self, step: int) -> int:
+        """Images in global batch ``step`` (all ranks together): ``batch``, less in the last."""
+        return min(self.batch, self.n - step * self.batch)
+
+
+def global_batch_loader(
+    dataset: TensorImageDataset,
+    batch: int,
+    rank: int,
+    world: int,
+    seed: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """This rank's share of each shuffled global batch; ``loader.batch_sampler.set_epoch(e)``."""
+    return DataLoader(
+        dataset,
+        batch_sampler=GlobalBatchSampler(len(dataset), batch, rank, world, seed),
+        collate_fn=_keep_batch,
+        pin_memory=pin_memory and dataset.images.device.type == "cpu",
     )
 
 

@@ -6,7 +6,6 @@ and model wrapper, so a benchmark figure is a figure of the job's own loop.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -16,10 +15,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from cifar.checkpoint import unwrap
-from cifar.data import TensorImageDataset, eval_loader, train_loader
+from cifar.data import (
+    GlobalBatchSampler,
+    TensorImageDataset,
+    eval_loader,
+    global_batch_loader,
+    train_loader,
+)
 from cifar.device import Compute, machine_key, resolve_compute
 from cifar.model import build_model
 from cifar.train_config import TrainConfig, resolve_recipe
@@ -123,59 +128,6 @@ def build(
         world=world,
         num_classes=num_classes,
     )
-
-
-class GlobalBatchSampler(Sampler[list[int]]):
-    """This rank's share of every global batch. Each epoch shuffles all ``n`` indices (by seed +
-    epoch, as ``DistributedSampler`` does) and cuts them into global batches of ``batch``; rank
-    ``r`` of ``w`` takes positions ``r, r + w, ...`` of each. So step ``k`` of an epoch trains on
-    the same images whatever the world size (an elastic run's recipe stays the recipe), every
-    rank takes ``ceil(n / batch)`` steps, and no image is padded in or dropped. Where ``w``
-    divides ``batch`` and ``n`` these are exactly ``DistributedSampler``'s batches of
-    ``batch / w``; elsewhere ranks differ by one image at most (see :func:`train_one_epoch`)."""
-
-    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int) -> None:
-        self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        for start in range(0, self.n, self.batch):
-            yield order[start : start + self.batch][self.rank :: self.world]
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch)
-
-    def global_size(self, step: int) -> int:
-        """Images in global batch ``step`` (all ranks together): ``batch``, less in the last."""
-        return min(self.batch, self.n - step * self.batch)
-
-
-def global_batch_loader(
-    dataset: TensorImageDataset,
-    batch: int,
-    rank: int,
-    world: int,
-    seed: int,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """This rank's share of each shuffled global batch; ``loader.batch_sampler.set_epoch(e)``."""
-    return DataLoader(
-        dataset,
-        batch_sampler=GlobalBatchSampler(len(dataset), batch, rank, world, seed),
-        collate_fn=_stacked,
-        pin_memory=pin_memory and dataset.images.device.type == "cpu",
-    )
-
-
-def _stacked(batch):
-    """collate_fn: ``TensorImageDataset.__getitems__`` already returns a stacked batch."""
-    return batch
 
 
 def training_probe(

@@ -141,8 +141,7 @@ def test_an_elastic_run_keeps_the_recipe_batch_and_takes_a_node_per_worker():
 
 
 def test_every_world_size_takes_the_same_global_batches():
-    from cifar.data import TensorImageDataset, train_loader
-    from cifar.engine import GlobalBatchSampler
+    from cifar.data import GlobalBatchSampler, TensorImageDataset, train_loader
 
     def epoch(n, batch, rank, world, seed=7, e=2):
         s = GlobalBatchSampler(n, batch, rank, world, seed)
