@@ -37,19 +37,26 @@ def _run(cmd, env, timeout=600, check=False):
     return r
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, s3_server):
-    tmp = f"/tmp/cifar-ray-test-{os.getpid()}"  # short: Ray's unix sockets live under it
+def _cluster_env(tmp: str, dash: int, **extra: str) -> dict[str, str]:
+    """The environment of a local test cluster's scripts and nodes (token auth, its temp dir)."""
     env = dict(
         os.environ,
         CIFAR_RAY_CLUSTER_TMP=tmp,
         RAY_AUTH_MODE="token",
-        RAY_ADDRESS=f"http://127.0.0.1:{DASH}",
+        RAY_ADDRESS=f"http://127.0.0.1:{dash}",
         PYTHONUNBUFFERED="1",
-        **s3_server.env(),  # every node reaches the S3 server, as through an instance profile
+        **extra,
     )
     env.pop("CIFAR_RAY_CACHE", None)  # each node its own cache (cluster-up.sh)
     env.pop("RAY_AUTH_TOKEN", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_server):
+    tmp = f"/tmp/cifar-ray-test-{os.getpid()}"  # short: Ray's unix sockets live under it
+    # every node reaches the S3 server, as through an instance profile
+    env = _cluster_env(tmp, DASH, **s3_server.env())
     up = [
         "scripts/cluster-up.sh",
         "--workers",
@@ -607,14 +614,7 @@ def one_node_cluster(tmp_path):
     stopped, every node with it, however the test ends."""
     tmp = f"/tmp/cifar-ray-elastic-{os.getpid()}"
     gcs = f"127.0.0.1:{ELASTIC_PORT}"
-    env = dict(
-        os.environ,
-        CIFAR_RAY_CLUSTER_TMP=tmp,
-        RAY_AUTH_MODE="token",
-        RAY_ADDRESS=f"http://127.0.0.1:{ELASTIC_DASH}",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("RAY_AUTH_TOKEN", None)
+    env = _cluster_env(tmp, ELASTIC_DASH)
     up = ["scripts/cluster-up.sh", "--workers", "0", "--num-cpus", "1", "--port"]
     up += [str(ELASTIC_PORT), "--dashboard-port", str(ELASTIC_DASH)]
     up += ["--client-port", str(ELASTIC_CLIENT)]

@@ -162,6 +162,12 @@ def _job(args, env, cwd, log, **kw) -> subprocess.Popen:
     )
 
 
+def _finished(args, env, cwd) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` run to its end (bounded), output captured."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
 def _wait_for_key(server, uri: str, key: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while key not in server.keys(uri):
@@ -205,14 +211,7 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
 
     (tmp_path / "b").mkdir()
     env_b = {**env, "CIFAR_RAY_CACHE": str(tmp_path / "cache-b")}  # a machine that never saw it
-    resumed = subprocess.run(
-        [sys.executable, "-m", *train, "--resume"],
-        cwd=tmp_path / "b",
-        env=env_b,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = _finished([*train, "--resume"], env_b, tmp_path / "b")
     logs.append(resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, logs[-1][-3000:]
     summary = json.loads(storage.read_text(f"{bucket}/runs/r1/summary.json"))
@@ -239,14 +238,7 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
     predict = ["jobs.predict", "--model", f"{bucket}/runs/r1", "--input", f"{bucket}/images"]
     predict += ["--output", f"{bucket}/preds/r1", "--num-actors", "1"]
     env_c = {**env, "CIFAR_RAY_CACHE": str(tmp_path / "cache-c")}
-    pred = subprocess.run(
-        [sys.executable, "-m", *predict],
-        cwd=tmp_path,
-        env=env_c,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    pred = _finished(predict, env_c, tmp_path)
     logs.append(pred.stdout + pred.stderr)
     assert pred.returncode == 0, logs[-1][-3000:]
     df = pd.read_parquet(f"{bucket}/preds/r1")  # as a user reads it, straight from the bucket
