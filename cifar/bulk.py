@@ -174,33 +174,30 @@ def preflight(cfg: PredictConfig) -> Preflight:
     t0 = time.perf_counter()
     cfg.validate()
     loaded = load_model(cfg.model)
-    stream = streamed_input(cfg.input)
-    if stream is not None:  # listed while classifying
-        check_output(cfg.output, cfg.overwrite, cfg.resume)
-        pre = Preflight(loaded, None, 0, stream=stream, record=job_record(cfg, loaded.sha256))
-        if cfg.resume and check_resume(cfg.output, pre.record):
-            pre.resuming = True
-            pre.done = committed_paths(cfg.output, cfg.format)
-        pre.seconds = time.perf_counter() - t0
-        return pre
-    found = list_inputs(cfg.input, cfg.extensions)
-    labels = None
-    if cfg.labels_from_dirs:
-        import pyarrow as pa
+    stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
+    pre = Preflight(loaded, None, 0, stream=stream)
+    if stream is None:
+        found = list_inputs(cfg.input, cfg.extensions)
+        pre.files, pre.skipped = found.files, found.skipped
+        if cfg.labels_from_dirs:
+            import pyarrow as pa
 
-        labels = pa.array(
-            [
-                label_from_dirs(f, r, loaded.classes)
-                for f, r in zip(found.files.to_pylist(), found.root_list(), strict=True)
-            ],
-            pa.string(),
-        )
+            pre.labels = pa.array(
+                [
+                    label_from_dirs(f, r, loaded.classes)
+                    for f, r in zip(found.files.to_pylist(), found.root_list(), strict=True)
+                ],
+                pa.string(),
+            )
     check_output(cfg.output, cfg.overwrite, cfg.resume)
-    pre = Preflight(loaded, found.files, found.skipped, labels=labels)
     pre.record = job_record(cfg, loaded.sha256)
     if cfg.resume and check_resume(cfg.output, pre.record):
         pre.resuming = True
-        pre.todo = still_to_do(found.files, committed_paths(cfg.output, cfg.format))
+        done = committed_paths(cfg.output, cfg.format)
+        if stream is None:
+            pre.todo = still_to_do(pre.files, done)
+        else:  # the lister leaves them out as it lists
+            pre.done = done
     pre.seconds = time.perf_counter() - t0
     return pre
 
