@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
-import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+# seconds a job may make no progress (waiting for resources included) before it ends, saying
+# what it waited for (--stall-timeout of every job)
+STALL_TIMEOUT_S = 600.0
 
 
 class ConfigError(ValueError):
@@ -195,7 +198,7 @@ def read_saved_config(path: str | None) -> dict[str, Any]:
         return {}
     import json
 
-    from cifar import storage
+    from cifar.io import storage
 
     try:
         return json.loads(storage.read_text(path))
@@ -203,39 +206,3 @@ def read_saved_config(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: no such file. Pass a run's config.json.") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"--config {path} is not a readable JSON config ({e}).") from None
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """How a job logs: its own progress lines (logger ``cifar.progress``) as they are, other
-    messages with level and source; INFO from libraries only with ``verbose``."""
-    import logging
-
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    progress = logging.getLogger("cifar.progress")
-    if not progress.handlers:
-        plain = logging.StreamHandler(sys.stdout)
-        plain.setFormatter(logging.Formatter("%(message)s"))
-        progress.addHandler(plain)
-    progress.setLevel(logging.INFO)
-    progress.propagate = False
-
-
-def run_main(main: Callable[[], int | None], handled: tuple[type[BaseException], ...]) -> None:
-    """Run a job's main; a known bad-input error becomes one clear paragraph and exit status 2
-    (set CIFAR_RAY_DEBUG=1 for the traceback)."""
-    try:
-        code = main()
-    except handled as e:
-        if os.environ.get("CIFAR_RAY_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)

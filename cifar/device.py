@@ -1,10 +1,10 @@
 """Where and how the model computes, for training and inference alike: device, precision
 (one vocabulary: ``auto``, ``fp32``, ``bf16``), memory format, and uint8 batches -> inputs.
 
-On a CPU, ``auto`` is decided by measurement, not by CPU flags: bf16 autocast is 1.8x faster
-than fp32 on one AVX512-BF16 CPU and 0.7x on another that has the same flag. :func:`measure`
-times a few steps of the actual work (a training step, or an inference batch) for each
-precision and memory format and keeps the fastest.
+On a CPU, ``auto`` is decided by measurement, not by CPU flags: bf16 autocast is faster than
+fp32 on one AVX512-BF16 CPU and slower on another that has the same flag (docs/results.md).
+:func:`measure` times a few steps of the actual work (a training step, or an inference batch)
+for each precision and memory format and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cifar.data import normalize, random_crop_flip
+from cifar.data.transforms import normalize, random_crop_flip
+from cifar.models.registry import ModelSpec, inference_forward
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -25,16 +26,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def parse_precision(value: str) -> str:
     """A typed precision; ``off`` (the old ``--amp off``) means fp32."""
     return "fp32" if value == "off" else value
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclass(frozen=True)
@@ -135,6 +126,61 @@ def resolve_compute(
     return Compute(chosen.device, chosen.amp_dtype, chosen.channels_last, how, figures)
 
 
+def step_probe(
+    make_model: Callable[[], nn.Module],
+    spec: ModelSpec,
+    batch: int,
+    train: bool,
+    augment: bool = False,
+    momentum: float = 0.0,
+) -> Callable[[Compute], Callable[[], None]]:
+    """For :func:`resolve_compute`: one step of the real work in a given Compute, on random
+    uint8 images of the spec's size, touching no RNG state. ``train``: a forward, backward and
+    SGD step at this batch (with the run's augmentation); else classifying one batch, with the
+    forward prediction uses (:func:`~cifar.models.registry.inference_forward`)."""
+
+    def probe(c: Compute) -> Callable[[], None]:
+        with torch.random.fork_rng(devices=[]):
+            model = c.place(make_model())
+        g = torch.Generator().manual_seed(0)
+        side = spec.input_size
+        images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, spec.num_classes, (batch,), generator=g).to(c.device)
+        mean, std = spec.mean, spec.std
+        if not train:
+            forward = inference_forward(model.eval(), c.device)
+
+            @torch.inference_mode()
+            def classify() -> None:
+                with c.autocast():
+                    forward(c.inputs(images, mean, std))
+                _sync(c.device)
+
+            return classify
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=momentum)
+        loss_fn = nn.CrossEntropyLoss()
+        aug = torch.Generator(device=c.device).manual_seed(0)
+
+        def step() -> None:
+            x = c.inputs(images, mean, std, augment, aug)
+            with c.autocast():
+                logits = model(x)
+            loss = loss_fn(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _sync(c.device)
+
+        return step
+
+    return probe
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure(
     candidates: list[Compute],
     probe: Callable[[Compute], Callable[[], None]],
@@ -155,6 +201,11 @@ def measure(
     return best
 
 
+def spec_key(spec: ModelSpec) -> str:
+    """The model's shape, for cache keys of timings: what it computes, not its weights."""
+    return f"arch={spec.arch}|size={spec.input_size}|classes={spec.num_classes}"
+
+
 def machine_key() -> str:
     """This CPU and torch build, for cache keys: timings from elsewhere do not apply here."""
     model = ""
@@ -164,7 +215,7 @@ def machine_key() -> str:
 
 
 def _timings_file():
-    from cifar.storage import cache_root
+    from cifar.env import cache_root
 
     return cache_root() / "compute-timings.json"
 

@@ -1,5 +1,5 @@
 """Pictures and tables of what a model gets wrong: a confusion matrix (PNG, per-class CSV) and
-captioned image grids, as bytes (written by the caller through :mod:`cifar.storage`, shown in
+captioned image grids, as bytes (written by the caller through :mod:`cifar.io.storage`, shown in
 TensorBoard too). Shared by training and prediction.
 
 matplotlib with its non-interactive Agg backend: works without a screen, imported only when a

@@ -1,0 +1,1 @@
+"""The job entry points (``ray job submit ... -- python -m jobs.train``; installed as cifar-*)."""

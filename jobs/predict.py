@@ -18,24 +18,24 @@ ray.data.read_parquet("preds/") or DuckDB's read_parquet('preds/*.parquet'); the
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from cifar.bulk import PredictConfig, default_ray_init, plan_lines, preflight, run
-from cifar.checkpoint import CheckpointError
-from cifar.config import (
-    ConfigError,
-    add_job_flags,
-    build_parser,
-    configure_logging,
-    make_config,
-    parse_explicit,
-    run_main,
-)
-from cifar.waiting import StallError
+from cifar import env
+from cifar.cluster.watchdog import StallError
+from cifar.config import ConfigError, add_job_flags, build_parser, make_config, parse_explicit
+from cifar.models.checkpoint import CheckpointError
+from cifar.predict.config import PredictConfig
+from cifar.predict.pipeline import predict, ray_init
+from cifar.predict.preflight import preflight, preflight_lines
+from jobs.common import configure_logging, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
-        PredictConfig, "cifar-predict", "Classify images in bulk with Ray Data.", __doc__
+        PredictConfig,
+        "cifar-predict",
+        "Classify images in bulk with Ray Data.",
+        f"{__doc__}\n{env.help_text()}",
     )
     add_job_flags(parser)
     explicit = parse_explicit(parser, argv)
@@ -44,26 +44,30 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(cfg.verbose)
     pre = preflight(cfg)  # bad model, inputs or output fail here, before Ray starts
     if dry_run:
-        print("\n".join(plan_lines(cfg, pre)))
+        print("\n".join(preflight_lines(cfg, pre)))
         return 0
-    from cifar.raycluster import cluster_info
+    from cifar.cluster.resources import cluster_info
 
-    ray_seconds = default_ray_init(cfg.verbose)
-    cluster = cluster_info()
-    summary = run(cfg, cluster, pre=pre, ray_start_seconds=ray_seconds)
+    ray_seconds = ray_init()
+    summary = predict(cfg, cluster_info(), pre=pre, ray_start_seconds=ray_seconds)
+    print(done_lines(cfg, summary, ray_seconds))
+    return 0
+
+
+def done_lines(cfg: PredictConfig, summary: dict[str, Any], ray_seconds: float) -> str:
+    """The job's last lines: what it classified, how fast, and where the results are."""
     acc = f", accuracy {summary['accuracy']:.4f}" if summary.get("accuracy") is not None else ""
     waited = summary["waited_seconds"]
     queued = f", {waited:.0f}s of it waiting for resources" if waited >= 5 else ""
     kept = summary["already_done"]
     resumed = f" ({kept} of them kept from the killed run)" if cfg.resume else ""
-    print(
+    return (
         f"[cifar] classified {summary['files']} files{resumed}: {summary['predicted']} predicted, "
         f"{summary['errors']} errors, {summary['skipped']} skipped{acc} in "
         f"{summary['seconds']:.1f}s ({summary['images_per_s'] or 0:.0f} img/s{queued}; Ray "
         f"start-up {ray_seconds:.1f}s not included)\n"
         f"  results: {cfg.output} ({cfg.format}; side files: {', '.join(summary['side_files'])})"
     )
-    return 0
 
 
 def cli() -> None:

@@ -1,4 +1,4 @@
-"""Train CIFAR10-quick with Ray Train: ``cifar-train [flags]`` or ``python -m jobs.train``.
+"""Train an image classifier with Ray Train: ``cifar-train [flags]`` or ``python -m jobs.train``.
 
 Examples:
   cifar-train --smoke-test
@@ -17,25 +17,27 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from cifar.checkpoint import CheckpointError
+from cifar import env
+from cifar.cluster.watchdog import StallError
 from cifar.config import (
     ConfigError,
     add_job_flags,
     build_parser,
-    configure_logging,
     parse_explicit,
     read_saved_config,
-    run_main,
 )
-from cifar.data import DataError
-from cifar.train import TrainingError, plan_lines, run
-from cifar.train_config import TrainConfig, resolve_config
-from cifar.waiting import StallError
+from cifar.data.dataset import DataError
+from cifar.models.checkpoint import CheckpointError
+from cifar.train.config import TrainConfig, resolve_config
+from cifar.train.driver import TrainingError, ray_train_env, train, train_plan
+from jobs.common import configure_logging, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(TrainConfig, "cifar-train", "Train CIFAR10-quick on Ray Train.", __doc__)
+    epilog = f"{__doc__}\n{env.help_text()}"
+    parser = build_parser(TrainConfig, "cifar-train", "Train CIFAR10-quick on Ray Train.", epilog)
     add_job_flags(parser, saved_config=True)
     explicit = parse_explicit(parser, argv)
     dry_run = explicit.pop("dry_run", False)
@@ -43,21 +45,28 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(explicit, saved)
     configure_logging(cfg.verbose)
     if dry_run:
-        print("\n".join(plan_lines(cfg)))
+        print("\n".join(train_plan(cfg)))
         return 0
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    settings = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", **ray_train_env(cfg)}
+    for k, v in settings.items():
+        os.environ.setdefault(k, v)
     import ray
 
-    from cifar.raycluster import cluster_info
+    from cifar.cluster.resources import cluster_info
 
     ray.init(log_to_driver=True, configure_logging=False)
-    summary = run(cfg, cluster_info())
+    print(done_lines(train(cfg, cluster_info())))
+    return 0
+
+
+def done_lines(summary: dict[str, Any]) -> str:
+    """The run's last lines: its result, and where the model, summary and TensorBoard logs are."""
     label = {"synthetic": " (GENERATED data, not CIFAR-10)", "folder": ""}.get(
         summary["dataset"], ""
     )
     if summary["data"].get("generated"):
         label = " (GENERATED image folders)"
-    print(
+    return (
         f"[cifar] done{label}: best test accuracy {summary['best_test_accuracy']:.4f} "
         f"(epoch {summary['best_epoch']}), {summary['epochs_completed']} epochs in "
         f"{summary['seconds']:.1f}s, {summary['train_images_per_s']:.0f} train img/s\n"
@@ -65,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         f"  summary:     {summary['run_dir']}/summary.json (per epoch: metrics.csv)\n"
         f"  tensorboard: tensorboard --logdir {summary['tensorboard_dir']}"
     )
-    return 0
 
 
 def cli() -> None:

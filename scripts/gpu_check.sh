@@ -29,11 +29,11 @@ if $PY -c "import ray" 2>/dev/null; then RAYFLAG=""; else
   RAYFLAG="--no-ray"
 fi
 echo "== training: tutorial loop vs project loop (plain${RAYFLAG:+ only}, Ray Train 1 worker)"
-$PY scripts/bench_train.py --device cuda --train 50000 --test 10000 --epochs 3 --target 0.5 \
+$PY -m benchmarks.train --device cuda --train 50000 --test 10000 --epochs 3 --target 0.5 \
   $RAYFLAG --json "$OUT/train.json"
 if [ -z "$RAYFLAG" ]; then
   echo "== prediction: Ray Data job with --gpus-per-actor 1 vs one image at a time"
-  $PY scripts/bench_predict.py --small 20000 --large 500 --repeats 1 --gpus-per-actor 1 \
+  $PY -m benchmarks.predict --small 20000 --large 500 --repeats 1 --gpus-per-actor 1 \
     --json "$OUT/predict.json"
 fi
 echo "gpu_check: results in $OUT/"

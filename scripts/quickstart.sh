@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 PY=.venv/bin/python
 DATA=data
-if ! why=$($PY -m cifar.cifar10 "$DATA" 2>&1 >/dev/null); then
+if ! why=$($PY -m jobs.data download "$DATA" 2>&1 >/dev/null); then
   echo
   echo "quickstart: CIFAR-10 could not be downloaded, so this run trains on a GENERATED"
   echo "quickstart: CIFAR-format set in $DATA/synthetic instead: the same pipeline, NOT CIFAR-10"
@@ -28,7 +28,7 @@ if ! why=$($PY -m cifar.cifar10 "$DATA" 2>&1 >/dev/null); then
   echo
   DATA=data/synthetic
   [ -f "$DATA/cifar-10-batches-py/batches.meta" ] ||
-    $PY -m cifar.synthetic "$DATA" --train "${SYNTH_TRAIN:-20000}" --test "${SYNTH_TEST:-4000}"
+    $PY -m jobs.data synthetic "$DATA" --train "${SYNTH_TRAIN:-20000}" --test "${SYNTH_TEST:-4000}"
 fi
 exec $PY -m jobs.train --data-dir "$DATA" --no-download --epochs "${EPOCHS:-5}" \
   --storage-path "$PWD/runs" "$@"

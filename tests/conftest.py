@@ -11,7 +11,7 @@ from tests.paths import ROOT
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """A small learnable CIFAR-format set (data_dir holding cifar-10-batches-py)."""
-    from cifar.synthetic import write_synthetic
+    from cifar.data.synthetic import write_synthetic
 
     d = tmp_path_factory.mktemp("synthetic")
     write_synthetic(d, n_train=2000, n_test=600, seed=3)
@@ -49,7 +49,7 @@ def job_env(tmp_path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-protocol server (moto) on loopback for the whole session."""
-    from tests import s3server
+    from cifar.testing import s3server
 
     server = s3server.start(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
@@ -62,7 +62,7 @@ def s3(s3_server, monkeypatch, request):
     bucket for the test: yields ``(server, "s3://<bucket>")``."""
     import re
 
-    from cifar import storage
+    from cifar.io import storage
 
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)

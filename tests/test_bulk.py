@@ -2,9 +2,10 @@
 
 import pytest
 
-from cifar.bulk import PredictConfig, plan_resources
+from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
-from cifar.raycluster import ClusterInfo
+from cifar.predict.config import PredictConfig
+from cifar.predict.plan import plan_resources
 
 
 def plan(cluster, **kw):

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from cifar import checkpoint as C
-from cifar.model import build_model
-from tests.tutorial import MyNetwork
+from cifar.models import checkpoint as C
+from cifar.models.cifar_quick import CifarQuick
+from cifar.testing.tutorial import MyNetwork
 
 
 def test_round_trip_restores_identical_outputs_and_meta(tmp_path):
     torch.manual_seed(1)
-    m = build_model(relu=True)
+    m = CifarQuick(relu=True)
     meta = {
         "arch": "cifar10_quick",
         "relu": True,
@@ -32,7 +32,7 @@ def test_round_trip_restores_identical_outputs_and_meta(tmp_path):
     x = torch.rand(4, 3, 32, 32)
     assert torch.equal(loaded.model(x), m.eval()(x))
     assert loaded.meta["epoch"] == 3 and loaded.classes == list("abcdefghij")
-    assert loaded.mean == [0.5] * 3
+    assert loaded.spec.mean == (0.5,) * 3
     st = C.load_train_state(tmp_path)
     assert st["epoch"] == 2
     buf = st["optimizer"]["state"][0]["momentum_buffer"]
@@ -42,7 +42,7 @@ def test_round_trip_restores_identical_outputs_and_meta(tmp_path):
 
 
 def test_wrappers_do_not_leak_prefixes_into_saved_weights(tmp_path):
-    m = build_model()
+    m = CifarQuick()
     compiled_like = nn.Module()
     compiled_like._orig_mod = m  # what torch.compile's OptimizedModule exposes
 
@@ -101,7 +101,7 @@ def test_whole_module_pickle_is_refused_with_resave_instructions(tmp_path):
 
 
 def test_wrong_architecture_names_the_mismatched_keys(tmp_path):
-    sd = build_model().state_dict()
+    sd = CifarQuick().state_dict()
     sd.pop("model1.8.bias")
     sd["model1.7.weight"] = torch.zeros(32, 1024)
     sd["fc.extra"] = torch.zeros(1)
@@ -114,7 +114,7 @@ def test_wrong_architecture_names_the_mismatched_keys(tmp_path):
 
 
 def test_shape_mismatch_with_meta_is_named(tmp_path):
-    m = build_model()
+    m = CifarQuick()
     C.save_checkpoint(
         tmp_path,
         m,
@@ -136,7 +136,7 @@ def test_missing_truncated_and_non_state_dict_files(tmp_path):
     with pytest.raises(C.CheckpointError, match="does not exist"):
         C.load_model(tmp_path / "nope.pt")
     p = tmp_path / "t.pt"
-    torch.save(build_model().state_dict(), p)
+    torch.save(CifarQuick().state_dict(), p)
     p.write_bytes(p.read_bytes()[:500])
     with pytest.raises(C.CheckpointError, match="not a readable PyTorch file"):
         C.load_model(p)
@@ -153,11 +153,11 @@ def test_run_directory_resolves_to_export_or_best_checkpoint(tmp_path):
     for epoch, acc in ((1, 0.3), (2, 0.7), (3, 0.5)):
         C.save_checkpoint(
             run / f"checkpoint_epoch_{epoch:04d}",
-            build_model(),
+            CifarQuick(),
             {"arch": "cifar10_quick", "epoch": epoch, "metrics": {"test_accuracy": acc}},
         )
     sd_path, meta = C.resolve_model(run)
     assert meta["epoch"] == 2 and Path(sd_path).parent.name == "checkpoint_epoch_0002"
-    C.save_checkpoint(run / "model", build_model(), {"arch": "cifar10_quick", "epoch": 9})
+    C.save_checkpoint(run / "model", CifarQuick(), {"arch": "cifar10_quick", "epoch": 9})
     sd_path, meta = C.resolve_model(run)
     assert meta["epoch"] == 9 and Path(sd_path).parent.name == "model"

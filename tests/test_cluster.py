@@ -82,7 +82,8 @@ def cluster(tmp_path_factory, s3_server):
         left = _run(
             [
                 sys.executable,
-                "scripts/localcluster.py",
+                "-m",
+                "cifar.cluster.local",
                 "count",
                 "--temp-dir",
                 tmp,
@@ -160,8 +161,7 @@ def _registered(run: Path, epoch: int) -> bool:
 
 def _worker_processes(cluster, title: str):
     """Live processes of this cluster whose process title (ray::Class.method) names ``title``."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from localcluster import cluster_processes
+    from cifar.cluster.local import cluster_processes
 
     found = []
     for p in cluster_processes(cluster["tmp"], GCS):
@@ -197,7 +197,7 @@ def _wait_for(pred, timeout=300, what="condition"):
 
 @pytest.fixture(scope="module")
 def train_data(cluster):
-    from cifar.synthetic import write_synthetic
+    from cifar.data.synthetic import write_synthetic
 
     d = cluster["work"] / "data"
     write_synthetic(d, n_train=8000, n_test=500, seed=1)  # epochs of a few seconds
@@ -249,8 +249,7 @@ def _images(folder: Path, n: int, bad: int = 0) -> list[Path]:
 def test_every_server_listens_on_loopback_only(cluster):
     import psutil
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from localcluster import cluster_processes
+    from cifar.cluster.local import cluster_processes
 
     pids = {p.pid for p in cluster_processes(cluster["tmp"], GCS)}
     assert len(pids) > 5
@@ -399,11 +398,10 @@ def test_stopped_job_resumes_with_same_name(cluster, train_data):
 @pytest.fixture(scope="module")
 def untrained_model(cluster) -> Path:
     """A model directory to predict with (the job does not care whether it learned)."""
-    from cifar.checkpoint import model_meta, save_checkpoint
-    from cifar.model import CIFAR10_CLASSES, build_model
+    from cifar.testing.models import save_untrained
 
     d = cluster["work"] / "untrained-model"
-    save_checkpoint(d, build_model(), model_meta(CIFAR10_CLASSES))
+    save_untrained(d)
     return d
 
 
@@ -623,7 +621,7 @@ def one_node_cluster(tmp_path):
         yield {"env": env, "tmp": tmp, "gcs": gcs, "work": tmp_path}
     finally:
         _run(["scripts/cluster-down.sh", "--port", str(ELASTIC_PORT)], env, timeout=120)
-        count = [sys.executable, "scripts/localcluster.py", "count", "--temp-dir", tmp]
+        count = [sys.executable, "-m", "cifar.cluster.local", "count", "--temp-dir", tmp]
         left = _run([*count, "--address", gcs], env, timeout=60).stdout.strip()
         assert left == "0", f"{left} Ray processes left behind"
         shutil.rmtree(tmp, ignore_errors=True)  # its logs: the test has read them
@@ -632,7 +630,7 @@ def one_node_cluster(tmp_path):
 def _add_node(cluster, num_cpus: int) -> None:
     """Another node joins the running cluster, as scripts/cluster-up.sh starts its workers."""
     node = f"{cluster['tmp']}/node{uuid.uuid4().hex[:6]}"
-    worker = [sys.executable, "scripts/localcluster.py", "worker", "--address", cluster["gcs"]]
+    worker = [sys.executable, "-m", "cifar.cluster.local", "worker", "--address", cluster["gcs"]]
     env = {"CIFAR_RAY_CACHE": f"{node}/cache", **cluster["env"]}  # its own cache, as a machine
     _run([*worker, "--temp-dir", node, "--num-cpus", str(num_cpus)], env, 120, True)
 
@@ -652,7 +650,7 @@ def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_clus
     epoch evaluated on the whole test set exactly once. Ray Train sees a new node within 20 s
     (its autoscaling coordinator's tick) and --resize-interval 1 s: the 40 epochs (about 1 s
     each) outlast that."""
-    from cifar.synthetic import write_synthetic
+    from cifar.data.synthetic import write_synthetic
 
     cluster, n_test = one_node_cluster, 300
     data = cluster["work"] / "data"
@@ -731,9 +729,9 @@ def test_object_storage_is_the_only_place_the_nodes_share(cluster, tmp_path, mon
     and prediction read and write only the bucket."""
     import pandas as pd
 
-    from cifar import storage
-    from cifar.synthetic import write_folders
-    from tests.s3server import SECRET_KEY
+    from cifar.data.synthetic import write_folders
+    from cifar.io import storage
+    from cifar.testing.s3server import SECRET_KEY
 
     server = cluster["s3"]
     bucket = server.create_bucket("cluster-s3")

@@ -1,15 +1,15 @@
 import pytest
 
+from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError, build_parser, parse_explicit
-from cifar.raycluster import ClusterInfo
-from cifar.train import prepare_run, resolve_scale
-from cifar.train_config import (
+from cifar.train.config import (
     TrainConfig,
     default_batch,
     default_lr,
     resolve_config,
     resolve_recipe,
 )
+from cifar.train.driver import prepare_run, resolve_scale
 
 
 def _cfg(argv):

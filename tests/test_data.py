@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifar import cifar10 as C
-from cifar import data as D
-from cifar.synthetic import write_synthetic
+from cifar.data import cifar10 as C
+from cifar.data import loaders as D
+from cifar.data import transforms as T
+from cifar.data.dataset import DataError
+from cifar.data.synthetic import write_synthetic
 
 
 def test_reader_loads_generated_set(synthetic_dir):
@@ -63,19 +65,19 @@ def test_code_running_batch_pickle_is_refused_and_not_run(tmp_path):
     evil.marker = marker
     with open(tmp_path / C.BATCH_DIR / "data_batch_2", "wb") as f:
         pickle.dump({"data": evil, "labels": [0]}, f, protocol=2)
-    with pytest.raises(D.DataError, match=r"posix\.system|os\.system|refusing"):
+    with pytest.raises(DataError, match=r"posix\.system|os\.system|refusing"):
         C.load_cifar10(tmp_path)
     assert not marker.exists()
 
 
 def test_missing_and_corrupt_data_errors_say_what_to_do(tmp_path):
-    with pytest.raises(D.DataError, match="--download") as e:
+    with pytest.raises(DataError, match="--download") as e:
         C.load_cifar10(tmp_path)
-    assert "cifar.synthetic" in str(e.value)
+    assert "cifar-data synthetic" in str(e.value)
     write_synthetic(tmp_path, 10, 5)
     p = tmp_path / C.BATCH_DIR / "test_batch"
     p.write_bytes(p.read_bytes()[:100])
-    with pytest.raises(D.DataError, match="corrupt or truncated"):
+    with pytest.raises(DataError, match="corrupt or truncated"):
         C.load_cifar10(tmp_path)
 
 
@@ -139,7 +141,7 @@ def test_download_with_wrong_md5_extracts_nothing(tmp_path):
     arc, _ = _archive(tmp_path)
     server = _CountingServer(arc.parent)
     try:
-        with pytest.raises(D.DataError, match="MD5"):
+        with pytest.raises(DataError, match="MD5"):
             C.download_cifar10(tmp_path / "d", url=server.url, md5="0" * 32)
         assert not (tmp_path / "d" / C.BATCH_DIR).exists()
         assert not list((tmp_path / "d").glob("*.part"))
@@ -148,9 +150,9 @@ def test_download_with_wrong_md5_extracts_nothing(tmp_path):
 
 
 def test_offline_download_error_explains_how_to_provide_the_data(tmp_path):
-    with pytest.raises(D.DataError, match="offline") as e:
+    with pytest.raises(DataError, match="offline") as e:
         C.download_cifar10(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
-    assert "cifar.synthetic" in str(e.value)
+    assert "cifar-data synthetic" in str(e.value)
 
 
 # ---------------------------------------------------------------- loaders
@@ -195,7 +197,7 @@ def test_eval_shards_count_every_image_exactly_once(world):
 def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 255, (64, 3, 32, 32), dtype=torch.uint8)
-    y = D.random_crop_flip(x, generator=g)
+    y = T.random_crop_flip(x, generator=g)
     assert y.shape == x.shape and y.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     flips = 0
@@ -210,8 +212,8 @@ def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
 
 def test_normalize_without_stats_is_totensor():
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    assert torch.allclose(D.normalize(x, None, None), x.float() / 255)
-    n = D.normalize(x, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    assert torch.allclose(T.normalize(x, None, None), x.float() / 255)
+    n = T.normalize(x, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
     assert torch.allclose(n, (x.float() / 255 - 0.5) / 0.25)
 
 
@@ -224,8 +226,8 @@ def test_channel_stats_match_numpy(synthetic_dir):
 
 
 def test_synthetic_cli_writes_requested_sizes(tmp_path):
-    from cifar.synthetic import main
+    from jobs.data import main
 
-    main([str(tmp_path), "--train", "50", "--test", "7", "--seed", "2"])
+    main(["synthetic", str(tmp_path), "--train", "50", "--test", "7", "--seed", "2"])
     d = C.load_cifar10(tmp_path)
     assert len(d.train_labels) == 50 and len(d.test_labels) == 7

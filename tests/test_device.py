@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from cifar.cifar10 import load_cifar10
-from cifar.device import resolve_compute
-from cifar.engine import build, evaluate, train_one_epoch, training_probe
-from cifar.train_config import TrainConfig
+from cifar.data.cifar10 import load_cifar10
+from cifar.device import resolve_compute, step_probe
+from cifar.models.registry import ModelSpec, build_model
+from cifar.train.config import TrainConfig
+from cifar.train.engine import build, evaluate, train_one_epoch
 
 CFG = TrainConfig(batch_size=32)
 
@@ -25,7 +26,8 @@ def _slowed(when):
     """The real training probe, where each step of the settings ``when(compute)`` picks runs
     the real step 20 times: those must lose, whatever this CPU's relative speeds are (no
     precision or layout is 20x slower than another on any CPU)."""
-    real = training_probe(CFG, 10, 16, [0.5] * 3, [0.25] * 3)
+    spec = ModelSpec.of(mean=[0.5] * 3, std=[0.25] * 3)
+    real = step_probe(lambda: build_model(spec), spec, 16, True, CFG.augment, CFG.momentum)
 
     def probe(c):
         step = real(c)
@@ -106,7 +108,8 @@ def test_accuracy_per_epoch_does_not_depend_on_the_precision(synthetic_dir):
     curves = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        e = build(cfg, data.tensors(), 10, resolve_compute("cpu", precision), mean, std)
+        spec = ModelSpec.of(classes=data.classes, mean=mean, std=std)
+        e = build(cfg, data.tensors(), spec, resolve_compute("cpu", precision))
         curves[precision] = []
         for epoch in range(cfg.epochs):
             train_one_epoch(e, epoch)

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cifar import folders
-from cifar.data import DataError
-from cifar.images import load_image_file
-from cifar.inputs import label_from_dirs
-from cifar.sources import load_data
-from cifar.synthetic import main as synthetic_main
-from cifar.synthetic import write_folders
-from tests.images import make_class_tree
+from cifar.data import folders
+from cifar.data.dataset import DataError
+from cifar.data.sources import load_data
+from cifar.data.synthetic import write_folders
+from cifar.io.images import load_image_file
+from cifar.predict.inputs import label_from_dirs
+from cifar.testing.images import make_class_tree
 
 
 @pytest.fixture()
@@ -34,7 +33,7 @@ def _expected(root: Path, split: str, classes: tuple[str, ...], skip: set[Path])
         key=lambda p: p.relative_to(root).as_posix(),
     )
     paths = [p for p in paths if p not in skip and p.parent != root / split]
-    images = np.stack([load_image_file(str(p)) for p in paths])
+    images = np.stack([load_image_file(str(p), 32) for p in paths])
     labels = [classes.index(p.relative_to(root / split).parts[0]) for p in paths]
     return images, labels
 
@@ -192,8 +191,20 @@ def test_read_only_tree_and_file_uri_use_the_nodes_cache(tree, tmp_path, monkeyp
 
 
 def test_generator_cli_writes_a_labelled_tree(tmp_path, capsys):
-    synthetic_main(
-        [str(tmp_path / "t"), "--folders", "--classes", "4", "--train", "40", "--test", "8"]
+    from jobs.data import main as data_main
+
+    data_main(
+        [
+            "synthetic",
+            str(tmp_path / "t"),
+            "--folders",
+            "--classes",
+            "4",
+            "--train",
+            "40",
+            "--test",
+            "8",
+        ]
     )
     assert "4 classes" in capsys.readouterr().out
     root = tmp_path / "t"
@@ -223,8 +234,8 @@ def test_prediction_labels_follow_the_training_layout(path, root, want):
 
 def test_resume_refuses_data_with_other_classes(tmp_path):
     from cifar.config import ConfigError
-    from cifar.train import check_classes
-    from cifar.train_config import TrainConfig
+    from cifar.train.config import TrainConfig
+    from cifar.train.driver import check_classes
 
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)

@@ -9,15 +9,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifar import folders
-from cifar.bulk import PredictConfig
-from cifar.bulk import run as predict
-from cifar.checkpoint import load_model
-from cifar.images import decode_batch
-from cifar.raycluster import ClusterInfo
-from cifar.synthetic import write_folders
-from cifar.train import run as train
-from cifar.train_config import TrainConfig
+from cifar.cluster.resources import ClusterInfo
+from cifar.data import folders
+from cifar.data.synthetic import write_folders
+from cifar.io.images import decode_batch
+from cifar.models.checkpoint import load_model
+from cifar.predict.config import PredictConfig
+from cifar.predict.pipeline import predict
+from cifar.train.config import TrainConfig
+from cifar.train.driver import train
 
 pytestmark = pytest.mark.ray
 
@@ -26,8 +26,8 @@ def test_ray_tasks_decode_exactly_like_the_process(ray_session, tmp_path):
     root = write_folders(tmp_path / "t", n_train=700, n_val=0, num_classes=3, seed=2)
     (root / "train" / "bird" / "bad.png").write_bytes(b"nope")
     paths = folders.scan(str(root)).paths()
-    in_ray, errors_ray = folders.decode_files(paths)  # 3 chunks -> 3 Ray tasks
-    one = decode_batch({"path": np.array(paths, dtype=object)})  # all in this process
+    in_ray, errors_ray = folders.decode_files(paths, 32)  # 3 chunks -> 3 Ray tasks
+    one = decode_batch({"path": np.array(paths, dtype=object)}, 32)  # all in this process
     local, errors_local = one["image"], [str(e) for e in one["error"]]
     assert np.array_equal(in_ray, local) and errors_ray == errors_local
     assert sum(bool(e) for e in errors_ray) == 1

@@ -3,7 +3,7 @@
 import pytest
 
 from cifar.config import ConfigError
-from cifar.inputs import list_inputs, walk_sorted
+from cifar.predict.inputs import list_inputs, walk_sorted
 
 
 def _touch(root, rels):
@@ -44,7 +44,7 @@ def test_the_lister_hands_a_restarted_reader_the_same_chunks_first(tmp_path):
     to one reader; committed paths and other extensions are counted and left out."""
     import pyarrow as pa
 
-    from cifar.listing import Lister
+    from cifar.predict.listing import Lister
 
     _touch(tmp_path, [f"d{i}/{j}.png" for i in range(3) for j in range(4)] + ["d0/x.txt"])
     done = pa.array([f"file://{tmp_path}/d1/0.png"])
@@ -66,7 +66,7 @@ def test_the_lister_hands_a_restarted_reader_the_same_chunks_first(tmp_path):
 
 
 def test_a_glob_names_each_file_once_and_extensions_must_name_one(tmp_path):
-    from cifar.bulk import PredictConfig
+    from cifar.predict.config import PredictConfig
 
     _touch(tmp_path, ["g/a/x.png", "g/y.png"])
     found = list_inputs([f"{tmp_path}/g/**/**/*.png"], None)

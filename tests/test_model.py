@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from cifar.model import CIFAR10_CLASSES, CifarQuick, build_model, infer_variant, max_pool_2x2
-from tests.tutorial import MyNetwork
+from cifar.models.cifar_quick import CIFAR10_CLASSES, CifarQuick, max_pool_2x2
+from cifar.models.registry import match_state_dict
+from cifar.testing.tutorial import MyNetwork
 
 
 def test_output_shape_matches_tutorial():
@@ -30,11 +31,11 @@ def test_tutorial_weights_give_identical_outputs():
 
 
 def test_relu_variant_is_nonlinear_and_recorded_by_key_names():
-    m = build_model(relu=True)
+    m = CifarQuick(relu=True)
     assert sum(isinstance(layer, nn.ReLU) for layer in m.model1) == 4
-    assert infer_variant(m.state_dict()) == (True, 10)
-    assert infer_variant(build_model().state_dict()) == (False, 10)
-    assert infer_variant({"fc.weight": torch.zeros(1)}) is None
+    assert match_state_dict(m.state_dict()) == ("cifar10_quick_relu", 10)
+    assert match_state_dict(CifarQuick().state_dict()) == ("cifar10_quick", 10)
+    assert match_state_dict({"fc.weight": torch.zeros(1)}) is None
     # without ReLU the conv stack is piecewise linear only through max-pool; with ReLU,
     # negating the input does not negate the output
     x = torch.rand(2, 3, 32, 32)
@@ -49,7 +50,7 @@ def test_class_names():
 @pytest.mark.parametrize("bf16", [False, True])
 def test_inference_forward_gives_bit_identical_logits(relu, bf16):
     torch.manual_seed(1)
-    model = build_model(relu=relu).eval().to(memory_format=torch.channels_last)
+    model = CifarQuick(relu=relu).eval().to(memory_format=torch.channels_last)
     x = torch.rand(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         assert torch.equal(model.forward_inference(x), model(x))

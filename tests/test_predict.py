@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar.checkpoint import load_model, save_checkpoint
-from cifar.images import decode_image, load_image_file
-from cifar.model import build_model
-from cifar.predict import Classifier, classify_files
-from tests.images import make_image_tree
+from cifar.io.images import decode_image, load_image_file
+from cifar.models.checkpoint import load_model, save_checkpoint
+from cifar.models.cifar_quick import CifarQuick
+from cifar.predict.classifier import Classifier, classify_files
+from cifar.testing.images import make_image_tree
 from tests.paths import ROOT
 
 
@@ -20,18 +20,18 @@ from tests.paths import ROOT
 def tutorial_state_dict(tmp_path_factory):
     torch.manual_seed(0)
     p = tmp_path_factory.mktemp("tut") / "network_29.pth"
-    torch.save(build_model().state_dict(), p)
+    torch.save(CifarQuick().state_dict(), p)
     return p
 
 
 def test_every_format_and_mode_decodes_and_broken_files_are_reported(tmp_path):
     good, bad = make_image_tree(tmp_path)
     for p in good:
-        x = load_image_file(str(p))
+        x = load_image_file(str(p), 32)
         assert x.shape == (3, 32, 32) and x.dtype == np.uint8, p
     for p in bad:
         with pytest.raises(ValueError) as e:
-            load_image_file(str(p))
+            load_image_file(str(p), 32)
         reason = str(e.value)
         if p.name == "empty.png":
             assert reason == "empty file (0 bytes)"
@@ -50,7 +50,7 @@ def test_preprocessing_is_the_tutorials_resize_and_totensor(tmp_path):
     tutorial = torchvision.transforms.Compose(
         [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]
     )(Image.open(p).convert("RGB"))
-    ours = torch.from_numpy(load_image_file(str(p))).float() / 255
+    ours = torch.from_numpy(load_image_file(str(p), 32)).float() / 255
     assert torch.allclose(ours, tutorial, atol=1 / 255 + 1e-6)
 
 
@@ -60,17 +60,17 @@ def test_exif_rotation_gif_first_frame_and_16_bit_scaling(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(a).save(tmp_path / "r.jpg", exif=exif, quality=95)
-    x = decode_image((tmp_path / "r.jpg").read_bytes())
+    x = decode_image((tmp_path / "r.jpg").read_bytes(), 32)
     # after rotating 90 degrees clockwise, the red half is on top
     assert x[0, :12].mean() > 200 and x[0, -12:].mean() < 60
 
     frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
-    g = decode_image((tmp_path / "a.gif").read_bytes())
+    g = decode_image((tmp_path / "a.gif").read_bytes(), 32)
     assert g[0].mean() > 200 and g[2].mean() < 50
 
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "s.png")
-    s = decode_image((tmp_path / "s.png").read_bytes())
+    s = decode_image((tmp_path / "s.png").read_bytes(), 32)
     assert abs(int(s.mean()) - 128) <= 1  # PIL's plain convert would clip this to 255
 
 
@@ -79,7 +79,7 @@ def test_large_jpeg_decodes_at_reduced_size_close_to_full_decode(tmp_path):
     small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     big = Image.fromarray(small).resize((2048, 2048), Image.NEAREST)
     big.save(tmp_path / "big.jpg", quality=95)
-    fast = decode_image((tmp_path / "big.jpg").read_bytes()).astype(int)
+    fast = decode_image((tmp_path / "big.jpg").read_bytes(), 32).astype(int)
     full = (
         np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((32, 32), Image.BILINEAR))
         .transpose(2, 0, 1)
@@ -101,7 +101,7 @@ def test_tutorial_state_dict_predicts_like_the_tutorials_test_py(tmp_path, tutor
     image = torchvision.transforms.Compose(
         [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]
     )(image)
-    model = build_model()
+    model = CifarQuick()
     model.load_state_dict(torch.load(tutorial_state_dict, weights_only=True))
     model.eval()
     with torch.no_grad():
@@ -111,7 +111,7 @@ def test_tutorial_state_dict_predicts_like_the_tutorials_test_py(tmp_path, tutor
 
 
 def test_trained_meta_normalization_is_applied(tmp_path):
-    m = build_model()
+    m = CifarQuick()
     meta = {
         "arch": "cifar10_quick",
         "relu": False,
@@ -133,7 +133,7 @@ def test_trained_meta_normalization_is_applied(tmp_path):
 
 def test_single_image_cli_prints_lines_and_fails_on_bad_images(tmp_path, tutorial_state_dict):
     good, bad = make_image_tree(tmp_path / "imgs")
-    args = [sys.executable, "-m", "cifar.predict", "--model", str(tutorial_state_dict)]
+    args = [sys.executable, "-m", "jobs.classify", "--model", str(tutorial_state_dict)]
     ok = subprocess.run([*args, *map(str, good[:3])], capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
@@ -158,7 +158,7 @@ def test_single_image_cli_prints_lines_and_fails_on_bad_images(tmp_path, tutoria
 def test_decode_module_does_not_import_torch():
     # Ray Data's decode tasks import only this module: they start in a fraction of a second
     # instead of waiting ~1.5 s for torch, and decode while the actors are still loading it.
-    code = "import sys, cifar.images; print([m for m in ('torch', 'ray') if m in sys.modules])"
+    code = "import sys, cifar.io.images; print([m for m in ('torch', 'ray') if m in sys.modules])"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -12,18 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar.bulk import PredictConfig, preflight, run
-from cifar.checkpoint import CheckpointError, model_meta, save_checkpoint
-from cifar.cifar10 import load_cifar10
+from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
+from cifar.data.cifar10 import load_cifar10
 from cifar.device import resolve_compute
-from cifar.engine import build, train_one_epoch
-from cifar.model import ARCH, build_model
-from cifar.predict import Classifier, classify_files
-from cifar.raycluster import ClusterInfo
-from cifar.results import read_results
-from cifar.train_config import TrainConfig
-from tests.images import make_image_tree
+from cifar.models.checkpoint import CheckpointError, model_meta, save_checkpoint
+from cifar.models.cifar_quick import CifarQuick
+from cifar.models.registry import DEFAULT_ARCH, ModelSpec
+from cifar.predict.classifier import Classifier, classify_files
+from cifar.predict.config import PredictConfig
+from cifar.predict.formats import FORMATS, read_results, result_schema
+from cifar.predict.pipeline import predict
+from cifar.predict.preflight import preflight
+from cifar.testing.images import make_image_tree
+from cifar.train.config import TrainConfig
+from cifar.train.engine import build, train_one_epoch
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.ray
@@ -39,11 +42,12 @@ def trained(synthetic_dir, tmp_path_factory):
     cfg = TrainConfig(
         epochs=3, batch_size=64, lr=0.02, augment=False, label_smoothing=0.0, grad_clip=0.0
     )
-    e = build(cfg, data.tensors(), 10, resolve_compute("cpu", "fp32", False), mean, std)
+    spec = ModelSpec.of(classes=data.classes, mean=mean, std=std)
+    e = build(cfg, data.tensors(), spec, resolve_compute("cpu", "fp32", False))
     for epoch in range(cfg.epochs):
         train_one_epoch(e, epoch)
     d = tmp_path_factory.mktemp("model") / "model"
-    save_checkpoint(d, e.raw, model_meta(data.classes, False, mean, std))
+    save_checkpoint(d, e.raw, model_meta(spec))
     return d, data
 
 
@@ -71,7 +75,7 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
 ):
     model_dir, _ = trained
     root, good, bad = tree
-    summary = run(_cfg(model_dir, [root], tmp_path / "out"), TWO_CPUS)
+    summary = predict(_cfg(model_dir, [root], tmp_path / "out"), TWO_CPUS)
     table = pq.read_table(sorted((tmp_path / "out").glob("*.parquet")))
     rows = table.to_pylist()
     paths = [r["path"] for r in rows]
@@ -104,7 +108,7 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
     on_disk = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert on_disk["files"] == len(good) + len(bad) and on_disk["images_per_s"] > 0
     assert on_disk["preflight_seconds"] > 0 and on_disk["ray_start_seconds"] is None
-    assert on_disk["model_meta"]["arch"] == ARCH
+    assert on_disk["model_meta"]["arch"] == DEFAULT_ARCH
 
 
 def _labelled_tree(root, classes, n=4):
@@ -125,7 +129,7 @@ def test_output_folder_opens_with_every_reader_as_it_is(ray_session, trained, tm
     model_dir, data = trained
     _labelled_tree(tmp_path / "in", data.classes[:3])
     out = tmp_path / "preds"
-    run(_cfg(model_dir, [tmp_path / "in"], out, labels_from_dirs=True, preview=6), TWO_CPUS)
+    predict(_cfg(model_dir, [tmp_path / "in"], out, labels_from_dirs=True, preview=6), TWO_CPUS)
     side = {p.name for p in out.iterdir() if p.name.startswith("_")}
     assert side >= {"_summary.json", "_confusion_matrix.csv", "_confusion_matrix.png"}
     assert {"_per_class.csv", "_preview.png"} <= side
@@ -151,18 +155,15 @@ def test_other_formats_open_as_datasets(ray_session, trained, tree, tmp_path, fm
     cfg = _cfg(model_dir, inputs, out, format=fmt, top_k=2, labels_from_dirs=True)
     cfg.rows_per_file = 3
     cfg.files_per_block = 3
-    run(cfg, TWO_CPUS)
+    predict(cfg, TWO_CPUS)
     assert (out / "_confusion_matrix.csv").is_file()  # a CSV the CSV readers must skip
     assert len(list(out.glob("part-*"))) > 3
     summary = json.loads((out / "_summary.json").read_text())
     assert (summary["errors"], summary["labelled"]) == (len(bad), 3)  # 2 + the tree's cat/
     # as the README says to read them: pandas, file by file; the schema given to Arrow
-    suffix = {"csv": "csv", "jsonl": "json"}[fmt]
-    files = sorted(out.glob(f"part-*.{suffix}"))
+    files = sorted(out.glob(f"part-*{FORMATS[fmt].suffix}"))
     reader = pd.read_csv if fmt == "csv" else partial(pd.read_json, lines=True)
     df = pd.concat([reader(f) for f in files], ignore_index=True)
-    from cifar.results import read_results, result_schema
-
     table = read_results(str(out), fmt, schema=result_schema(2, len(data.classes), True))
     assert table.num_rows == len(df) == len(good) + len(bad) + 2
     assert df["error"].notna().sum() == len(bad) == table.num_rows - table["error"].null_count
@@ -175,7 +176,7 @@ def test_other_formats_open_as_datasets(ray_session, trained, tree, tmp_path, fm
 def test_extensions_filter_skips_and_counts(ray_session, trained, tree, tmp_path):
     model_dir, _ = trained
     root, good, bad = tree
-    s = run(_cfg(model_dir, [root], tmp_path / "o", extensions="png, .JPG"), TWO_CPUS)
+    s = predict(_cfg(model_dir, [root], tmp_path / "o", extensions="png, .JPG"), TWO_CPUS)
     every = good + bad
     kept = [p for p in every if p.suffix.lower() in (".png", ".jpg")]
     assert s["files"] == len(kept) and s["skipped"] == len(every) - len(kept)
@@ -186,7 +187,7 @@ def test_globs_single_files_and_file_uris(ray_session, trained, tree, tmp_path):
     model_dir, _ = trained
     root, good, _ = tree
     one = next(p for p in good if "名前" in str(p))
-    s = run(
+    s = predict(
         _cfg(model_dir, [f"{root}/jpeg/*.jp*g", one, f"file://{root}/deep"], tmp_path / "o"),
         TWO_CPUS,
     )
@@ -207,7 +208,7 @@ def test_labels_from_dirs_reports_accuracy_and_confusion(ray_session, trained, t
         Image.fromarray(data.test_images[i].permute(1, 2, 0).numpy()).save(
             root / label / f"{i}.png"
         )
-    s = run(_cfg(model_dir, [root], tmp_path / "o", labels_from_dirs=True), TWO_CPUS)
+    s = predict(_cfg(model_dir, [root], tmp_path / "o", labels_from_dirs=True), TWO_CPUS)
     table = read_results(str(tmp_path / "o"), "parquet").to_pylist()
     want = np.mean([r["label"] == r["class_name"] for r in table])
     assert s["labelled"] == 150 and s["accuracy"] == pytest.approx(want)
@@ -230,11 +231,11 @@ def test_bad_inputs_fail_before_any_work(ray_session, trained, tree, tmp_path):
     with pytest.raises(ConfigError, match="is a file"):
         preflight(_cfg(model_dir, [root], tmp_path / "afile"))
     with pytest.raises(ConfigError, match="has 0 GPUs"):
-        run(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), TWO_CPUS)
+        predict(_cfg(model_dir, [root], tmp_path / "g", gpus_per_actor=1), TWO_CPUS)
     assert not (tmp_path / "g").exists()
     with pytest.raises(ConfigError, match="largest node"):
-        run(_cfg(model_dir, [root], tmp_path / "g2", cpus_per_actor=3), TWO_CPUS)
-    sd = build_model(relu=True).state_dict()
+        predict(_cfg(model_dir, [root], tmp_path / "g2", cpus_per_actor=3), TWO_CPUS)
+    sd = CifarQuick(relu=True).state_dict()
     torch.save(sd, tmp_path / "relu_without_meta_is_fine.pt")
     preflight(_cfg(tmp_path / "relu_without_meta_is_fine.pt", [root], tmp_path / "o"))
     sd.pop("model1.12.bias")

@@ -1,6 +1,7 @@
-"""Every command the README shows runs as written: jobs with --dry-run in a folder holding the
-paths the examples name, scripts with --help, the generator and the single-image command for
-real. The README cannot drift from the code again."""
+"""Every command the README and docs/*.md show runs as written: jobs with --dry-run in a folder
+holding the paths the examples name, scripts and benchmarks with --help, the generator and the
+single-image command for real; every link between them leads somewhere. The docs cannot drift
+from the code again."""
 
 from __future__ import annotations
 
@@ -20,22 +21,30 @@ from PIL import Image
 from tests.paths import ROOT
 
 BIN = Path(sys.executable).parent
-JOBS = {"cifar-train", "cifar-predict", "cifar-classify"}
+JOBS = {"cifar-train", "cifar-predict", "cifar-classify", "cifar-data"}
 
 
-END_TO_END = "# end to end"  # the first line of the block that runs for real, in order
+END_TO_END = "# end to end"  # the first line of the README block that runs for real, in order
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def _blocks() -> list[str]:
-    return re.findall(r"```(?:bash|console|sh)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def _blocks(paths: list[Path] | None = None) -> list[str]:
+    """The shell blocks of ``paths`` (default: the README and docs/*.md)."""
+    return [
+        block
+        for path in paths or DOCS
+        for block in re.findall(r"```(?:bash|console|sh)\n(.*?)```", path.read_text(), re.S)
+    ]
 
 
-def readme_commands(end_to_end: bool = False) -> list[str]:
-    """Commands from the README's shell blocks, continuation lines joined, prompts and
-    trailing comments removed; `ray job submit ... -- CMD` contributes CMD. The end-to-end
-    block's commands apart (``end_to_end=True``: only those)."""
+def readme_commands(end_to_end: bool = False, paths: list[Path] | None = None) -> list[str]:
+    """Commands from the shell blocks of the README and docs/*.md (``paths``: of these files
+    only), continuation lines joined, prompts and trailing comments removed; `ray job submit
+    ... -- CMD` contributes CMD. The README's end-to-end block's commands apart
+    (``end_to_end=True``: only those)."""
     found = []
-    for block in _blocks():
+    for block in _blocks([README] if end_to_end else paths):
         if block.startswith(END_TO_END) != end_to_end:
             continue
         for line in block.replace("\\\n", " ").splitlines():
@@ -64,17 +73,48 @@ def _ours(words: list[str]) -> bool:
         w0 in ("python", "python3")
         and len(words) > 2
         and words[1] == "-m"
-        and (words[2].startswith(("jobs.", "cifar.")))
+        and (words[2].startswith(("jobs.", "cifar.", "benchmarks.")))
     )
 
 
+def _benchmark(words: list[str]) -> bool:
+    return words[0] in ("python", "python3") and words[1:2] == ["-m"] and "benchmarks." in words[2]
+
+
 def test_the_readme_shows_commands_of_every_kind():
-    cmds = readme_commands()
+    cmds = readme_commands(paths=[README])
     for needle in ("cifar-train", "cifar-predict", "cifar-classify", "scripts/test.sh"):
         assert any(c.startswith(needle) for c in cmds), needle
     assert any("--dry-run" in c for c in cmds)
     walk = readme_commands(end_to_end=True)
-    assert [c.split()[0] for c in walk] == ["python", "cifar-train", "cifar-predict"]
+    assert [c.split()[0] for c in walk] == ["cifar-data", "cifar-train", "cifar-predict"]
+
+
+def _prose(text: str) -> str:
+    """Markdown without its fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``path``: lower case, punctuation dropped, spaces
+    to hyphens."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", _prose(path.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_between_the_docs_lead_somewhere():
+    """Relative links, as GitHub shows them: the file exists, and so does the heading."""
+    checked = 0
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _prose(doc.read_text())):
+            if re.match(r"^[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            assert dest.is_file() and ROOT in dest.parents, f"{doc.name}: {target}"
+            assert not anchor or anchor in _anchors(dest), f"{doc.name}: {target}"
+            checked += 1
+    assert checked > 10
 
 
 @pytest.mark.ray
@@ -115,13 +155,16 @@ def test_the_end_to_end_example_runs_as_written(tmp_path):
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     """A home and working folder holding every path the README's examples name."""
-    from cifar.checkpoint import model_meta, save_checkpoint
-    from cifar.model import CIFAR10_CLASSES, build_model
-    from cifar.synthetic import write_folders, write_synthetic
+    from cifar.data.synthetic import write_folders, write_synthetic
+    from cifar.models.checkpoint import model_meta, save_checkpoint
+    from cifar.models.cifar_quick import CifarQuick
+    from cifar.models.registry import ModelSpec
+    from cifar.testing.models import save_untrained
 
     home = tmp_path_factory.mktemp("home")
     write_synthetic(home / "data", 50, 10, seed=0)
     write_folders(home / "pets", 30, 9, num_classes=3, seed=0)
+    write_folders(home / "evalsets/textures10-7k", 30, 9, num_classes=3, seed=0)  # docs/results.md
     rng = np.random.default_rng(0)
     for folder, names in (
         ("photos", ["a.jpg", "b.png"]),
@@ -136,19 +179,21 @@ def sandbox(tmp_path_factory):
                 home / folder / n
             )
     (home / "broken.jpg").write_bytes(b"not a jpeg")
-    from cifar.train_config import TrainConfig
+    from cifar.train.config import TrainConfig
 
     for run in ("runs/r1", "ray_results/r1"):
-        save_checkpoint(home / run / "model", build_model(), model_meta(CIFAR10_CLASSES))
+        save_untrained(home / run / "model")
         cfg = TrainConfig(data_dir=str(home / "data"))
         (home / run / "config.json").write_text(json.dumps(cfg.to_dict()))
     # what the end-to-end example leaves, for the commands shown after it
     pets = ("airplane", "automobile", "bird")
-    save_checkpoint(home / "runs/pets/model", build_model(num_classes=3), model_meta(pets))
+    save_checkpoint(
+        home / "runs/pets/model", CifarQuick(num_classes=3), model_meta(ModelSpec.of(classes=pets))
+    )
     for rel in ("pets/val/bird/val_000004.png", "pets/val/automobile/val_000000.png"):
         (home / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(home / rel)
-    torch.save(build_model().state_dict(), home / "mywork_10.pth")
+    torch.save(CifarQuick().state_dict(), home / "mywork_10.pth")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}", CIFAR_RAY_CACHE=str(home / ".cache"))
     return home, env
@@ -168,16 +213,20 @@ def _object_storage(command: str) -> bool:
     return "s3://" in command or "gs://" in command
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if not _object_storage(c)])
+@pytest.mark.parametrize(
+    "command", list(dict.fromkeys(c for c in readme_commands() if not _object_storage(c)))
+)
 def test_readme_command_runs_as_written(command, sandbox):
     words = shlex.split(command)
     name = words[0].removeprefix(".venv/bin/")
     if name.startswith("scripts/"):
         words = [words[0], "--help"]
+    elif _benchmark(words):
+        words = [*words[:3], "--help"]  # minutes to hours of measuring: what it takes, only
     elif name in ("cifar-train", "cifar-predict") or "jobs." in command:
         words = [w for w in words if w != "--dry-run"] + ["--dry-run"]
-    elif "cifar.cifar10" in command:
-        words = [*words[:3], "--help"]  # downloads: needs the internet
+    elif words[:2] == ["cifar-data", "download"]:
+        words = [*words[:2], "--help"]  # downloads: needs the internet
     r = _run(words, sandbox)
     assert r.returncode in _expected(words), f"{words}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     if "--help" in words:
@@ -194,19 +243,18 @@ def test_scripts_answer_help_without_side_effects(tmp_path):
 
 def test_offline_download_says_so_in_one_paragraph(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "cifar.cifar10", str(tmp_path / "d"), "--url",
+        [str(BIN / "cifar-data"), "download", str(tmp_path / "d"), "--url",
          "http://127.0.0.1:9/cifar-10-python.tar.gz"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert (
-        r.stderr.startswith("error: could not download CIFAR-10") and "cifar.synthetic" in r.stderr
-    )
+    assert r.stderr.startswith("error: could not download CIFAR-10")
+    assert "cifar-data synthetic" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_a_tree_that_cannot_train_exits_2_before_anything_starts(tmp_path):
-    from cifar.synthetic import write_folders
+    from cifar.data.synthetic import write_folders
 
     write_folders(tmp_path / "one", 12, 0, num_classes=2)
     for p in (tmp_path / "one" / "train" / "automobile").iterdir():
@@ -229,7 +277,7 @@ def test_object_storage_commands_run_against_an_s3_server(sandbox, s3_server, tm
     prediction and the pandas line for real."""
     import tempfile
 
-    from cifar.train_config import resolve_config
+    from cifar.train.config import resolve_config
 
     home, env = sandbox
     env = {**env, **s3_server.env(), "PYTHONPATH": str(ROOT)}

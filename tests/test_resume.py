@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cifar.bulk import PredictConfig, preflight, run
-from cifar.checkpoint import model_meta, save_checkpoint
+from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
-from cifar.model import CIFAR10_CLASSES, build_model
-from cifar.raycluster import ClusterInfo
-from cifar.sink import JOB_FILE, TMP_DIR
+from cifar.predict.commit import JOB_FILE, TMP_DIR
+from cifar.predict.config import PredictConfig
+from cifar.predict.pipeline import predict
+from cifar.predict.preflight import preflight
+from cifar.testing.models import save_untrained
 
 pytestmark = pytest.mark.ray
 TWO_CPUS = ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2)
@@ -45,7 +46,7 @@ def _model(d: Path, seed: int = 0) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    return save_checkpoint(d, build_model(), model_meta(CIFAR10_CLASSES))
+    return save_untrained(d)
 
 
 def _cfg(model, inputs, out, **kw) -> PredictConfig:
@@ -68,7 +69,7 @@ def test_a_resume_keeps_committed_rows_and_never_reads_half_written_files(
 ):
     model, inputs, files = job
     out = tmp_path / "out"
-    first = run(_cfg(model, inputs, out), TWO_CPUS)
+    first = predict(_cfg(model, inputs, out), TWO_CPUS)
     parts = sorted(out.glob("part-*.parquet"))
     assert first["files"] == first["rows"] == 700 and len(parts) >= 7  # ~100 rows per file
     assert first["already_done"] == 0 and not (out / TMP_DIR).exists()
@@ -84,7 +85,7 @@ def test_a_resume_keeps_committed_rows_and_never_reads_half_written_files(
     with pytest.raises(ConfigError, match="--resume to continue"):
         preflight(_cfg(model, inputs, out))  # without --resume: refused, nothing touched
 
-    resumed = run(_cfg(model, inputs, out, resume=True), TWO_CPUS)
+    resumed = predict(_cfg(model, inputs, out, resume=True), TWO_CPUS)
     rows = _rows(out)
     assert sorted(r["path"] for r in rows) == files  # each exactly once
     assert resumed["already_done"] == 700 - len(lost_paths) > 0
@@ -95,7 +96,7 @@ def test_a_resume_keeps_committed_rows_and_never_reads_half_written_files(
         assert r == full[r["path"]]
     assert json.loads((out / "_summary.json").read_text())["already_done"] > 0
 
-    again = run(_cfg(model, inputs, out, resume=True), TWO_CPUS)  # nothing left to do
+    again = predict(_cfg(model, inputs, out, resume=True), TWO_CPUS)  # nothing left to do
     assert (again["already_done"], again["classified"], again["rows"]) == (700, 0, 700)
 
 
@@ -104,7 +105,7 @@ def test_a_resume_of_another_job_is_refused(ray_session, job, tmp_path):
     out = tmp_path / "out"
     small = tmp_path / "small"
     _images(small, 30)
-    run(_cfg(model, small, out), TWO_CPUS)
+    predict(_cfg(model, small, out), TWO_CPUS)
     with pytest.raises(ConfigError, match=r"another job \(--input"):
         preflight(_cfg(model, inputs, out, resume=True))
     other = _model(tmp_path / "other", seed=1)
@@ -171,15 +172,15 @@ def test_a_prefix_listed_while_classifying_resumes_exactly_once(ray_session, job
         out = tmp_path / "out"
         cfg = _cfg(model, uri, out, extensions="png", labels_from_dirs=True)
         assert preflight(cfg).stream == uri and preflight(cfg).files is None
-        first = run(cfg, TWO_CPUS)
+        first = predict(cfg, TWO_CPUS)
         assert (first["files"], first["rows"], first["skipped"]) == (700, 700, 1)
         assert first["labelled"] == 0  # no folder names a class: every label null
         parts = sorted(out.glob("part-*.parquet"))
         lost = sum(pq.read_metadata(p).num_rows for p in parts[1::2])
         for p in parts[1::2]:
             p.unlink()
-        resumed = run(_cfg(model, uri, out, extensions="png", labels_from_dirs=True, resume=True),
-                      TWO_CPUS)  # fmt: skip
+        again = _cfg(model, uri, out, extensions="png", labels_from_dirs=True, resume=True)
+        resumed = predict(again, TWO_CPUS)
         assert resumed["already_done"] == 700 - lost and resumed["classified"] == lost
         assert (resumed["files"], resumed["rows"], resumed["skipped"]) == (700, 700, 1)
         assert sorted(r["path"] for r in _rows(out)) == [f"file://{f}" for f in files]

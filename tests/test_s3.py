@@ -16,15 +16,17 @@ import pyarrow.dataset as pads
 import pytest
 import torch
 
-from cifar import storage
-from cifar.checkpoint import CheckpointError, load_model, model_meta, save_checkpoint
-from cifar.cifar10 import load_cifar10
 from cifar.config import ConfigError
-from cifar.data import DataError
-from cifar.inputs import list_inputs
-from cifar.model import CIFAR10_CLASSES, build_model
-from cifar.sources import load_data
-from tests.s3server import SECRET_KEY
+from cifar.data.cifar10 import load_cifar10
+from cifar.data.dataset import DataError
+from cifar.data.sources import load_data
+from cifar.io import storage
+from cifar.models.checkpoint import CheckpointError, load_model, model_meta, save_checkpoint
+from cifar.models.cifar_quick import CIFAR10_CLASSES, CifarQuick
+from cifar.models.registry import ModelSpec
+from cifar.predict.inputs import list_inputs
+from cifar.testing.models import save_untrained
+from cifar.testing.s3server import SECRET_KEY
 
 
 def _weights_equal(model, sd) -> bool:
@@ -37,12 +39,12 @@ def run_in_bucket(s3, tmp_path):
     uploaded: (bucket, {form: expected state_dict})."""
     server, bucket = s3
     torch.manual_seed(0)
-    models = {k: build_model() for k in ("ckpt1", "ckpt2", "export", "bare")}
+    models = {k: CifarQuick() for k in ("ckpt1", "ckpt2", "export", "bare")}
     run = tmp_path / "r1"
     for epoch, (key, acc) in enumerate((("ckpt1", 0.3), ("ckpt2", 0.7)), start=1):
-        meta = model_meta(CIFAR10_CLASSES, epoch=epoch, metrics={"test_accuracy": acc})
+        meta = model_meta(ModelSpec.of(), epoch=epoch, metrics={"test_accuracy": acc})
         save_checkpoint(run / f"checkpoint_epoch_{epoch:04d}", models[key], meta)
-    save_checkpoint(run / "model", models["export"], model_meta(CIFAR10_CLASSES, epoch=2))
+    save_checkpoint(run / "model", models["export"], model_meta(ModelSpec.of(), epoch=2))
     torch.save(models["bare"].state_dict(), tmp_path / "model_state.pth")  # the tutorial's
     server.upload_dir(run, f"{bucket}/runs/r1")
     server.client().upload_file(str(tmp_path / "model_state.pth"), bucket[5:], "model_state.pth")
@@ -75,7 +77,7 @@ def test_model_from_s3_in_every_form(run_in_bucket, tmp_path, monkeypatch):
 def test_pickled_module_in_bucket_is_refused_without_running_it(s3, tmp_path, monkeypatch):
     server, bucket = s3
     monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path / "node-cache"))
-    torch.save(build_model(), tmp_path / "whole.pt")  # the tutorial's "method 1"
+    torch.save(CifarQuick(), tmp_path / "whole.pt")  # the tutorial's "method 1"
     server.client().upload_file(str(tmp_path / "whole.pt"), bucket[5:], "whole.pt")
     with pytest.raises(CheckpointError, match="nothing in it was executed"):
         load_model(f"{bucket}/whole.pt")
@@ -141,7 +143,7 @@ def test_cifar_format_data_dir_is_copied_once_and_read_like_local(
 
 
 def test_credentials_in_a_uri_are_refused_before_anything_is_written(tmp_path):
-    from cifar.train_config import resolve_config
+    from cifar.train.config import resolve_config
 
     with pytest.raises(ConfigError, match="carries credentials"):
         resolve_config({"storage_path": "s3://AKIAEXAMPLE:secret@bucket/runs", "name": "x"})
@@ -186,7 +188,7 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
     server, bucket = s3
     server.upload_dir(synthetic_dir, f"{bucket}/data")
     images = tmp_path / "images"
-    from tests.images import make_image_tree
+    from cifar.testing.images import make_image_tree
 
     good, bad = make_image_tree(images)
     server.upload_dir(images, f"{bucket}/images")
@@ -262,12 +264,12 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
 def test_prediction_from_a_prefix_resumes_in_the_bucket(s3, tmp_path, job_env):
     """A prefix listed while classifying, results committed object by object to S3; some lost
     as a crash would lose them; --resume: every key exactly once, the rest kept."""
-    from tests.images import make_class_tree
+    from cifar.testing.images import make_class_tree
 
     server, bucket = s3
     tree = make_class_tree(tmp_path / "tree", val=False)
     server.upload_dir(tmp_path / "tree", f"{bucket}/tree")
-    model = save_checkpoint(tmp_path / "model", build_model(), model_meta(CIFAR10_CLASSES))
+    model = save_untrained(tmp_path / "model")
     env = {**job_env, **server.env()}
     cmd = [sys.executable, "-m", "jobs.predict", "--model", str(model), "--input"]
     cmd += [f"{bucket}/tree", "--output", f"{bucket}/preds", "--rows-per-file", "4"]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar import storage
-from tests.faultproxy import FaultProxy, Rule
+from cifar.io import storage
+from cifar.testing.faultproxy import FaultProxy, Rule
 
 
 @pytest.fixture()
@@ -69,7 +69,7 @@ def test_reads_writes_listings_get_through_faults_on_the_first_tries(
     c = server.client()
     c.put_object(Bucket=name, Key="d/r.bin", Body=b"r" * 5000)
     c.put_object(Bucket=name, Key="d/c.bin", Body=b"c" * 7000)
-    caplog.set_level("INFO", logger="cifar.storage")
+    caplog.set_level("INFO", logger="cifar.io.storage")
 
     storage.write_bytes(f"{bucket}/d/w.bin", b"w" * 3000)
     assert c.get_object(Bucket=name, Key="d/w.bin")["Body"].read() == b"w" * 3000
@@ -119,7 +119,7 @@ def test_a_key_that_keeps_failing_is_an_error_naming_path_and_attempts_in_bounde
 ):
     """Every try counted: SDK_ATTEMPTS requests per attempt, RETRY_ATTEMPTS attempts, then an
     OSError; the decode stage of the prediction job turns it into the file's error row."""
-    from cifar.images import decode_batch
+    from cifar.io.images import decode_batch
 
     p, name, bucket = proxy
     s3[0].client().put_object(Bucket=name, Key="bad.png", Body=b"x" * 1000)
@@ -151,7 +151,7 @@ def test_a_key_that_keeps_failing_is_an_error_naming_path_and_attempts_in_bounde
     assert "w.bin" not in s3[0].keys(bucket)  # nothing half-written
 
     monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 1)
-    out = decode_batch({"path": np.array([f"{bucket}/ok.png", f"{bucket}/bad.png"], object)})
+    out = decode_batch({"path": np.array([f"{bucket}/ok.png", f"{bucket}/bad.png"], object)}, 32)
     assert list(out["error"][:1]) == [""]
     assert out["error"][1].startswith(f"cannot read file: reading {bucket}/bad.png: still failing")
     assert re.search("SLOW_DOWN|SERVICE_UNAVAILABLE", out["error"][1]), out["error"][1]
@@ -236,8 +236,7 @@ def test_prediction_job_s3_to_s3_through_faults(s3, tmp_path, job_env):
 
     import pyarrow.dataset as pds
 
-    from cifar.checkpoint import model_meta, save_checkpoint
-    from cifar.model import CIFAR10_CLASSES, build_model
+    from cifar.testing.models import save_untrained
 
     server, bucket = s3
     name = bucket.removeprefix("s3://")
@@ -245,7 +244,7 @@ def test_prediction_job_s3_to_s3_through_faults(s3, tmp_path, job_env):
     c = server.client()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: c.put_object(Bucket=name, Key=k, Body=_png(len(k))), keys))
-    model = save_checkpoint(tmp_path / "model", build_model(), model_meta(CIFAR10_CLASSES))
+    model = save_untrained(tmp_path / "model")
 
     bad = keys[123]
     flaky = {keys[3]: ("503", 2), keys[150]: ("503", 2), keys[10]: ("drop", 2)}  # SDK retries

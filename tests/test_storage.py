@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifar import storage
+from cifar.io import storage
 
 
 @pytest.mark.parametrize("uri", [False, True])

@@ -7,10 +7,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifar.checkpoint import load_model
-from cifar.raycluster import ClusterInfo
-from cifar.train import TrainingError, run
-from cifar.train_config import TrainConfig
+from cifar.cluster.resources import ClusterInfo
+from cifar.models.checkpoint import load_model
+from cifar.train.config import TrainConfig
+from cifar.train.driver import TrainingError, train
 
 pytestmark = pytest.mark.ray
 EPOCHS = 3
@@ -37,7 +37,7 @@ def _cfg(data_dir, storage, name, **kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def finished_run(ray_session, synthetic_dir, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
-    summary = run(_cfg(synthetic_dir, storage, "full"), ClusterInfo(cpus=2, gpus=0))
+    summary = train(_cfg(synthetic_dir, storage, "full"), ClusterInfo(cpus=2, gpus=0))
     return storage, summary
 
 
@@ -119,11 +119,11 @@ def test_interrupted_run_resumes_at_next_epoch_with_same_state(finished_run, syn
     storage, full = finished_run
     cluster = ClusterInfo(cpus=2, gpus=0)
     with pytest.raises(TrainingError, match="--resume --name part"):
-        run(_cfg(synthetic_dir, storage, "part", stop_after_epoch=2), cluster)
+        train(_cfg(synthetic_dir, storage, "part", stop_after_epoch=2), cluster)
     part = storage / "part"
     assert (part / "checkpoint_epoch_0002").is_dir() and not (part / "summary.json").exists()
 
-    resumed = run(_cfg(synthetic_dir, storage, "part", resume=True), cluster)
+    resumed = train(_cfg(synthetic_dir, storage, "part", resume=True), cluster)
     assert resumed["epochs_completed"] == EPOCHS and resumed["restarts"] == 1
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     # epochs 1-2 were not redone, epoch 3 continued from the saved optimizer/scheduler/RNG:
@@ -145,7 +145,7 @@ def test_use_gpu_on_cpu_cluster_fails_before_starting(ray_session, synthetic_dir
 
     cpus = ray.cluster_resources().get("CPU", 0)
     with pytest.raises(ConfigError, match="no GPUs"):
-        run(_cfg(synthetic_dir, tmp_path, "gpu", use_gpu=True), ClusterInfo(cpus, 0))
+        train(_cfg(synthetic_dir, tmp_path, "gpu", use_gpu=True), ClusterInfo(cpus, 0))
     assert not Path(tmp_path, "gpu").exists()
 
 
@@ -156,7 +156,8 @@ def test_summary_records_the_world_size_and_whole_test_set_of_every_epoch(finish
 
 
 def test_a_worker_range_makes_an_elastic_scaling_config(tmp_path):
-    from cifar.train import scaling_config, world_sizes
+    from cifar.train.driver import scaling_config
+    from cifar.train.summary import world_sizes
 
     elastic = _cfg(tmp_path, tmp_path, "e", num_workers=[1, 4], resize_interval=5.0)
     sc = scaling_config(elastic, False, 3)

@@ -9,13 +9,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cifar.cifar10 import load_cifar10
+from cifar.data.cifar10 import load_cifar10
 from cifar.device import resolve_compute
-from cifar.engine import build, evaluate, make_scheduler, train_one_epoch
-from cifar.model import build_model
-from cifar.train_config import TrainConfig
+from cifar.models.cifar_quick import CifarQuick
+from cifar.models.registry import ModelSpec
+from cifar.train.config import TrainConfig
+from cifar.train.engine import build, evaluate, make_scheduler, train_one_epoch
 
 CPU = resolve_compute("cpu", "fp32", channels_last=False)
+SPEC = ModelSpec.of(mean=[0.5] * 3, std=[0.25] * 3)
 
 
 def _free_port() -> int:
@@ -29,7 +31,7 @@ def _eval_worker(rank, world, port, root, weights, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     data = load_cifar10(root)
-    e = build(TrainConfig(), data.tensors(), 10, CPU, [0.5] * 3, [0.25] * 3, rank, world)
+    e = build(TrainConfig(), data.tensors(), SPEC, CPU, rank, world)
     e.raw.load_state_dict(weights)
     metrics = evaluate(e)
     if rank == 0:
@@ -40,7 +42,7 @@ def _eval_worker(rank, world, port, root, weights, out):
 
 def test_evaluation_is_identical_for_1_2_and_3_workers(synthetic_dir):
     torch.manual_seed(0)
-    weights = build_model().state_dict()
+    weights = CifarQuick().state_dict()
     ctx = mp.get_context("spawn")
     results = {}
     for world in (1, 2, 3):
@@ -65,7 +67,7 @@ def test_one_epoch_learns_and_restarting_mid_run_matches_an_uninterrupted_run(sy
     cfg = TrainConfig(epochs=3, batch_size=64)
 
     def fresh():
-        return build(cfg, data.tensors(), 10, CPU, mean, std)
+        return build(cfg, data.tensors(), ModelSpec.of(mean=mean, std=std), CPU)
 
     e = fresh()
     before = evaluate(e)["test_accuracy"]
@@ -88,7 +90,7 @@ def test_one_epoch_learns_and_restarting_mid_run_matches_an_uninterrupted_run(sy
 
 def test_onecycle_lr_never_goes_negative():
     cfg = TrainConfig(epochs=2, lr=0.02)
-    opt = torch.optim.SGD(build_model().parameters(), lr=cfg.lr)
+    opt = torch.optim.SGD(CifarQuick().parameters(), lr=cfg.lr)
     sch = make_scheduler(opt, cfg, 5)
     lrs = []
     for _ in range(10):
@@ -103,7 +105,7 @@ def test_onecycle_lr_never_goes_negative():
 
 def _parsed(argv):
     from cifar.config import build_parser, parse_explicit
-    from cifar.train_config import resolve_config
+    from cifar.train.config import resolve_config
 
     return resolve_config(parse_explicit(build_parser(TrainConfig, "t", "d"), argv))
 
@@ -127,9 +129,9 @@ def test_num_workers_takes_a_size_or_a_min_max_range():
 
 
 def test_an_elastic_run_keeps_the_recipe_batch_and_takes_a_node_per_worker():
-    from cifar.raycluster import ClusterInfo
-    from cifar.train import resolve_scale
-    from cifar.train_config import resolve_recipe
+    from cifar.cluster.resources import ClusterInfo
+    from cifar.train.config import resolve_recipe
+    from cifar.train.driver import resolve_scale
 
     cfg = _parsed(["--num-workers", "1-3"])
     assert resolve_recipe(cfg, 7000, 3).batch_size == 126  # for the most: a multiple of 3
@@ -141,7 +143,7 @@ def test_an_elastic_run_keeps_the_recipe_batch_and_takes_a_node_per_worker():
 
 
 def test_every_world_size_takes_the_same_global_batches():
-    from cifar.data import GlobalBatchSampler, TensorImageDataset, train_loader
+    from cifar.data.loaders import GlobalBatchSampler, TensorImageDataset, train_loader
 
     def epoch(n, batch, rank, world, seed=7, e=2):
         s = GlobalBatchSampler(n, batch, rank, world, seed)
@@ -176,7 +178,7 @@ def _one_epoch(root, rank=0, world=1):
     def ddp(m):
         return torch.nn.parallel.DistributedDataParallel(m) if world > 1 else m
 
-    e = build(cfg, data, 10, CPU, [0.5] * 3, [0.25] * 3, rank, world, ddp)
+    e = build(cfg, data, SPEC, CPU, rank, world, ddp)
     steps = train_one_epoch(e, 0).steps
     return {k: v.numpy().copy() for k, v in e.raw.state_dict().items()}, steps
 

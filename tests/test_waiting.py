@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cifar.waiting import StallError, Watchdog
+from cifar.cluster.watchdog import StallError, Watchdog
 
 pytestmark = pytest.mark.ray
 

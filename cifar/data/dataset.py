@@ -1,0 +1,73 @@
+"""A labelled dataset in memory: one ``uint8 [N, 3, H, W]`` tensor per split.
+
+Every source (CIFAR-format files, :mod:`cifar.data.cifar10`; labelled image folders,
+:mod:`cifar.data.folders`; generated sets, :mod:`cifar.data.synthetic`) is read into
+:class:`ImageData` on the driver, and handed to the workers through Ray's object store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, corrupt or unsafe; the message says what and how to fix it."""
+
+
+@dataclass
+class ImageData:
+    """A labelled dataset in memory: training split and the split evaluated every epoch."""
+
+    train_images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    train_labels: torch.Tensor  # int64 [N]
+    test_images: torch.Tensor  # uint8 [M, 3, 32, 32]
+    test_labels: torch.Tensor  # int64 [M]
+    classes: tuple[str, ...]
+    kind: str  # "cifar10" (official files), "synthetic" (cifar.data.synthetic), "custom", "folder"
+    root: str
+    info: dict[str, Any] = field(default_factory=dict)  # what the reader wants reported
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean/std of the training images on the [0, 1] scale."""
+        x = self.train_images
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        s = torch.zeros(3, dtype=torch.float64)
+        ss = torch.zeros(3, dtype=torch.float64)
+        for chunk in x.split(8192):
+            c = chunk.to(torch.float64) / 255.0
+            s += c.sum(dim=(0, 2, 3))
+            ss += (c * c).sum(dim=(0, 2, 3))
+        mean = s / n
+        std = (ss / n - mean * mean).clamp_min(1e-12).sqrt()
+        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split, in class-index order."""
+        out = {}
+        for split, labels in (("train", self.train_labels), ("test", self.test_labels)):
+            counts = torch.bincount(labels, minlength=len(self.classes)).tolist()
+            out[split] = dict(zip(self.classes, counts, strict=True))
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The splits by name, as :func:`cifar.train.engine.build` takes them."""
+        return {
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+            "test_images": self.test_images,
+            "test_labels": self.test_labels,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The tensors as numpy arrays, for Ray's object store (zero-copy on a node)."""
+        return {k: v.numpy() for k, v in self.tensors().items()}
+
+
+def tensors_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Inverse of :meth:`ImageData.arrays`; copies, because arrays from Ray's object store are
+    read-only."""
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}

@@ -1,0 +1,144 @@
+"""The model seam: an architecture's name -> how to build it, the input size it sees, and a
+faster inference forward where it has one; :class:`ModelSpec`, everything needed to rebuild a
+model and feed it, stored in ``meta.json`` beside its weights.
+
+Training, prediction, checkpoints and the speed probes all build models through
+:func:`build_model` and read sizes and normalisation from a spec: a new architecture is an entry
+in :data:`ARCHS` (or, for torchvision's, a name it knows), nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifar.config import ConfigError
+from cifar.models.cifar_quick import CIFAR10_CLASSES, INPUT_SIZE, CifarQuick
+
+DEFAULT_ARCH = "cifar10_quick"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A registered architecture."""
+
+    build: Callable[[int], nn.Module]  # num_classes -> a freshly initialised module
+    input_size: int  # the side of the square images it is trained at by default
+    fixed_size: bool  # True: no other size works (a Linear after a fixed flatten)
+    about: str
+
+
+ARCHS: dict[str, Arch] = {
+    "cifar10_quick": Arch(
+        partial(CifarQuick, relu=False),
+        INPUT_SIZE,
+        True,
+        "the tutorial's CIFAR10-quick (no ReLU; its parameter names)",
+    ),
+    "cifar10_quick_relu": Arch(
+        partial(CifarQuick, relu=True),
+        INPUT_SIZE,
+        True,
+        "CIFAR10-quick with the Caffe original's ReLUs",
+    ),
+}
+
+
+def get_arch(name: str) -> Arch:
+    """The registered architecture ``name``; a ConfigError listing the known ones otherwise."""
+    if name not in ARCHS:
+        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}.")
+    return ARCHS[name]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is and what it is fed: architecture, classes (index = output), the side of
+    the square input, and the per-channel normalisation on the [0, 1] scale (None: ``x / 255``,
+    the tutorial's ``ToTensor()``)."""
+
+    arch: str
+    classes: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        arch: str = DEFAULT_ARCH,
+        classes: Sequence[str] = CIFAR10_CLASSES,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: int | None = None,
+    ) -> ModelSpec:
+        """A spec with the architecture's own input size unless one is given."""
+        a = get_arch(arch)
+        size = input_size or a.input_size
+        if a.fixed_size and size != a.input_size:
+            raise ConfigError(f"{arch} takes {a.input_size}x{a.input_size} images only.")
+        return cls(
+            arch,
+            tuple(classes),
+            size,
+            tuple(mean) if mean is not None else None,
+            tuple(std) if std is not None else None,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_meta(self) -> dict[str, Any]:
+        """The spec as ``meta.json`` keys (``relu`` and ``image_size`` as earlier versions
+        wrote them)."""
+        norm = {"mean": list(self.mean), "std": list(self.std)} if self.mean else None
+        return {
+            "arch": self.arch,
+            "relu": self.arch == "cifar10_quick_relu",
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "normalize": norm,
+            "image_size": self.input_size,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> ModelSpec:
+        """The spec a ``meta.json`` describes, including those earlier versions wrote
+        (``arch: cifar10_quick`` with ``relu: true``)."""
+        arch = meta.get("arch") or DEFAULT_ARCH
+        if arch == "cifar10_quick" and meta.get("relu"):
+            arch = "cifar10_quick_relu"
+        k = int(meta.get("num_classes") or len(meta.get("classes") or CIFAR10_CLASSES))
+        classes = meta.get("classes") or [str(i) for i in range(k)]
+        norm = meta.get("normalize") or {}
+        return cls.of(arch, classes, norm.get("mean"), norm.get("std"), meta.get("image_size"))
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A freshly initialised model for ``spec`` (pure: on the CPU, in fp32)."""
+    return get_arch(spec.arch).build(spec.num_classes)
+
+
+def inference_forward(model: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
+    """The forward to classify with: the model's ``forward_inference`` on a CPU where it has one
+    (identical logits, faster), else the model itself."""
+    fast = getattr(model, "forward_inference", None)
+    return fast if device.type == "cpu" and fast is not None else model
+
+
+def match_state_dict(sd: Mapping[str, torch.Tensor]) -> tuple[str, int] | None:
+    """(architecture, number of classes) of a registered fixed-size architecture whose parameter
+    names equal ``sd``'s (the classes from the last layer's bias); None when none does."""
+    for name, arch in ARCHS.items():
+        if not arch.fixed_size:
+            continue
+        keys = list(arch.build(2).state_dict())
+        if set(keys) == set(sd):
+            return name, int(sd[keys[-1]].shape[0])
+    return None

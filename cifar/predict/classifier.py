@@ -1,0 +1,144 @@
+"""One classifier: a loaded model plus the preprocessing its spec asks for (input size,
+normalisation), used by the single-image command (``jobs/classify.py``) and, as a Ray Data
+callable (:class:`BatchPredictor`), by the bulk job, so a file gets the same answer from both."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifar.device import Compute, machine_key, resolve_compute, spec_key, step_probe
+from cifar.io.images import decode_batch
+from cifar.models.checkpoint import LoadedModel, load_model
+from cifar.models.registry import inference_forward
+from cifar.predict.formats import prediction_columns, result_schema
+
+log = logging.getLogger(__name__)
+
+
+def inference_compute(
+    model: LoadedModel,
+    device: torch.device | str,
+    precision: str,
+    batch: int = 1,
+    channels_last: bool | None = None,
+) -> Compute:
+    """Precision and layout to classify with; ``auto`` on a CPU: measured at ``batch`` (once
+    per machine, model shape and batch: the timings are cached)."""
+    probe = step_probe(lambda: copy.deepcopy(model.model), model.spec, batch, train=False)
+    key = f"classify|{machine_key()}|batch={batch}|{spec_key(model.spec)}"
+    return resolve_compute(device, precision, channels_last, probe=probe, cache_key=key)
+
+
+class Classifier:
+    """A loaded model plus the preprocessing its spec asks for."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        batch: int = 1,
+        channels_last: bool | None = None,
+    ) -> None:
+        self.compute = inference_compute(model, device, precision, batch, channels_last)
+        self.model = self.compute.place(model.model).eval()
+        self.forward = inference_forward(self.model, self.compute.device)
+        self.spec = model.spec
+        self.classes = model.classes
+
+    @classmethod
+    def from_path(cls, path: str, device: torch.device | str = "cpu", **kw: Any) -> Classifier:
+        return cls(load_model(path, "cpu"), device, **kw)
+
+    @torch.inference_mode()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[B, 3, S, S]`` (S: the spec's input size) -> softmax probabilities
+        ``[B, classes]`` (float32)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(images))
+        x = self.compute.inputs(pixels, self.spec.mean, self.spec.std)
+        with self.compute.autocast():
+            logits = self.forward(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def predict(self, batch: dict[str, np.ndarray], top_k: int) -> dict[str, Any]:
+        """A decoded batch (``decode_batch``'s ``image``/``error``) -> result columns; rows that
+        failed to decode get null predictions."""
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        probs = (
+            self.probabilities(batch["image"][ok])
+            if ok.any()
+            else np.zeros((0, len(self.classes)), dtype=np.float32)
+        )
+        return prediction_columns(probs, ok, self.classes, top_k)
+
+
+class BatchPredictor:
+    """Ray Data actor: weights loaded once in ``__init__``; ``__call__(batch) -> batch``."""
+
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "cpu",
+        top_k: int = 3,
+        threads: int = 1,
+        label_dirs: bool = False,
+        precision: str = "auto",
+        batch_size: int = 256,
+        channels_last: bool | None = None,
+    ) -> None:
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.classifier = Classifier.from_path(
+            model_path,
+            device,
+            precision=precision,
+            batch=batch_size,
+            channels_last=channels_last,
+        )
+        self.top_k = top_k
+        self.label_dirs = label_dirs
+        self.schema = result_schema(top_k, len(self.classifier.classes), label_dirs)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        """``{"path", "image", "error"}`` -> a pyarrow Table of results, one row per input row."""
+        import pyarrow as pa
+
+        cols: dict[str, Any] = {"path": [str(p) for p in batch["path"]]}
+        cols.update(self.classifier.predict(batch, self.top_k))
+        if self.label_dirs:  # labels read from the folders by the driver (label_from_dirs)
+            # a block whose labels are all null arrives as NaNs (Arrow -> numpy)
+            cols["label"] = [v if isinstance(v, str) else None for v in batch["label"]]
+        cols["error"] = [str(e) or None for e in batch["error"]]
+        return pa.table(cols, schema=self.schema)
+
+
+@dataclass
+class ImageResult:
+    path: str
+    class_name: str | None
+    class_index: int | None
+    confidence: float | None
+    error: str | None
+
+
+def classify_files(classifier: Classifier, paths: Sequence[str]) -> list[ImageResult]:
+    """The single-image path: the job's decode (``decode_batch``), preprocessing and
+    classifier, one file after another."""
+    results = []
+    for p in paths:
+        batch = decode_batch({"path": np.array([p], dtype=object)}, classifier.spec.input_size)
+        error = str(batch["error"][0])
+        if error:
+            results.append(ImageResult(p, None, None, None, error))
+            continue
+        probs = classifier.probabilities(batch["image"])[0]
+        top = int(np.argmax(probs))
+        results.append(ImageResult(p, classifier.classes[top], top, float(probs[top]), None))
+    return results

@@ -1,0 +1,89 @@
+"""The prediction job's config: every setting on one line. The command line
+(``cifar-predict --help``) is generated from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from cifar.config import STALL_TIMEOUT_S, Config, opt
+from cifar.device import PRECISIONS
+from cifar.predict.commit import ROWS_PER_FILE
+from cifar.predict.formats import FORMATS
+from cifar.predict.inputs import wanted_extensions
+
+io_opt, scale_opt, output_opt = (partial(opt, group=g) for g in ("data", "scale", "results"))
+
+
+@dataclass
+class PredictConfig(Config):
+    # fmt: off
+    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file", required=True)  # noqa: E501
+    input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN", required=True)  # noqa: E501, RUF009
+    output: str | None = io_opt(None, "output folder", metavar="OUT", required=True)
+    extensions: str | None = io_opt(None, "only these extensions, e.g. 'jpg,png' (others are skipped and counted); default: every file")  # noqa: E501
+    labels_from_dirs: bool = io_opt(False, "folders are named after classes: report accuracy + confusion matrix")  # noqa: E501
+    format: str = output_opt("parquet", "result format", choices=tuple(FORMATS))
+    top_k: int = output_opt(3, "top-k classes to write")
+    overwrite: bool = output_opt(False, "replace results already in OUT")
+    resume: bool = output_opt(False, "continue a job that was killed, in the same OUT: keep the rows it committed, classify only the rest")  # noqa: E501
+    rows_per_file: int = output_opt(ROWS_PER_FILE, "rows per result file (each is committed whole; a killed job redoes at most the files it was writing)")  # noqa: E501
+    preview: int = output_opt(0, "also write OUT/_preview.png: the first N images with predicted class and confidence")  # noqa: E501
+    verbose: bool = output_opt(False, "also Ray's and Ray Data's INFO lines")
+    batch_size: int = scale_opt(256, "images per inference batch")
+    num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else about 2/3 of the CPUs)")  # noqa: E501
+    gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
+    cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1; decoding and writing ask for none)")  # noqa: E501
+    stall_timeout: float = scale_opt(STALL_TIMEOUT_S, "end the job, saying what it waited for, after this many seconds without progress (0: wait for ever)")  # noqa: E501
+    precision: str = scale_opt("auto", "auto: bf16 on GPUs; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
+    files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")
+    # fmt: on
+
+    def checks(self) -> list[tuple[bool, str]]:
+        try:
+            parse_actors(self.num_actors)
+            actors_error = ""
+        except ValueError as e:
+            actors_error = str(e)
+        return [
+            (bool(self.model), "--model is required"),
+            (bool(self.input), "at least one --input is required"),
+            (bool(self.output), "--output is required"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.top_k >= 1, f"--top-k must be at least 1 (got {self.top_k})"),
+            (
+                self.gpus_per_actor is None or self.gpus_per_actor >= 0,
+                "--gpus-per-actor must be >= 0",
+            ),
+            (
+                self.cpus_per_actor is None or self.cpus_per_actor > 0,
+                "--cpus-per-actor must be > 0",
+            ),
+            (self.files_per_block >= 1, "--files-per-block must be at least 1"),
+            (self.rows_per_file >= 1, "--rows-per-file must be at least 1"),
+            (
+                self.extensions is None or bool(wanted_extensions(self.extensions)),
+                f"--extensions {self.extensions!r} names no extension: pass e.g. 'jpg,png'",
+            ),
+            (
+                not (self.resume and self.overwrite),
+                "--resume keeps the results in --output and --overwrite replaces them: pass one",
+            ),
+            (0 <= self.preview <= 1000, f"--preview must be 0..1000 (got {self.preview})"),
+            (self.stall_timeout >= 0, "--stall-timeout must be >= 0"),
+            (not actors_error, actors_error),
+        ]
+
+
+def parse_actors(spec: str) -> tuple[int, int] | None:
+    """'auto' -> None, 'N' -> (N, N), 'MIN-MAX' -> (MIN, MAX)."""
+    if spec == "auto":
+        return None
+    try:
+        lo, _, hi = spec.partition("-")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise ValueError(f"--num-actors must be N, MIN-MAX or auto (got {spec!r})") from None
+    if lo_i < 1 or hi_i < lo_i:
+        raise ValueError(f"--num-actors {spec!r}: need 1 <= MIN <= MAX")
+    return lo_i, hi_i

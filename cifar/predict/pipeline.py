@@ -1,0 +1,277 @@
+"""Bulk prediction with Ray Data, read top-down in :func:`predict`: preflight (before Ray) ->
+plan -> pipeline (list -> CPU decode tasks -> actor pool -> result files committed whole) ->
+report. Every file found is accounted for exactly once: a file that cannot be read or decoded
+becomes a row with ``error`` set, never a failed job or a missing row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from cifar import env
+from cifar.cluster.resources import ClusterInfo
+from cifar.cluster.state import actors_placed, actors_waiting, describe_cluster
+from cifar.cluster.watchdog import StallError, Watchdog
+from cifar.io import storage
+from cifar.io.images import decode_batch
+from cifar.predict.classifier import BatchPredictor
+from cifar.predict.commit import JOB_FILE, finish, make_sink, start
+from cifar.predict.config import PredictConfig
+from cifar.predict.formats import read_results, result_schema
+from cifar.predict.plan import Plan, plan_resources, with_compute
+from cifar.predict.preflight import Preflight, preflight
+from cifar.predict.report import job_summary, preview_png, write_side_files
+
+log = logging.getLogger(__name__)
+progress = logging.getLogger("cifar.progress")
+
+# A task's output is cut into blocks of at most this size. Ray Data's 128 MiB would keep tens of
+# thousands of decoded images (or a whole listing of paths) in a task before the next stage sees
+# the first: small blocks let rows flow, and commit, as soon as they are classified.
+BLOCK_BYTES = 8 * 2**20
+
+
+def ray_init() -> float:
+    """Start or join Ray for a prediction job; returns the seconds it took (reported apart from
+    the pipeline's)."""
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = env.get("CIFAR_RAY_PROGRESS") != "0"
+    return time.perf_counter() - t0
+
+
+def predict(
+    cfg: PredictConfig,
+    cluster: ClusterInfo,
+    pre: Preflight | None = None,
+    ray_start_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Classify every file, write results + _summary.json. Ray must be up.
+
+    ``seconds``/``images_per_s`` time the Ray Data pipeline (actor start-up included); listing
+    the inputs and loading the model (``preflight_seconds``) and starting or joining Ray
+    (``ray_start_seconds``, when the caller passes it) are reported apart."""
+    pre = pre or preflight(cfg)
+    files, labels = pre.remaining()
+    plan = plan_resources(cfg, cluster, None if files is None else len(files))
+    plan = with_compute(cfg, plan, pre.model)
+    start(cfg.output, pre.record, pre.resuming)
+    lister = start_lister(cfg, pre) if pre.stream is not None else None
+    progress.info(starting_line(pre, plan, files))
+    schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
+    t0 = time.perf_counter()
+    dog = watchdog(cfg, plan)
+    with watched(cfg, dog):
+        if lister is not None:
+            write(classify(cfg, listed(lister, plan), plan, pre), cfg, plan, schema)
+        elif len(files):
+            write(build_dataset(cfg, files, labels, plan, pre), cfg, plan, schema)
+    seconds = time.perf_counter() - t0
+    n_files, skipped, already_done = counts(pre, lister)
+    columns = ["path", "class_name", "confidence", "error"] + ["label"] * cfg.labels_from_dirs
+    table = read_results(cfg.output, cfg.format, columns, schema)
+    summary = job_summary(
+        table,
+        cfg.to_dict(),
+        n_files,
+        skipped,
+        seconds,
+        pre.model.meta,
+        already_done=already_done,
+        classified=n_files - already_done,
+        preflight_seconds=pre.seconds,
+        ray_start_seconds=ray_start_seconds,
+        waited_seconds=round(dog.waited, 1),
+        compute=plan.compute.describe(),
+    )
+    preview = preview_png(table, cfg.preview) if cfg.preview else None
+    finish(cfg.output)
+    write_side_files(cfg.output, summary, preview, written=[JOB_FILE])
+    check_exactly_once(table, pre.files, n_files)
+    return summary
+
+
+def start_lister(cfg: PredictConfig, pre: Preflight):
+    """The actor that lists the streamed prefix while its files are classified."""
+    import ray
+
+    from cifar.predict.listing import Lister
+
+    classes = pre.model.classes if cfg.labels_from_dirs else None
+    actor = ray.remote(num_cpus=0)(Lister)
+    return actor.remote(pre.stream, cfg.extensions, classes, pre.done, cfg.files_per_block)
+
+
+def starting_line(pre: Preflight, plan: Plan, files) -> str:
+    """What the job is about to do, in the log."""
+    if pre.stream is not None:
+        kept = ", keeping what the killed run committed" if pre.resuming else ""
+        return (
+            f"[cifar] classifying the files under {pre.stream} as they are listed{kept}: "
+            f"{plan.describe()}"
+        )
+    kept = f", {pre.already_done} kept from the killed run" if pre.resuming else ""
+    return (
+        f"[cifar] classifying {len(files)} files ({pre.skipped} skipped by --extensions{kept}): "
+        f"{plan.describe()}"
+    )
+
+
+def counts(pre: Preflight, lister) -> tuple[int, int, int]:
+    """(files found, skipped by --extensions, kept from a killed run)."""
+    if lister is None:
+        return len(pre.files), pre.skipped, pre.already_done
+    import ray
+
+    c = ray.get(lister.counts.remote())
+    return c["files"], c["skipped"], c["already_done"]
+
+
+def need(plan: Plan) -> str:
+    gpu = f" + {plan.gpus_per_actor:g} GPU" if plan.gpus_per_actor else ""
+    return f"an inference actor of {plan.actor_cpus:g} CPU{gpu}"
+
+
+def watchdog(cfg: PredictConfig, plan: Plan) -> Watchdog:
+    """Says what the job waits for while no actor is placed, and ends it after --stall-timeout
+    without an actor placed or a result file written."""
+    return Watchdog(
+        "the prediction job",
+        need(plan),
+        _pipeline_progress(cfg.output),
+        lambda: actors_waiting("BatchPredictor"),
+        cfg.stall_timeout,
+    )
+
+
+@contextlib.contextmanager
+def watched(cfg: PredictConfig, dog: Watchdog):
+    """The pipeline under the watchdog and Ray Data's own no-progress guard (set to the same
+    --stall-timeout), whose end becomes the same StallError."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_no_progress_timeout_s = cfg.stall_timeout if cfg.stall_timeout > 0 else -1
+    ctx.target_max_block_size = BLOCK_BYTES
+    try:
+        with dog:  # a stall it saw leaves it as its StallError
+            yield
+    except Exception as e:
+        if type(e).__name__ != "ExecutionTimeoutError":
+            raise
+        raise StallError(
+            f"the prediction job made no progress for {cfg.stall_timeout:g}s (waiting for "
+            f"{dog.need}): {describe_cluster()}. Free those resources, lower --num-actors or "
+            "--cpus-per-actor, or raise --stall-timeout."
+        ) from None
+
+
+def build_dataset(cfg: PredictConfig, files, labels, plan: Plan, pre: Preflight):
+    """The listed paths (+ labels), in blocks of --files-per-block, classified."""
+    import pyarrow as pa
+    import ray.data
+
+    def block(i: int) -> pa.Table:  # zero-copy slices of the listing
+        cols = {"path": files.slice(i, cfg.files_per_block)}
+        if labels is not None:
+            cols["label"] = labels.slice(i, cfg.files_per_block)
+        return pa.table(cols)
+
+    tables = [block(i) for i in range(0, len(files), cfg.files_per_block)]
+    # from_blocks, not from_arrow: from_arrow reads each block's schema in a 1-CPU task, so on a
+    # cluster whose CPUs other jobs hold the job waited for a CPU before it even started
+    return classify(cfg, ray.data.from_blocks(tables), plan, pre)
+
+
+def listed(lister, plan: Plan):
+    """The paths a :class:`~cifar.predict.listing.Lister` actor hands out, as a dataset."""
+    from cifar.predict.listing import listed_dataset
+
+    return listed_dataset(lister, plan.decode_tasks)
+
+
+def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
+    """paths (+ labels) -> decode tasks (no torch, no CPU asked) -> inference actor pool ->
+    result rows.
+
+    Decoding stays a separate task stage: Ray Data fuses a map into the next actor map when both
+    ask for the same resources, and then only the actors' processes decode, one core each, and
+    only after they have imported torch. Apart, decode tasks start at once, and run on the
+    cores the actors leave free."""
+    import ray.data
+
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"size": pre.model.spec.input_size},
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks),
+    )
+    lo, first, hi = plan.actors
+    return ds.map_batches(
+        BatchPredictor,
+        fn_constructor_kwargs={
+            "model_path": pre.model.file,  # the file the driver resolved and fingerprinted
+            "device": plan.device,
+            "top_k": cfg.top_k,
+            "threads": max(1, int(plan.actor_cpus)),
+            "label_dirs": cfg.labels_from_dirs,
+            "precision": plan.compute.precision,
+            "channels_last": plan.compute.channels_last,
+            "batch_size": cfg.batch_size,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=first),
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.gpus_per_actor,
+        # Ray Data's actor pools already restart dead actors and retry their tasks
+        # (max_restarts=-1, max_task_retries=-1), so a killed actor loses no rows.
+    )
+
+
+def write(ds, cfg: PredictConfig, plan: Plan, schema) -> None:
+    """Result files of about --rows-per-file rows, each committed whole. Writers ask no CPU and
+    are at most one per actor, so they run while the actors work instead of queueing up behind
+    them, and Ray starts few processes for them."""
+    sink = make_sink(cfg.output, cfg.format, schema, cfg.rows_per_file)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
+
+
+def check_exactly_once(table, files, n_files: int) -> None:
+    """Every input file has exactly one row (rows of files that vanished since a killed run
+    may remain: they are results too). ``files`` None (listed while classifying): their
+    number ``n_files`` is checked."""
+    import pyarrow.compute as pc
+
+    paths = table.column("path")
+    unique = pc.unique(paths)
+    if files is None:
+        missing = max(0, n_files - len(unique))
+    else:
+        missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
+    if missing or len(unique) != len(paths):
+        raise RuntimeError(
+            f"{missing} of {n_files} files have no result row and {len(paths) - len(unique)} "
+            f"rows repeat a path in {table.num_rows} rows: results are incomplete"
+        )
+
+
+def _pipeline_progress(output: str):
+    """For the watchdog: this job's inference actors that are placed, and files written."""
+
+    def value() -> tuple[int, int]:
+        try:
+            actors = actors_placed("BatchPredictor")
+        except Exception:  # no dashboard: the output files alone
+            actors = 0
+        files = len(storage.list_files(output)) if storage.is_dir(output) else 0
+        return actors, files
+
+    return value

@@ -1,0 +1,128 @@
+"""Every check a prediction job makes before Ray starts: the model loads, the inputs are listed
+(or, for one object-storage prefix, found), the output can take the results, and what a
+``--resume`` keeps. The result is a frozen :class:`Preflight`; ``--dry-run`` prints it."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifar.config import ConfigError
+from cifar.io import storage
+from cifar.models.checkpoint import LoadedModel, load_model
+from cifar.predict.commit import check_resume, committed_paths, job_record
+from cifar.predict.config import PredictConfig
+from cifar.predict.inputs import label_from_dirs, list_inputs, streamed_input
+
+
+@dataclass(frozen=True)
+class Preflight:
+    model: LoadedModel
+    record: dict[str, Any]  # the job, as _job.json says it
+    files: Any = None  # every input file: a pyarrow string array (None: streamed)
+    labels: Any = None  # with --labels-from-dirs: a pyarrow string array beside ``files``
+    skipped: int = 0  # left out by --extensions
+    stream: str | None = None  # a prefix listed while classifying (files is None then)
+    resuming: bool = False  # --resume of a job that committed results here
+    todo: Any = None  # pyarrow boolean mask of the files still to classify (None: all)
+    done: Any = None  # with stream and --resume: the committed paths, for the lister
+    seconds: float = 0.0
+
+    @property
+    def already_done(self) -> int:
+        return 0 if self.todo is None else len(self.files) - self.todo.true_count
+
+    def remaining(self) -> tuple[Any, Any]:
+        """(files, labels) still to classify (both None when the input is streamed)."""
+        if self.todo is None:
+            return self.files, self.labels
+        labels = None if self.labels is None else self.labels.filter(self.todo)
+        return self.files.filter(self.todo), labels
+
+
+def check_output(output: str, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an output that holds results (unless --overwrite or --resume) or that cannot be
+    written."""
+    if not storage.is_uri(output):
+        out = Path(output).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output {out} is a file; pass a folder path.")
+        probe_dir = out if out.is_dir() else next(p for p in out.parents if p.exists())
+        if not os.access(probe_dir, os.W_OK):
+            raise ConfigError(f"--output {out} is not writable. Choose a folder you can write.")
+    if storage.is_dir(output) and storage.has_entries(output) and not (overwrite or resume):
+        raise ConfigError(
+            f"--output {output} already holds results. Pass --resume to continue the job that "
+            "wrote them (same command), --overwrite to replace them, or choose another --output."
+        )
+
+
+def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, int]:
+    """(files, labels or None, skipped by --extensions) of the inputs, listed now."""
+    import pyarrow as pa
+
+    found = list_inputs(cfg.input, cfg.extensions)
+    labels = None
+    if cfg.labels_from_dirs:
+        pairs = zip(found.files.to_pylist(), found.root_list(), strict=True)
+        labels = pa.array([label_from_dirs(f, r, classes) for f, r in pairs], pa.string())
+    return found.files, labels, found.skipped
+
+
+def preflight(cfg: PredictConfig) -> Preflight:
+    """Every check that needs no cluster: config, model, inputs, output. Runs before Ray starts."""
+    t0 = time.perf_counter()
+    cfg.validate()
+    model = load_model(cfg.model)
+    stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
+    files, labels, skipped = (None, None, 0) if stream else listed_inputs(cfg, model.classes)
+    check_output(cfg.output, cfg.overwrite, cfg.resume)
+    record = job_record(cfg, model.sha256)
+    resuming = cfg.resume and check_resume(cfg.output, record)
+    done = committed_paths(cfg.output, cfg.format) if resuming else None
+    todo = still_to_do(files, done) if resuming and stream is None else None
+    return Preflight(
+        model,
+        record,
+        files,
+        labels,
+        skipped,
+        stream,
+        resuming,
+        todo,
+        done if stream else None,  # the lister leaves them out as it lists
+        time.perf_counter() - t0,
+    )
+
+
+def still_to_do(files, done):
+    """A mask of the ``files`` not among ``done`` (pyarrow arrays of paths)."""
+    import pyarrow.compute as pc
+
+    return pc.invert(pc.is_in(files, value_set=done))
+
+
+def preflight_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:
+    """``--dry-run``: what this job would do, every check made, nothing started or written."""
+    spec = pre.model.spec
+    labels = ""
+    if pre.labels is not None:
+        labelled = len(pre.labels) - pre.labels.null_count
+        labels = f"; {labelled} of them in folders named after a class (--labels-from-dirs)"
+    classes = pre.model.classes
+    return [
+        "[cifar] dry run: the model, inputs and output check out; nothing was started",
+        f"  model:   {pre.model.path}: {spec.arch} at {spec.input_size}x{spec.input_size}, "
+        f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})",
+        f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions){labels}"
+        if pre.stream is None
+        else f"  inputs:  the files under {pre.stream}, listed folder by folder while they are "
+        "classified",
+        f"  output:  {cfg.output} ({cfg.format}, top {cfg.top_k}"
+        f"{', replacing what is there' if cfg.overwrite else ''})",
+        f"  actors:  {cfg.num_actors} (sized from the cluster when it runs), batch "
+        f"{cfg.batch_size}, precision {cfg.precision}",
+    ]

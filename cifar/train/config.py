@@ -1,0 +1,232 @@
+"""The training job's config: every setting on one line, the recipes, and what may change on
+``--resume``. The command line (``python -m jobs.train --help``) is generated from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from cifar.config import STALL_TIMEOUT_S, Config, fields_where, make_config, opt
+from cifar.device import PRECISIONS, parse_precision
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
+RECIPES = ("default", "tutorial")
+# `--recipe tutorial`: the tutorial's training exactly (SGD 0.01, batch 64, 10 epochs, raw
+# ToTensor inputs). Flags typed on the command line still win over the preset.
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tutorial": {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 0.01,
+        "momentum": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "label_smoothing": 0.0,
+        "grad_clip": 0.0,
+        "augment": False,
+        "normalize": False,
+        "relu": False,
+    },
+}
+SMOKE_PRESET = {"epochs": 1, "num_workers": 2, "use_gpu": False, "batch_size": 128}
+SMOKE_DATA = [1024, 512, 0]  # generated train / test images, seed
+
+
+# One helper per flag group: --help lists the flags under these headings.
+data_opt, recipe_opt, scale_opt, run_opt, speed_opt = (
+    partial(opt, group=g) for g in ("data", "recipe", "scale", "run", "speed")
+)
+
+
+def parse_workers(text: str) -> int | list[int] | str:
+    """``--num-workers``: ``N`` (a fixed size) or ``MIN-MAX`` (elastic; ``N-N`` is N). What does
+    not parse is kept as typed, for :meth:`TrainConfig.checks` to refuse with the fix."""
+    lo, dash, hi = text.strip().partition("-")
+    try:
+        lo_n, hi_n = int(lo), int(hi if dash else lo)
+    except ValueError:
+        return text
+    return lo_n if lo_n == hi_n else [lo_n, hi_n]
+
+
+def workers_text(num_workers: int | list[int] | str) -> str:
+    """``num_workers`` as typed: ``4`` or ``2-4``."""
+    if isinstance(num_workers, list | tuple):
+        return "-".join(map(str, num_workers))
+    return str(num_workers)
+
+
+@dataclass
+class TrainConfig(Config):
+    # fmt: off
+    data_dir: str = data_opt("data", "CIFAR-10 (a folder holding or to hold cifar-10-batches-py), or labelled images: DIR/train/<class>/..., DIR/val/<class>/... (path or URI)", resumable=True)  # noqa: E501
+    download: bool = data_opt(True, "download CIFAR-10 (MD5-checked) if it is not there", resumable=True)  # noqa: E501
+    val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
+    recipe: str = recipe_opt("default", "preset; 'tutorial' reproduces the tutorial exactly", choices=RECIPES)  # noqa: E501
+    epochs: int = recipe_opt(20, "training epochs")
+    batch_size: int | None = recipe_opt(None, "GLOBAL batch, split across the workers, the same whatever their number (default: from the data and epochs, about 1,000 optimizer steps per run, 4..256)")  # noqa: E501
+    lr: float | None = recipe_opt(None, "peak learning rate (default: scaled with the batch)")
+    momentum: float = recipe_opt(0.9, "SGD momentum")
+    nesterov: bool = recipe_opt(True, "Nesterov momentum")
+    weight_decay: float = recipe_opt(5e-4, "L2 weight decay")
+    schedule: str = recipe_opt("onecycle", "learning-rate schedule", choices=SCHEDULES)
+    label_smoothing: float = recipe_opt(0.1, "cross-entropy smoothing")
+    grad_clip: float = recipe_opt(2.0, "clip the gradient norm (0: off); keeps the ReLU-less model from diverging")  # noqa: E501
+    augment: bool = recipe_opt(True, "random crop (4px padding) + horizontal flip")
+    normalize: bool = recipe_opt(True, "normalize inputs by the training set's mean/std")
+    relu: bool = recipe_opt(False, "add ReLUs (Caffe's CIFAR10-quick)")
+    seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
+    num_workers: int | list[int] = scale_opt(1, "Ray Train workers: N, or MIN-MAX for elastic training (starts with what the cluster has room for, grows as nodes join, goes on smaller from the last checkpoint when one is lost)", resumable=True, metavar="N|MIN-MAX", convert=parse_workers)  # noqa: E501, RUF009 (scale_opt is opt)
+    resize_interval: float = scale_opt(60.0, "elastic runs: seconds between looks for room for more workers (a resize restarts the workers from the latest checkpoint)", resumable=True, metavar="SECONDS")  # noqa: E501
+    use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, aliases=("--gpu",))  # noqa: E501
+    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, elastic CPU runs take a node's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
+    placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
+    storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
+    name: str | None = run_opt(None, "run name (default: time-stamped)", resumable=True)
+    resume: bool = run_opt(False, "continue run --name from its latest checkpoint", resumable=True)
+    max_failures: int = run_opt(2, "worker failures to recover from", resumable=True)
+    keep_checkpoints: int = run_opt(2, "checkpoints kept (best by test accuracy, plus the latest)", resumable=True)  # noqa: E501
+    log_every: int = run_opt(50, "train/loss every N steps", resumable=True)
+    stall_timeout: float = run_opt(STALL_TIMEOUT_S, "end the run, saying what it waited for, after this many seconds without progress (waiting for workers included; 0: wait for ever)", resumable=True)  # noqa: E501
+    smoke_test: bool = run_opt(False, "tiny generated set, 1 epoch, 2 CPU workers")
+    verbose: bool = run_opt(False, "also Ray Train's own INFO lines (worker group, checkpoints, reports)", resumable=True)  # noqa: E501
+    precision: str = speed_opt("auto", "bf16 autocast or fp32 (auto: bf16 on GPUs and bf16-capable CPUs); --amp off = fp32", choices=PRECISIONS, aliases=("--amp",), convert=parse_precision)  # noqa: E501
+    channels_last: bool | None = speed_opt(None, "channels_last memory format (default: on)")
+    compile: bool = speed_opt(False, "torch.compile the model")
+    # set by the program, not flags
+    stop_after_epoch: int | None = opt(None, cli=False, resumable=True)  # test hook: fail after it
+    synthetic: list[int] | None = opt(None, cli=False)  # generated train/test sizes, seed
+    classes: list[str] | None = opt(None, cli=False)  # from the data; checked apart on resume
+    # fmt: on
+
+    @property
+    def arch(self) -> str:
+        """The architecture's registry name."""
+        return "cifar10_quick_relu" if self.relu else "cifar10_quick"
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(fewest, most) workers: equal for a fixed size."""
+        n = self.num_workers
+        return (n[0], n[1]) if isinstance(n, list | tuple) else (n, n)
+
+    @property
+    def elastic(self) -> bool:
+        lo, hi = self.worker_range
+        return lo < hi
+
+    def checks(self) -> list[tuple[bool, str]]:
+        n = self.num_workers
+        form = isinstance(n, int) or (
+            isinstance(n, list | tuple) and len(n) == 2 and all(isinstance(k, int) for k in n)
+        )
+        if not form:
+            return [(False, f"--num-workers takes N or MIN-MAX, e.g. 4 or 2-4 (got {n!r})")]
+        lo, hi = self.worker_range
+        typed = workers_text(n)
+        return [
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (lo >= 1, f"--num-workers must be at least 1 (got {typed})"),
+            (
+                lo <= hi,
+                f"--num-workers {typed}: the smaller count comes first (MIN-MAX, e.g. {hi}-{lo})",
+            ),
+            (self.resize_interval >= 0, "--resize-interval must be >= 0"),
+            (
+                self.batch_size is None or self.batch_size >= 1,
+                f"--batch-size must be at least 1 (got {self.batch_size})",
+            ),
+            (
+                self.batch_size is None or self.batch_size >= hi,
+                f"--batch-size {self.batch_size} is the global batch and must be at least "
+                f"--num-workers {typed if lo == hi else f'{typed} (its MAX)'}: every worker "
+                "takes its share of each batch",
+            ),
+            (
+                self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+                f"--lr must be positive (got {self.lr})",
+            ),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
+            (
+                0 <= self.label_smoothing < 1,
+                f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})",
+            ),
+            (
+                self.cpus_per_worker is None or self.cpus_per_worker >= 1,
+                f"--cpus-per-worker must be at least 1 (got {self.cpus_per_worker})",
+            ),
+            (self.max_failures >= -1, "--max-failures must be >= 0 (or -1 for unlimited)"),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
+            (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.stall_timeout >= 0, "--stall-timeout must be >= 0"),
+            (self.grad_clip >= 0, f"--grad-clip must be >= 0 (got {self.grad_clip})"),
+            (
+                0 <= self.val_fraction < 1,
+                f"--val-fraction must be in [0, 1) (got {self.val_fraction})",
+            ),
+            (not (self.resume and not self.name), "--resume needs --name of the run to continue"),
+            (
+                not (self.nesterov and self.momentum == 0),
+                "--nesterov needs --momentum > 0 (use --no-nesterov with --momentum 0)",
+            ),
+        ]
+
+
+# The default recipe thinks in optimizer steps, not epochs: a short run on a few hundred images
+# needs small batches to learn at all, 50,000 images want large ones. Chosen on evaluation sets
+# of several sizes and difficulties (benchmarks.recipe, docs/results.md): global batch ~ images
+# x epochs / 1024, a power of two in 4..256; peak lr grows with the cube root of the batch.
+RECIPE_STEPS = 1024  # optimizer steps a default run aims at
+BATCH_RANGE = (4, 256)
+LR_AT_128, LR_MAX = 0.1, 0.1
+
+
+def default_batch(n_train: int, world: int, epochs: int) -> int:
+    """The global batch the default recipe picks: a power of two near
+    ``n_train * epochs / RECIPE_STEPS`` in ``BATCH_RANGE``, a multiple of the worker count
+    (of the most workers, for an elastic run: any fewer split it as evenly as they can)."""
+    want = max(1.0, n_train * epochs / RECIPE_STEPS)
+    batch = min(max(2 ** round(math.log2(want)), BATCH_RANGE[0]), BATCH_RANGE[1])
+    return max(world, batch // world * world)
+
+
+def default_lr(batch: int) -> float:
+    """Peak learning rate for a global batch: ``0.1 * (batch / 128) ** (1/3)``, at most 0.1."""
+    return round(min(LR_MAX, LR_AT_128 * (batch / 128) ** (1 / 3)), 4)
+
+
+def resolve_recipe(cfg: TrainConfig, n_train: int, world: int) -> TrainConfig:
+    """``cfg`` with the batch and learning rate the user did not type filled in for this data
+    and world size (typed values stay). An elastic run resolves them once, on the driver, for
+    its largest size: the global batch and the schedule then stay whatever the size."""
+    batch = cfg.batch_size or default_batch(n_train, world, cfg.epochs)
+    lr = cfg.lr if cfg.lr is not None else default_lr(batch)
+    return dataclasses.replace(cfg, batch_size=batch, lr=lr)
+
+
+# Settings that may change when a run is resumed; everything else must match the saved config.
+RESUMABLE_FIELDS = fields_where(TrainConfig, "resumable")
+
+
+# What a saved config.json (--config) does not carry over: a rerun is a new run.
+NOT_RERUN = ("name", "resume", "classes", "stop_after_epoch")
+
+
+def resolve_config(explicit: dict[str, Any], saved: dict[str, Any] | None = None) -> TrainConfig:
+    """Dataclass defaults <- a saved config (``--config``) <- the recipe preset (if typed, or
+    without a saved config) <- smoke-test preset <- flags the user typed."""
+    saved = {k: v for k, v in (saved or {}).items() if k not in NOT_RERUN}
+    if "amp" in saved:  # config.json written before --precision
+        saved.setdefault("precision", parse_precision(saved.pop("amp")))
+    preset = {}
+    if "recipe" in explicit or not saved:
+        preset = RECIPE_PRESETS[explicit.get("recipe", saved.get("recipe", "default"))]
+    smoke = {**SMOKE_PRESET, "synthetic": SMOKE_DATA} if explicit.get("smoke_test") else {}
+    return make_config(TrainConfig, saved, preset, smoke, explicit)

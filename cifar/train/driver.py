@@ -1,0 +1,297 @@
+"""The training driver: name the run, load the data once, start Ray Train's workers
+(:mod:`cifar.train.worker`), then export the best model and write ``summary.json``
+(:mod:`cifar.train.summary`).
+
+Ray must already be initialised (the job, ``jobs/train.py``, calls ``ray.init`` and applies
+:func:`ray_train_env` first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from cifar.cluster.resources import ClusterInfo
+from cifar.cluster.state import placement_waiting
+from cifar.cluster.watchdog import Watchdog
+from cifar.config import ConfigError
+from cifar.data.dataset import ImageData
+from cifar.data.sources import check_data, load_data
+from cifar.io import storage
+from cifar.models.registry import ModelSpec, get_arch
+from cifar.train.config import RESUMABLE_FIELDS, TrainConfig, resolve_recipe, workers_text
+from cifar.train.outputs import HEARTBEAT_FILE
+from cifar.train.summary import describe_data, log_data, run_summary
+from cifar.train.worker import WorkerArgs, train_loop_per_worker
+
+RECIPE_CHOSEN = ("batch_size", "lr")  # None: the default recipe picks them for the data
+log = logging.getLogger(__name__)
+progress = logging.getLogger("cifar.progress")
+
+
+class TrainingError(RuntimeError):
+    """The training run failed for good (after its retries)."""
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    """Where the run lives: ``<storage-path>/<name>`` (a local path made absolute, or a URI)."""
+    return f"{storage.absolute(cfg.storage_path).rstrip('/')}/{cfg.name}"
+
+
+def input_size(cfg: TrainConfig) -> int:
+    """The side of the images the run's model takes (its data is decoded at that size)."""
+    return get_arch(cfg.arch).input_size
+
+
+def prepare_run(cfg: TrainConfig) -> TrainConfig:
+    """Name the run, and on --resume reload its saved config (flags may only change scale)."""
+    if cfg.name is None:
+        cfg = dataclasses.replace(cfg, name=datetime.now().strftime("cifar-%Y%m%d-%H%M%S-%f"))
+    rdir = run_dir(cfg)
+    config_file = f"{rdir}/config.json"
+    if cfg.resume:
+        if not storage.exists(config_file):
+            raise ConfigError(
+                f"--resume: no run named '{cfg.name}' in {cfg.storage_path} (no {config_file}). "
+                "Check --name and --storage-path, or drop --resume to start a new run."
+            )
+        saved = json.loads(storage.read_text(config_file))
+        # what the recipe chose for the run (not typed now) is what it continues with
+        chosen = {k: saved[k] for k in RECIPE_CHOSEN if getattr(cfg, k) is None and k in saved}
+        cfg = dataclasses.replace(cfg, **chosen)
+        current = cfg.to_dict()
+        changed = [
+            f"--{k.replace('_', '-')} {saved.get(k)!r} -> {current[k]!r}"
+            for k in current
+            if k not in RESUMABLE_FIELDS | {"classes"} and k in saved and saved[k] != current[k]
+        ]
+        if changed:
+            raise ConfigError(
+                f"--resume of '{cfg.name}' with a different recipe ({'; '.join(changed)}). A "
+                "resumed run keeps the recipe it started with: pass the same flags, or start "
+                "a new run with another --name."
+            )
+        return cfg
+    if storage.exists(rdir):
+        raise ConfigError(
+            f"run '{cfg.name}' already exists in {cfg.storage_path}. Pass --resume to continue "
+            "it from its latest checkpoint, or choose another --name."
+        )
+    return cfg
+
+
+def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
+    """(use_gpu, CPUs per worker = its torch threads) for this cluster; fails fast when
+    impossible."""
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.gpus > 0
+    if use_gpu and cluster.gpus < 1:
+        raise ConfigError(
+            "--use-gpu was given but the Ray cluster has no GPUs "
+            f"(cluster resources: {cluster.cpus:g} CPUs, 0 GPUs). Run without --use-gpu to train "
+            "on CPU, or connect to a cluster with GPU nodes (RAY_ADDRESS)."
+        )
+    if cfg.cpus_per_worker is not None:
+        cpus = cfg.cpus_per_worker
+    elif use_gpu:
+        cpus = 2
+    elif cfg.elastic:  # workers come and go with nodes: one per node, the smallest node's CPUs
+        node = cluster.smallest_node_cpus or cluster.largest_node_cpus or cluster.cpus
+        cpus = max(1, int(node))
+    else:  # what is free now (other jobs may hold the rest), shared evenly
+        cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
+    return use_gpu, cpus
+
+
+def check_classes(cfg: TrainConfig, data: ImageData) -> TrainConfig:
+    """Record the data's classes in the config; a resumed run must see the classes it began with
+    (its model has one output per class)."""
+    classes = list(data.classes)
+    if cfg.resume:
+        saved = json.loads(storage.read_text(f"{run_dir(cfg)}/config.json")).get("classes")
+        if saved is not None and saved != classes:
+            raise ConfigError(
+                f"--resume of '{cfg.name}': the data's classes changed ({saved} -> {classes}). "
+                "A resumed run keeps its classes: point --data-dir at the data it started with, "
+                "or start a new run with another --name."
+            )
+    return dataclasses.replace(cfg, classes=classes)
+
+
+def train_plan(cfg: TrainConfig) -> list[str]:
+    """``--dry-run``: what this config would do, every check made, nothing started or written."""
+
+    cfg = prepare_run(cfg)
+    data, n_train = check_data(cfg.data_dir, cfg.download, cfg.synthetic, input_size(cfg))
+    chose = "" if cfg.batch_size and cfg.lr else " (batch/lr picked for the data)"
+    if n_train:
+        cfg = resolve_recipe(cfg, n_train, cfg.worker_range[1])
+    gpu = {True: "1 GPU each", False: "CPU only", None: "a GPU each if the cluster has GPUs"}
+    shared = "a node's CPUs (CPU runs)" if cfg.elastic else "the cluster's CPUs shared"
+    cpus = cfg.cpus_per_worker or shared
+    elastic = (
+        f" (elastic: resizes from the latest checkpoint; looks for room every "
+        f"{cfg.resize_interval:g}s)"
+        if cfg.elastic
+        else ""
+    )
+    return [
+        "[cifar] dry run: the config, data and run directory check out; nothing was started",
+        f"  run:       {run_dir(cfg)} ({'resumes its latest checkpoint' if cfg.resume else 'new'})",
+        f"  data:      {data}",
+        f"  recipe:    {cfg.recipe}{chose}: {cfg.epochs} epochs, global batch "
+        f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.schedule}), momentum {cfg.momentum:g}, weight "
+        f"decay {cfg.weight_decay:g}, augment {'on' if cfg.augment else 'off'}",
+        f"  scale:     {workers_text(cfg.num_workers)} worker(s){elastic}, {gpu[cfg.use_gpu]}, "
+        f"CPUs per worker: {cpus}",
+        f"  precision: {cfg.precision}"
+        + (" (on a CPU: measured at the start; bf16 on GPUs)" if cfg.precision == "auto" else ""),
+    ]
+
+
+def ray_train_env(cfg: TrainConfig) -> dict[str, str]:
+    """Ray Train's own settings (environment variables, read by its controller) that this run
+    wants; the job sets those not already set before ``fit()``."""
+    # Ray Train's controller polls its workers every 2 s by default: starting and finishing a
+    # run each wait for a poll (docs/results.md: the fixed cost of a run)
+    settings = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+    # A busy cluster: Ray Train gives up on a placement group after 60 s, logs a traceback and
+    # asks again. A fixed size only waits in line: the watchdog reports that wait and ends it
+    # after --stall-timeout. An elastic size keeps Ray's 60 s: Ray Train counts the nodes'
+    # CPUs, not what other jobs hold, and may ask for more workers than fit (or for a node just
+    # lost); after 60 s it counts again and asks for what there is.
+    if not cfg.elastic:
+        wait_s = cfg.stall_timeout + 60 if cfg.stall_timeout > 0 else 10**9
+        settings["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{wait_s:g}"
+    return settings
+
+
+def build_trainer(cfg: TrainConfig, args: WorkerArgs, use_gpu: bool):
+    """The TorchTrainer for a prepared config (run named, data loaded and put on the driver)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=args.to_config(),
+        scaling_config=scaling_config(cfg, use_gpu, args.threads),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=storage.absolute(cfg.storage_path),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            # Ray Train's own INFO lines (worker group, checkpoint written, result reported)
+            # bury the job's one line per epoch: shown with --verbose
+            logging_config=LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute="test_accuracy",
+                checkpoint_score_order="max",
+            ),
+        ),
+    )
+
+
+def scaling_config(cfg: TrainConfig, use_gpu: bool, cpus: int):
+    """Ray Train's ScalingConfig: a fixed size, or for ``--num-workers MIN-MAX`` a (min, max)
+    range that Ray Train starts with what the cluster has room for and resizes (a restart from
+    the latest checkpoint) when that changes, looking every ``--resize-interval`` seconds."""
+    from ray.train import ScalingConfig
+
+    lo, hi = cfg.worker_range
+    return ScalingConfig(
+        num_workers=(lo, hi) if cfg.elastic else lo,
+        use_gpu=use_gpu,
+        resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
+        placement_strategy=cfg.placement,
+        elastic_resize_monitor_interval_s=cfg.resize_interval,
+    )
+
+
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, ImageData]:
+    """The run named (or its saved config reloaded), its data loaded once on the driver, its
+    classes recorded and its recipe resolved for the data; config.json written for a new run."""
+    if not storage.is_uri(cfg.data_dir):  # recorded in config.json: make it absolute
+        cfg = dataclasses.replace(cfg, data_dir=storage.absolute(cfg.data_dir))
+    cfg = prepare_run(cfg)
+    data = load_data(cfg.data_dir, cfg.download, cfg.val_fraction, cfg.synthetic, input_size(cfg))
+    cfg = check_classes(cfg, data)
+    # one global batch and schedule for the whole run: an elastic one's for its largest size
+    cfg = resolve_recipe(cfg, len(data.train_labels), cfg.worker_range[1])
+    if not cfg.resume:
+        storage.write_text(f"{run_dir(cfg)}/config.json", json.dumps(cfg.to_dict(), indent=2))
+    return cfg, data
+
+
+def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
+    """Driver: check and load the data, start the workers, fit, export ``model/`` and write
+    ``summary.json``. Ray must already be initialised (the job calls ``ray.init``)."""
+    import ray
+
+    use_gpu, cpus = resolve_scale(cfg, cluster)
+    cfg, data = prepare(cfg)
+    dataset = describe_data(data)
+    log_data(data, dataset)
+    mean, std = data.channel_stats() if cfg.normalize else (None, None)
+    spec = ModelSpec.of(cfg.arch, data.classes, mean, std, input_size(cfg))
+    rdir = run_dir(cfg)
+    # the data is read once here and shared by every worker through the object store (zero-copy
+    # on a node, fetched once by every other node): workers never need it on their disk
+    args = WorkerArgs(cfg, spec, cpus, rdir, ray.put(data.arrays()), dataset)
+    each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" + 1 GPU" if use_gpu else "")
+    if cfg.elastic:
+        progress.info(
+            "[cifar] elastic: %s workers of %s; global batch %d at every size; looks for room "
+            "for more every %gs; a resize or a lost node continues from the latest checkpoint",
+            workers_text(cfg.num_workers),
+            each,
+            cfg.batch_size,
+            cfg.resize_interval,
+        )
+    t0 = time.perf_counter()
+    result = fit(build_trainer(cfg, args, use_gpu), cfg, f"{workers_text(cfg.num_workers)} "
+                 f"worker(s) x {each}")  # fmt: skip
+    summary = run_summary(result, cfg, data, rdir, time.perf_counter() - t0)
+    storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def fit(trainer, cfg: TrainConfig, need: str):
+    """``trainer.fit()`` under the watchdog (which says what the run waits for and ends it after
+    --stall-timeout without progress); a run that failed for good is a TrainingError."""
+    from ray.train import TrainingFailedError
+
+    rdir = run_dir(cfg)
+    beat = f"{rdir}/{HEARTBEAT_FILE}"
+    dog = Watchdog(
+        f"training run '{cfg.name}'",
+        need,
+        lambda: _heartbeat(beat),
+        placement_waiting,
+        cfg.stall_timeout,
+    )
+    try:
+        with dog:  # a stall leaves it as a StallError
+            result = trainer.fit()
+        dog.check()  # a stall that Ray Train's own SIGINT handler ended quietly
+    except TrainingFailedError as e:
+        raise TrainingError(
+            f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
+            f"{_root_cause(e).rstrip('.')}. Its checkpoints are in {rdir}; continue it with "
+            f"--resume --name {cfg.name}."
+        ) from e
+    return result
+
+
+def _heartbeat(path: str) -> str | None:
+    """What rank 0 last wrote to the run's heartbeat file (None before it first did)."""
+    return storage.read_text(path) if storage.exists(path) else None
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__

@@ -1,0 +1,174 @@
+"""What rank 0 writes while a run trains: progress lines, TensorBoard, and the run's files
+(``metrics.csv`` every epoch; at the end ``confusion_matrix.png``, ``misclassified.png``
+and ``per_class.csv`` of the best epoch). Every other rank writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cifar.io import storage
+from cifar.plots import per_class_csv
+
+progress = logging.getLogger("cifar.progress")
+
+METRICS_FILE = "metrics.csv"
+HEARTBEAT_FILE = "heartbeat.json"  # the driver's watchdog reads it: is the run moving?
+HEARTBEAT_EVERY = 10.0  # seconds between heartbeats at most
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "images_per_s",
+    "train_seconds",
+    "workers",  # world size: an elastic run's changes as nodes come and go
+    "test_images",  # images evaluated: the whole test set, each once, whatever the world size
+)
+
+
+class RankZero:
+    """The one place that decides who writes: rank 0 prints, logs to TensorBoard, writes files."""
+
+    def __init__(
+        self,
+        rank: int,
+        run_dir: str | None,
+        classes: Sequence[str] = (),
+        purge_step: int | None = None,
+    ) -> None:
+        self.is_writer = rank == 0
+        self.run_dir = run_dir
+        self.classes = list(classes)
+        self.writer = None
+        self._tb_local = self._tb_remote = None
+        self._last_beat = 0.0
+        if self.is_writer and run_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb_dir = f"{run_dir}/tensorboard"
+            if storage.is_uri(tb_dir):  # cloud storage: write locally, upload after each epoch
+                self._tb_remote = tb_dir
+                self._tb_local = tempfile.mkdtemp(prefix="cifar-tb-")
+            self.writer = SummaryWriter(self._tb_local or tb_dir, purge_step=purge_step)
+
+    def print(self, msg: str) -> None:
+        """A user-facing progress line (Ray Train forwards worker logging to the driver)."""
+        if self.is_writer:
+            progress.info(msg)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.call(lambda w, tag=tag, value=value: w.add_scalar(tag, value, step))
+
+    def call(self, fn: Callable[[Any], None]) -> None:
+        if self.writer is not None:
+            fn(self.writer)
+
+    def file(self, name: str, data: bytes) -> None:
+        """``data`` as ``<run>/<name>`` (local path or URI)."""
+        if self.is_writer and self.run_dir:
+            storage.write_bytes(f"{self.run_dir}/{name}", data)
+
+    def heartbeat(self, epoch: int, step: int, force: bool = False) -> None:
+        """Tell the driver the run is moving: at the start, during epochs (every
+        ``HEARTBEAT_EVERY`` seconds at most) and after each epoch."""
+        now = time.time()
+        if not self.is_writer or (not force and now - self._last_beat < HEARTBEAT_EVERY):
+            return
+        self._last_beat = now
+        beat = {"epoch": epoch, "step": step, "time": round(now, 1)}
+        self.file(HEARTBEAT_FILE, json.dumps(beat).encode())
+
+    def metrics(self, history: list[dict[str, float]]) -> None:
+        """``metrics.csv``: one row per finished epoch, rewritten whole (object stores cannot
+        append), so a crashed run still has every epoch it finished."""
+        self.file(METRICS_FILE, metrics_csv(history))
+
+    def best_epoch(
+        self, epoch: int, confusion: list[list[int]], wrong: dict[str, Any] | None
+    ) -> None:
+        """Pictures and per-class table of the best epoch, as files and in TensorBoard.
+
+        Drawn once, when the run ends (about a second with matplotlib: drawn during training,
+        in a thread or not, it slowed the next epoch by half on a 2-core machine)."""
+        if not self.is_writer:
+            return
+        from cifar.plots import confusion_png, image_grid_png, png_to_chw
+
+        title = f"test set at the best epoch ({epoch})"
+        pictures = {"confusion_matrix.png": confusion_png(confusion, self.classes, title)}
+        if wrong is not None:
+            captions = [
+                f"true: {self.classes[t]}\npred: {self.classes[p]} {c:.2f}"
+                for t, p, c in zip(
+                    wrong["true"].tolist(), wrong["pred"].tolist(), wrong["prob"].tolist(),
+                    strict=True,
+                )
+            ]  # fmt: skip
+            pictures["misclassified.png"] = image_grid_png(
+                wrong["images"].numpy(),
+                captions,
+                f"misclassified test images at epoch {epoch}: {len(captions)} from the share "
+                "of the test set evaluated by worker 0",
+            )
+        for name, png in pictures.items():
+            self.file(name, png)
+            tag = f"best/{name.removesuffix('.png')}"
+            self.call(lambda w, tag=tag, png=png: w.add_image(tag, png_to_chw(png), epoch))
+        self.file("per_class.csv", per_class_csv(confusion, self.classes))
+
+    def hparams(self, config: dict[str, Any], results: dict[str, float]) -> None:
+        """The run's settings against its results, for TensorBoard's HParams tab."""
+        flat = {
+            k: v if isinstance(v, bool | int | float | str) else str(v)
+            for k, v in config.items()
+            if v is not None
+        }
+        self.call(lambda w: w.add_hparams(flat, {f"hparam/{k}": v for k, v in results.items()},
+                                          run_name="hparams"))  # fmt: skip
+
+    def flush(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self._tb_remote:
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(self._tb_local, self._tb_remote)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.flush()
+            self.writer.close()
+
+
+def metrics_csv(history: list[dict[str, float]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue().encode()
+
+
+def dataset_markdown(d: dict[str, Any]) -> str:
+    """The class counts as a Markdown table (TensorBoard's Text tab)."""
+    counts = d["class_counts"]
+    skipped = f", {d['skipped']} unreadable files skipped" if d.get("skipped") else ""
+    lines = [
+        f"{d['kind']} dataset at `{d['root']}`: {d['train_images']} training and "
+        f"{d['test_images']} evaluation images{skipped}",
+        "",
+        "| index | class | train | test |",
+        "| ---: | --- | ---: | ---: |",
+    ]
+    for i, c in enumerate(d["classes"]):
+        lines.append(f"| {i} | {c} | {counts['train'][c]} | {counts['test'][c]} |")
+    return "\n".join(lines)

@@ -1,0 +1,326 @@
+"""The Ray Train worker: the only code that talks to Ray Train inside a worker (context,
+checkpoint, report), around the pure loop of :mod:`cifar.train.engine`. Rank 0 writes; every rank
+reports (Ray's ``report`` is a barrier)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifar.data.dataset import tensors_from_arrays
+from cifar.data.transforms import make_grid_sample, random_crop_flip
+from cifar.device import Compute, resolve_compute
+from cifar.models import checkpoint as ckpt
+from cifar.models.registry import ModelSpec
+from cifar.plots import per_class_accuracy
+from cifar.train.config import TrainConfig
+from cifar.train.engine import (
+    Engine,
+    all_reduce,
+    build,
+    distributed,
+    evaluate,
+    job_compute,
+    rng_state,
+    set_rng_state,
+    train_one_epoch,
+)
+from cifar.train.outputs import METRICS_COLUMNS, RankZero, dataset_markdown
+
+progress = logging.getLogger("cifar.progress")
+
+EXAMPLES = 48  # misclassified test images in the best epoch's picture
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides the weights (``train_state.pt``), so a restarted or
+    resumed run continues exactly where it stopped."""
+
+    epoch: int = -1  # last completed epoch (0-based); -1: none yet
+    restarts: int = 0  # worker failures, elastic resizes and --resume continuations so far
+    restored_from: list[int] = field(default_factory=list)  # epoch each restart continued at
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    rng: list[dict[str, Any]] = field(default_factory=list)  # per rank, end of the last epoch
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    compute: dict[str, Any] | None = None  # precision and layout chosen at the start
+    # best epoch so far: {"epoch", "confusion", "examples"} (rank 0's misclassified images)
+    best: dict[str, Any] | None = None
+
+    @property
+    def start_epoch(self) -> int:
+        return self.epoch + 1
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path) -> TrainState:
+        saved = ckpt.load_train_state(directory)
+        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def continued(self) -> TrainState:
+        """This state as the start of a restart: one more restart, recorded where it began."""
+        self.restarts += 1
+        self.restored_from = [*self.restored_from, self.start_epoch]
+        return self
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What the driver hands every Ray Train worker. Ray passes it as ``train_loop_config``, a
+    dict of exactly these fields (:meth:`to_config`), which the worker turns back into this."""
+
+    cfg: TrainConfig  # resolved: batch and lr picked, classes recorded
+    spec: ModelSpec  # the model: architecture, classes, input size, normalisation
+    threads: int  # torch threads per worker (its CPUs)
+    run_dir: str  # local path or URI
+    data: Any  # ObjectRef of ImageData.arrays(), put once by the driver
+    dataset: dict[str, Any]  # what meta.json, summary.json and TensorBoard say about the data
+
+    def to_config(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build, restore, then train/evaluate/checkpoint/report every epoch."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    args = WorkerArgs(**config)
+    cfg = args.cfg
+    if not cfg.verbose:
+        _quiet_reports()
+    ctx = ray.train.get_context()  # Ray: who am I
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cudnn.benchmark = True
+    checkpoint = ray.train.get_checkpoint()  # Ray: set after a failure or on --resume
+    state, weights = restored(checkpoint)
+    compute = choose_compute(cfg, args.spec, state, device, world, ctx.get_local_world_size())
+    data = tensors_from_arrays(ray.get(args.data))  # Ray: put there once by the driver
+    prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
+    e = build(cfg, data, args.spec, compute, rank, world, prepare)
+    if weights is not None:
+        e.restore(weights, state.optimizer, state.scheduler)
+        set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
+    purge = state.start_epoch * e.steps_per_epoch or None  # a resumed run overwrites the rest
+    out = RankZero(rank, args.run_dir, args.spec.classes, purge_step=purge)
+    out.heartbeat(state.start_epoch, 0, force=True)  # the workers are up
+    if checkpoint is not None:
+        out.print(restored_line(state, cfg.epochs, world))
+    else:
+        write_intro(out, e, data["train_images"][:64], args.dataset)
+        out.print(compute_line(compute, world))
+    meta = ckpt.model_meta(
+        args.spec,
+        dataset=args.dataset,
+        config=cfg.to_dict(),
+        versions=ckpt.versions(),
+        world_size=world,
+        compute=state.compute,
+    )
+    train_epochs(e, out, state, meta)
+    out.close()
+
+
+def restored(checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """(state, weights) from Ray Train's checkpoint, as the start of a restart; a fresh state and
+    no weights without one."""
+    if checkpoint is None:
+        return TrainState(), None
+    with checkpoint.as_directory() as d:
+        state = TrainState.from_checkpoint(d).continued()
+        return state, ckpt.load_state_dict_file(Path(d) / ckpt.MODEL_FILE)
+
+
+def train_epochs(e: Engine, out: RankZero, state: TrainState, meta: dict[str, Any]) -> None:
+    """Every epoch from where ``state`` stopped: train, evaluate, print, checkpoint + report; at
+    the end, the best epoch's pictures and the HParams row."""
+    cfg, world = e.cfg, e.world
+    t_run, first = time.perf_counter(), state.start_epoch
+    for epoch in range(first, cfg.epochs):
+        before = state.history[-1].get("workers") if state.history else None
+        metrics = run_epoch(e, epoch, out, state)
+        elapsed = time.perf_counter() - t_run
+        line = epoch_line(metrics, cfg.epochs, elapsed / (epoch + 1 - first))
+        if world != before and (cfg.elastic or before is not None):  # a size that changed
+            line += f"  ({world} worker{'s' if world > 1 else ''})"
+        out.print(line)
+        report(e, out, state, metrics, meta)
+        if cfg.stop_after_epoch is not None and epoch + 1 == cfg.stop_after_epoch:
+            out.close()
+            raise RuntimeError(f"stop_after_epoch={cfg.stop_after_epoch} (testing hook)")
+    if state.best is not None:
+        out.best_epoch(state.best["epoch"], state.best["confusion"], state.best["examples"])
+        best = max(h["test_accuracy"] for h in state.history)
+        final = state.history[-1]["test_accuracy"]
+        out.hparams(cfg.to_dict(), {"best_test_accuracy": best, "final_test_accuracy": final})
+
+
+def choose_compute(
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    state: TrainState,
+    device: torch.device,
+    world: int,
+    local_world: int = 1,
+) -> Compute:
+    """What a restarted run recorded (so it continues exactly), else what the job chooses now
+    (:func:`cifar.train.engine.job_compute`), recorded in ``state``."""
+    if state.compute is not None:
+        c = state.compute
+        return resolve_compute(device, c["precision"], c["channels_last"])
+    compute = job_compute(cfg, spec, device, world, local_world)
+    state.compute = compute.describe()
+    return compute
+
+
+def compute_line(c: Compute, world: int) -> str:
+    """How the run computes, and the figures behind a measured choice."""
+    line = f"[cifar] training in {c.name} on {c.device.type} ({c.chosen_by}"
+    if c.ms_per_step:
+        times = ", ".join(f"{k} {v:.1f} ms" for k, v in c.ms_per_step.items())
+        who = f"slowest of {world} workers" if world > 1 else "this worker"
+        line += f" per training step, {who}: {times}"
+    return line + ")"
+
+
+def write_intro(out: RankZero, e: Engine, first: torch.Tensor, dataset: dict[str, Any]) -> None:
+    """TensorBoard's model graph, a grid of (augmented) training samples, the class counts."""
+    with warnings.catch_warnings():  # add_graph traces with the deprecated torch.jit
+        warnings.simplefilter("ignore", FutureWarning)
+        side = e.spec.input_size
+        example = torch.zeros(1, 3, side, side, device=e.compute.device)
+        out.call(lambda w: w.add_graph(e.raw, example))
+    grid = make_grid_sample(random_crop_flip(first) if e.cfg.augment else first)
+    out.call(lambda w: w.add_image("train/samples", grid, 0))
+    out.call(lambda w: w.add_text("dataset", dataset_markdown(dataset), 0))
+
+
+def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[str, Any]:
+    """Train one epoch, evaluate exactly, add the epoch to ``state.history`` and TensorBoard."""
+
+    def on_log(step: int, loss: float) -> None:
+        out.scalars({"train/loss": loss}, epoch * e.steps_per_epoch + step)
+        out.heartbeat(epoch, step)
+
+    stats = train_one_epoch(e, epoch, on_log if out.is_writer else None)
+    loss_sum, samples = all_reduce([stats.loss_sum, stats.samples], e.compute.device)
+    (seconds,) = all_reduce([stats.seconds], e.compute.device, op="max")  # the slowest rank
+    evaluation = evaluate(e, examples=EXAMPLES if out.is_writer else 0)
+    confusion = evaluation.pop("confusion")
+    wrong = evaluation.pop("misclassified", None)
+    metrics = {
+        "epoch": epoch + 1,
+        "epochs": e.cfg.epochs,
+        "train_loss": loss_sum / max(samples, 1),
+        "images_per_s": samples / max(seconds, 1e-9),
+        "train_seconds": seconds,
+        "lr": e.optimizer.param_groups[0]["lr"],
+        "restarts": state.restarts,
+        "workers": e.world,  # the world size this epoch trained with: an elastic run's varies
+        **evaluation,
+    }
+    is_best = all(metrics["test_accuracy"] > h["test_accuracy"] for h in state.history)
+    state.history.append({k: metrics[k] for k in METRICS_COLUMNS})
+    state.epoch = epoch
+    per_class = per_class_accuracy(confusion, out.classes)
+    out.scalars(
+        {
+            "test/loss": metrics["test_loss"],
+            "test/accuracy": metrics["test_accuracy"],
+            "lr": metrics["lr"],
+            "throughput/images_per_s": metrics["images_per_s"],
+            **{f"test_class_accuracy/{c}": a for c, a in per_class.items() if a is not None},
+        },
+        epoch + 1,
+    )
+    out.metrics(state.history)
+    out.heartbeat(epoch + 1, 0, force=True)
+    if is_best:
+        state.best = {"epoch": epoch + 1, "confusion": confusion, "examples": wrong}
+    out.flush()
+    return metrics
+
+
+def restored_line(state: TrainState, epochs: int, world: int) -> str:
+    """A restart says where it continues, and with how many workers when that changed (an
+    elastic run resized, or a node lost)."""
+    line = (
+        f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
+        f"(restart #{state.restarts}); continuing at epoch {state.start_epoch + 1}/{epochs}"
+    )
+    before = state.history[-1].get("workers") if state.history else None
+    if before is not None and before != world:
+        line += f" with {world} worker{'s' if world > 1 else ''} (was {before})"
+    return line
+
+
+def epoch_line(m: dict[str, Any], epochs: int, seconds_per_epoch: float) -> str:
+    eta = seconds_per_epoch * (epochs - m["epoch"])
+    return (
+        f"[cifar] epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  "
+        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  "
+        f"{m['images_per_s']:.0f} img/s  ETA {_fmt_seconds(eta)}"
+    )
+
+
+def report(
+    e: Engine, out: RankZero, state: TrainState, metrics: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Checkpoint (rank 0 writes it) and report the epoch's metrics (every rank: a barrier)."""
+    import ray.train
+
+    state.rng = _gather_rng_states(e.world)
+    state.optimizer = e.optimizer.state_dict()
+    state.scheduler = e.scheduler.state_dict() if e.scheduler is not None else None
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if out.is_writer:
+            epoch_meta = {**meta, "epoch": metrics["epoch"], "metrics": metrics}
+            ckpt.save_checkpoint(tmp, e.raw, epoch_meta, state.to_dict())
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}",
+        )
+
+
+def _quiet_reports() -> None:
+    """Ray Train 2.60 logs every report (with the whole metrics dict) through a logger named
+    after its file, which RunConfig's LoggingConfig does not reach: quiet that one logger."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to quiet, or quieted another way
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def _gather_rng_states(world: int) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    state = rng_state()
+    if not distributed():
+        return [state]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _fmt_seconds(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

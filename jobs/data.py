@@ -1,0 +1,87 @@
+"""Get data to train on: ``cifar-data download DIR`` fetches CIFAR-10 (MD5-checked);
+``cifar-data synthetic DIR`` writes a GENERATED learnable set, CIFAR-format files or (with
+``--folders``) a labelled image-folder tree. Also ``python -m jobs.data``.
+
+Examples:
+  cifar-data download data                              # data/cifar-10-batches-py
+  cifar-data synthetic data/synthetic --train 20000 --test 4000
+  cifar-data synthetic pets --folders --classes 3 --train 600 --test 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cifar.data.cifar10 import CIFAR10_URL, TRAIN_FILES, download_cifar10
+from cifar.data.dataset import DataError
+from cifar.data.synthetic import write_folders, write_synthetic
+from jobs.common import run_main
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cifar-data",
+        description="Download CIFAR-10, or write a generated (NOT CIFAR-10) dataset.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{download,synthetic}")
+    d = sub.add_parser(
+        "download",
+        help="download and extract CIFAR-10 into DIR/cifar-10-batches-py",
+        description=f"Download CIFAR-10 ({CIFAR10_URL}, MD5-checked) and extract it into "
+        "DIR/cifar-10-batches-py.",
+        allow_abbrev=False,
+    )
+    d.add_argument("dir", metavar="DIR")
+    d.add_argument("--url", default=CIFAR10_URL, help="a mirror of the official archive")
+    s = sub.add_parser(
+        "synthetic",
+        help="write a generated learnable set (CIFAR-format, or image folders)",
+        description="Write a learnable generated dataset (NOT CIFAR-10) to DIR: CIFAR-format "
+        "batch files, or with --folders a labelled image-folder tree.",
+        allow_abbrev=False,
+    )
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--train", type=int, default=5000, help="training images (default 5000)")
+    s.add_argument(
+        "--test", type=int, default=1000, help="test (--folders: val) images (default 1000)"
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--folders", action="store_true", help="write DIR/train/<class>/, DIR/val/<class>/"
+    )
+    s.add_argument("--classes", type=int, default=3, help="classes with --folders (default 3)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
+    if a.command == "download":
+        print(f"CIFAR-10 is in {download_cifar10(a.dir, url=a.url)}")
+    elif a.folders:
+        if a.classes < 2 or a.train < a.classes or a.test < 0:
+            p.error("--folders needs --classes >= 2, --train >= --classes and --test >= 0")
+        d = write_folders(a.dir, a.train, a.test, a.classes, a.seed)
+        print(
+            f"wrote a generated image-folder tree ({a.classes} classes, {a.train} train / "
+            f"{a.test} val images) to {d}"
+        )
+    else:
+        if a.train < len(TRAIN_FILES) or a.test < 1:
+            p.error(f"--train must be >= {len(TRAIN_FILES)} and --test >= 1")
+        d = write_synthetic(a.dir, a.train, a.test, a.seed)
+        print(f"wrote a generated CIFAR-format set ({a.train} train / {a.test} test) to {d}")
+    return 0
+
+
+def cli() -> None:
+    """The installed ``cifar-data`` command."""
+    run_main(lambda: main(sys.argv[1:]), (DataError,))
+
+
+if __name__ == "__main__":
+    cli()
