@@ -199,10 +199,13 @@ def read_saved_config(path: str | None) -> dict[str, Any]:
     import json
 
     from cifar.io import storage
+    from cifar.io.faults import StorageError
 
     try:
         return json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file. Pass a run's config.json.") from None
+    except StorageError:
+        raise  # the store, not the file: the job says so as such
     except (OSError, ValueError) as e:
         raise ConfigError(f"--config {path} is not a readable JSON config ({e}).") from None

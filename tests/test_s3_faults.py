@@ -3,8 +3,8 @@ injected by a proxy on loopback (tests/faultproxy.py) between our clients and th
 
 Reads, writes and listings get through faults that stop after a few tries; a key that keeps
 failing becomes an error that names the path and the attempts, in bounded time, never a hang.
-The fast tests lower the AWS SDK's tries (storage.SDK_ATTEMPTS) so that a fault outlasting
-them reaches our own retries (storage.retrying) within seconds; the job test runs as shipped.
+The fast tests lower the AWS SDK's tries (faults.SDK_ATTEMPTS) so that a fault outlasting
+them reaches our own retries (faults.retrying) within seconds; the job test runs as shipped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar.io import storage
+from cifar.io import faults, storage
 from cifar.testing.faultproxy import FaultProxy, Rule
 
 
@@ -40,8 +40,8 @@ def proxy(s3, monkeypatch):
 @pytest.fixture()
 def sdk_tries(monkeypatch):
     """Two tries per request in the AWS SDK (its backoff then stays under a second), so a
-    fault on 3 tries in a row outlasts the SDK and is retried by storage.retrying."""
-    monkeypatch.setattr(storage, "SDK_ATTEMPTS", 2)
+    fault on 3 tries in a row outlasts the SDK and is retried by faults.retrying."""
+    monkeypatch.setattr(faults, "SDK_ATTEMPTS", 2)
     storage.reset_filesystems()
     return 2
 
@@ -69,7 +69,7 @@ def test_reads_writes_listings_get_through_faults_on_the_first_tries(
     c = server.client()
     c.put_object(Bucket=name, Key="d/r.bin", Body=b"r" * 5000)
     c.put_object(Bucket=name, Key="d/c.bin", Body=b"c" * 7000)
-    caplog.set_level("INFO", logger="cifar.io.storage")
+    caplog.set_level("INFO", logger="cifar.io.faults")
 
     storage.write_bytes(f"{bucket}/d/w.bin", b"w" * 3000)
     assert c.get_object(Bucket=name, Key="d/w.bin")["Body"].read() == b"w" * 3000
@@ -104,7 +104,7 @@ def test_a_stalled_response_fails_after_the_request_timeout_and_is_retried(
     proxy, sdk_tries, s3, monkeypatch
 ):
     p, name, bucket = proxy
-    monkeypatch.setattr(storage, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(faults, "REQUEST_TIMEOUT_S", 1.0)
     storage.reset_filesystems()
     s3[0].client().put_object(Bucket=name, Key="slow.bin", Body=b"s" * 100)
     rule = Rule(_key(name, "slow.bin"), fail_first=1, mode="stall", stall_s=30)
@@ -134,11 +134,11 @@ def test_a_key_that_keeps_failing_is_an_error_naming_path_and_attempts_in_bounde
         storage.read_bytes(f"{bucket}/bad.png")
     took = time.monotonic() - t
     print(f"read: {took:.1f}s, {read.injected} requests: {e.value}")
-    assert f"reading {bucket}/bad.png: still failing after {storage.RETRY_ATTEMPTS}" in str(e.value)
+    assert f"reading {bucket}/bad.png: still failing after {faults.RETRY_ATTEMPTS}" in str(e.value)
     assert re.search("SLOW_DOWN|SERVICE_UNAVAILABLE", str(e.value)) and took < bound
-    assert read.injected == storage.RETRY_ATTEMPTS * sdk_tries  # exactly: bounded in count
+    assert read.injected == faults.RETRY_ATTEMPTS * sdk_tries  # exactly: bounded in count
 
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)  # the same, sooner
+    monkeypatch.setattr(faults, "RETRY_ATTEMPTS", 2)  # the same, sooner
     t = time.monotonic()
     with pytest.raises(OSError, match="attempts") as e:
         storage.write_bytes(f"{bucket}/w.bin", b"w")
@@ -150,18 +150,34 @@ def test_a_key_that_keeps_failing_is_an_error_naming_path_and_attempts_in_bounde
     assert 2 * sdk_tries <= write.injected <= 2 * 2 * sdk_tries
     assert "w.bin" not in s3[0].keys(bucket)  # nothing half-written
 
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 1)
+    monkeypatch.setattr(faults, "RETRY_ATTEMPTS", 1)
     out = decode_batch({"path": np.array([f"{bucket}/ok.png", f"{bucket}/bad.png"], object)}, 32)
     assert list(out["error"][:1]) == [""]
     assert out["error"][1].startswith(f"cannot read file: reading {bucket}/bad.png: still failing")
     assert re.search("SLOW_DOWN|SERVICE_UNAVAILABLE", out["error"][1]), out["error"][1]
 
 
+def test_a_store_that_cannot_be_reached_is_no_file_s_fault(s3, monkeypatch, sdk_tries):
+    """A refused endpoint is not an error row of every file read meanwhile (a --resume would
+    keep those rows): the read fails as a StorageError naming the endpoint, and the job ends."""
+    from cifar.io.faults import StorageError
+    from cifar.io.images import decode_batch
+    from cifar.testing.s3server import free_port
+
+    monkeypatch.setattr(faults, "RETRY_ATTEMPTS", 1)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    storage.reset_filesystems()
+    _, bucket = s3
+    with pytest.raises(StorageError, match=r"cannot connect to http://127\.0\.0\.1:\d+") as e:
+        decode_batch({"path": np.array([f"{bucket}/a.png"], object)}, 32)
+    assert e.value.kind == "unreachable" and "To fix: check that the endpoint is up" in str(e.value)
+
+
 def test_the_retry_deadline_ends_retries_before_the_attempts_run_out(proxy, s3, monkeypatch):
     p, name, bucket = proxy
-    monkeypatch.setattr(storage, "SDK_ATTEMPTS", 1)
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 1000)
-    monkeypatch.setattr(storage, "RETRY_DEADLINE_S", 1.0)
+    monkeypatch.setattr(faults, "SDK_ATTEMPTS", 1)
+    monkeypatch.setattr(faults, "RETRY_ATTEMPTS", 1000)
+    monkeypatch.setattr(faults, "RETRY_DEADLINE_S", 1.0)
     storage.reset_filesystems()
     s3[0].client().put_object(Bucket=name, Key="k.bin", Body=b"k")
     rule = Rule(_key(name, "k.bin"), always=True, mode="500")
@@ -203,7 +219,7 @@ OBSERVED = [
 
 @pytest.mark.parametrize("message", OBSERVED)
 def test_every_observed_fault_message_is_transient(message):
-    assert storage.is_transient(OSError(message))
+    assert faults.is_transient(OSError(message))
 
 
 def test_missing_keys_and_refusals_are_not_retried():
@@ -212,7 +228,7 @@ def test_missing_keys_and_refusals_are_not_retried():
         PermissionError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied"),
         OSError("AWS Error NO_SUCH_BUCKET during HeadObject operation"),
     ):
-        assert not storage.is_transient(e)
+        assert not faults.is_transient(e)
 
 
 # --------------------------------------------------------------------------- the job
@@ -296,4 +312,4 @@ def test_prediction_job_s3_to_s3_through_faults(s3, tmp_path, job_env):
     for rule in rules.values():  # the faults really happened
         assert rule.injected >= (1 if rule.always else rule.fail_first), rule
     always = rules[f"{bad} always 503"]
-    assert always.injected == storage.RETRY_ATTEMPTS * storage.SDK_ATTEMPTS  # as shipped
+    assert always.injected == faults.RETRY_ATTEMPTS * faults.SDK_ATTEMPTS  # as shipped

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifar.io import storage
+from cifar.io import faults, storage
 
 
 @pytest.mark.parametrize("uri", [False, True])
@@ -28,8 +28,8 @@ def test_a_file_uri_is_not_a_folder_and_names_in_messages_are_not_faults(tmp_pat
         "AWS Error ACCESS_DENIED during HeadObject operation: No response body."
     )
     skewed = OSError("AWS Error UNKNOWN during PutObject operation: RequestTimeTooSkewed")
-    assert not storage.is_transient(denied) and not storage.is_transient(skewed)
-    assert storage.is_transient(OSError("AWS Error SLOW_DOWN during GetObject operation: x"))
+    assert not faults.is_transient(denied) and not faults.is_transient(skewed)
+    assert faults.is_transient(OSError("AWS Error SLOW_DOWN during GetObject operation: x"))
 
 
 def test_a_torn_stamp_means_download_again(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ def _cifar_files_from(data_dir: str):
     once under a lock, size-checked, re-used while the objects are unchanged)."""
     batches = storage.join(data_dir, cifar10.BATCH_DIR)
     if not storage.is_dir(batches):
+        storage.check_bucket(data_dir)
         raise DataError(
             f"--data-dir {data_dir} holds neither image folders (train/<class>/...) nor "
             f"CIFAR-format files ({cifar10.BATCH_DIR}/). Upload one of them there, e.g. `aws s3 "

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cifar.io.faults import CONNECTION_KINDS, StorageError
 from cifar.io.storage import read_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -71,6 +72,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
         except ValueError as e:
             errors[i] = str(e)
         except OSError as e:
+            if isinstance(e, StorageError) and e.kind in CONNECTION_KINDS:
+                raise  # the store is gone, not this file: the job ends, --resume redoes it
             errors[i] = f"cannot read file: {e.strerror or e}"
     out = dict(batch)
     out.update(

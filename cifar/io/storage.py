@@ -6,36 +6,18 @@ import hashlib
 import json
 import logging
 import os
-import random
-import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cifar.env import cache_root
+from cifar.io import faults
+from cifar.io.faults import retrying, storage_error, store_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FS_CACHE: dict[str, Any] = {}
-
-# Object stores throttle and drop connections now and then. Every request is retried by the AWS
-# SDK (SDK_ATTEMPTS, its standard backoff); what still fails with a transient error is retried
-# here as a whole (a read, a write, a listing), RETRY_ATTEMPTS times within RETRY_DEADLINE_S,
-# then raised: a file that keeps failing becomes an error, never a hang.
-SDK_ATTEMPTS = 3  # the AWS SDK's standard mode default
-RETRY_ATTEMPTS = 4
-RETRY_DEADLINE_S = 120.0
-CONNECT_TIMEOUT_S = 10.0
-REQUEST_TIMEOUT_S = 30.0  # no byte for this long: the request fails (and is retried)
-_TRANSIENT = re.compile(
-    r"slow.?down|throttl|service.?unavailable|internal.?(failure|error)|network.?connection|"
-    r"request.?time.?out|curlCode|HTTP status 5\d\d|connection (reset|refused|aborted|closed)|"
-    r"broken pipe|timed out|unexpected end|premature|incomplete|reset by peer",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -61,15 +43,23 @@ def filesystem(uri: str) -> tuple[Any, str]:
     scheme, rest = uri.split("://", 1)
     key = f"{scheme}://{rest.split('/', 1)[0]}"
     if key not in _FS_CACHE:
-        fs = pyarrow.fs.FileSystem.from_uri(uri)[0]
+        try:  # an S3 bucket's region is looked up here
+            fs = pyarrow.fs.FileSystem.from_uri(uri)[0]
+        except OSError as e:
+            failed = store_failure(e)
+            if failed is None:
+                raise
+            raise storage_error(f"opening {key}", uri, e, failed[0]) from None
         if isinstance(fs, pyarrow.fs.S3FileSystem):
             # the same options (endpoint, region, ... as resolved from the environment), plus
             # retries and timeouts; credentials stay with the SDK's chain, not in the object
             options = fs.__reduce__()[1][0]
             options.update(
-                retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=SDK_ATTEMPTS),
-                connect_timeout=CONNECT_TIMEOUT_S,
-                request_timeout=REQUEST_TIMEOUT_S,
+                retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(
+                    max_attempts=faults.SDK_ATTEMPTS
+                ),
+                connect_timeout=faults.CONNECT_TIMEOUT_S,
+                request_timeout=faults.REQUEST_TIMEOUT_S,
             )
             fs = pyarrow.fs.S3FileSystem(**options)
         _FS_CACHE[key] = fs
@@ -79,38 +69,6 @@ def filesystem(uri: str) -> tuple[Any, str]:
 def reset_filesystems() -> None:
     """Forget the cached filesystems (after the endpoint or credentials changed)."""
     _FS_CACHE.clear()
-
-
-def is_transient(e: BaseException) -> bool:
-    """A throttle, a 5xx or a dropped connection: worth trying again."""
-    if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
-        return False
-    # what the store says, not the key or bucket names quoted in the message
-    said = re.sub(r"'[^']*'", "''", str(e))
-    return isinstance(e, OSError) and bool(_TRANSIENT.search(said))
-
-
-def retrying(what: str, fn: Callable[[], T]) -> T:
-    """``fn()``, again after a transient error (backoff with jitter), at most RETRY_ATTEMPTS
-    times within RETRY_DEADLINE_S; other errors at once."""
-    start = time.monotonic()
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
-        try:
-            return fn()
-        except OSError as e:
-            spent = time.monotonic() - start
-            if not is_transient(e):
-                raise
-            if attempt == RETRY_ATTEMPTS or spent > RETRY_DEADLINE_S:
-                raise OSError(
-                    f"{what}: still failing after {attempt} attempts in {spent:.0f}s "
-                    f"(each retried {SDK_ATTEMPTS} times by the AWS SDK): {e}"
-                ) from e
-            backoff = min(8.0, 0.5 * 2 ** (attempt - 1), RETRY_DEADLINE_S - spent)
-            delay = max(0.0, backoff) * random.uniform(0.5, 1.0)
-            log.info("%s: %s; attempt %d again in %.1fs", what, e, attempt + 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def fs_path(path: str) -> tuple[Any, str]:
@@ -124,7 +82,7 @@ def fs_path(path: str) -> tuple[Any, str]:
 
 def _info(path: str):
     fs, p = fs_path(path)
-    return retrying(f"looking up {path}", lambda: fs.get_file_info(p))
+    return retrying(f"looking up {path}", path, lambda: fs.get_file_info(p))
 
 
 def listing(path: str) -> list:
@@ -137,7 +95,7 @@ def _listing(path: str, recursive: bool) -> list:
 
     fs, p = fs_path(path)
     selector = pyarrow.fs.FileSelector(p, recursive=recursive, allow_not_found=True)
-    return retrying(f"listing {path}", lambda: fs.get_file_info(selector))
+    return retrying(f"listing {path}", path, lambda: fs.get_file_info(selector))
 
 
 def is_dir(path: str) -> bool:
@@ -197,11 +155,23 @@ def has_entries(path: str) -> bool:
     return bool(_listing(path, recursive=False))
 
 
-def clear_dir(path: str) -> None:
-    """Make ``path`` an empty folder: create it, or delete what it holds."""
+def clear_dir(path: str, keep: tuple[str, ...] = ()) -> None:
+    """Make ``path`` an empty folder but for the entries named in ``keep``: create it, or
+    delete what it holds."""
+    import pyarrow.fs
+
     fs, p = fs_path(path)
-    retrying(f"creating {path}", lambda: fs.create_dir(p, recursive=True))
-    retrying(f"emptying {path}", lambda: fs.delete_dir_contents(p, missing_dir_ok=True))
+    retrying(f"creating {path}", path, lambda: fs.create_dir(p, recursive=True))
+    if not keep:
+        retrying(f"emptying {path}", path, lambda: fs.delete_dir_contents(p, missing_dir_ok=True))
+        return
+    for info in listing(path):
+        if info.base_name in keep:
+            continue
+        if info.type == pyarrow.fs.FileType.Directory:
+            retrying(f"deleting {info.path}", path, lambda i=info: fs.delete_dir(i.path))
+        else:
+            retrying(f"deleting {info.path}", path, lambda i=info: fs.delete_file(i.path))
 
 
 def join(path: str, rel: str) -> str:
@@ -228,6 +198,19 @@ def name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] if is_uri(path) else Path(path).name
 
 
+def check_bucket(uri: str) -> None:
+    """For a URI where nothing was found: a StorageError if its bucket does not exist (object
+    stores answer "not found" for the keys of a missing bucket)."""
+    if not is_uri(uri) or uri.startswith("file://"):
+        return
+    import pyarrow.fs
+
+    scheme, rest = uri.split("://", 1)
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+    if _info(bucket).type == pyarrow.fs.FileType.NotFound:
+        raise storage_error(f"reading {uri}", uri, None, "no_bucket")
+
+
 def exists(path: str) -> bool:
     if not is_uri(path):
         return Path(path).expanduser().exists()
@@ -246,7 +229,7 @@ def read_bytes(path: str) -> bytes:
         with fs.open_input_stream(p) as f:
             return f.read()
 
-    return retrying(f"reading {path}", read)
+    return retrying(f"reading {path}", path, read)
 
 
 def read_text(path: str) -> str:
@@ -278,7 +261,7 @@ def write_bytes(path: str, data: bytes) -> None:
         with fs.open_output_stream(p) as f:
             f.write(data)
 
-    retrying(f"writing {path}", write)
+    retrying(f"writing {path}", path, write)
 
 
 # --------------------------------------------------------------------------- node-local copies

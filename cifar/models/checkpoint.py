@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cifar.io import storage
+from cifar.io.faults import StorageError
 from cifar.models.registry import ModelSpec, build_model, match_state_dict
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def resolve_model(path: str | os.PathLike) -> tuple[str, dict[str, Any] | None]:
             return p, _meta_at(storage.parent(p))
         return p, None
     if not storage.is_dir(p):
+        storage.check_bucket(p)
         raise CheckpointError(
             f"--model {p} does not exist. Pass a training run directory, a checkpoint "
             "directory, an exported model/ directory or a .pt/.pth state_dict file (local "
@@ -300,6 +302,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     sd_path, meta = resolve_model(path)
     try:
         local = storage.local_copy(sd_path)  # a URI: downloaded once per node, then re-used
+    except StorageError:
+        raise  # the store, not the file: the job says so as such
     except OSError as e:
         raise CheckpointError(f"cannot read the model file {sd_path}: {e}") from None
     sd = load_state_dict_file(local)

@@ -13,6 +13,7 @@ import numpy as np
 
 from cifar.config import ConfigError
 from cifar.io import storage
+from cifar.io.faults import retrying
 
 
 def _parquet(table) -> bytes:
@@ -161,8 +162,9 @@ def read_results(output: str, fmt: str, columns: list[str] | None = None, schema
         return schema.empty_table().select(columns or schema.names)
     # with the schema the job wrote: else the first file decides each column's type, and an
     # error column that is empty there (null) fails on the first file that has an error
-    return storage.retrying(
+    return retrying(
         f"reading the results in {output}",
+        output,
         lambda: pds.dataset(files, format=f.arrow(schema), filesystem=fs, schema=schema).to_table(
             columns=columns
         ),

@@ -194,6 +194,8 @@ def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
         parts.append(pa.table({"path": found, "root": pa.repeat(len(roots), len(found))}))
         roots.append(root)
     if missing and len(missing) == len(inputs):
+        for spec in missing:
+            storage.check_bucket(spec)
         raise ConfigError(
             f"no files found in {', '.join(map(repr, missing))}. Pass a folder (searched "
             "recursively), an image file, a quoted glob like 'photos/**/*.jpg', or a URI."

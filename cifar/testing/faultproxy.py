@@ -16,6 +16,7 @@ several keys fail twice each); ``always=True`` fails every one. Modes:
 
 * ``"503"``: status 503 with S3's ``SlowDown`` XML error (throttling)
 * ``"500"``: status 500 with S3's ``InternalError`` XML error
+* ``"403"``: status 403 with S3's ``AccessDenied`` XML error (credentials or policy refused)
 * ``"drop"``: the connection is closed without a response (EOF)
 * ``"reset"``: the connection is reset (TCP RST) without a response
 * ``"stall"``: no response for ``stall_s`` seconds, then the connection is closed
@@ -39,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-MODES = ("503", "500", "drop", "reset", "stall", "truncate")
+MODES = ("503", "500", "403", "drop", "reset", "stall", "truncate")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
 _XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
@@ -48,6 +49,7 @@ _XML = (
 _ERRORS = {
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
+    "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 
 
@@ -92,11 +94,18 @@ class Entry(NamedTuple):
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, rules: list[Rule] | None = None, timeout: float = 60.0):
+    def __init__(
+        self,
+        upstream: str,
+        rules: list[Rule] | None = None,
+        timeout: float = 60.0,
+        delay_s: float = 0.0,
+    ):
         u = urlsplit(upstream)
         self.upstream_host, self.upstream_port = u.hostname or "127.0.0.1", u.port or 80
         self.rules = list(rules or [])
         self.timeout = timeout
+        self.delay_s = delay_s  # every request forwarded this much later: a slower store
         self.lock = threading.Lock()
         self.log: list[Entry] = []
         self._server: ThreadingHTTPServer | None = None
@@ -117,13 +126,14 @@ class FaultProxy:
         with self.lock:
             return [e for e in self.log if re.search(pattern, e.line)]
 
-    def start(self) -> FaultProxy:
+    def start(self, port: int = 0) -> FaultProxy:
+        """Listen on ``port`` (0: a free one; the same port again: the store is back)."""
         proxy = self
 
         class Handler(_Handler):
             owner = proxy
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -185,6 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner._record(line, rule.mode)
             self._fail(rule)
             return
+        if self.owner.delay_s:
+            time.sleep(self.owner.delay_s)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
         headers["Content-Length"] = str(len(body))
         if self.command in ("GET", "HEAD", "DELETE") and not body:
