@@ -14,7 +14,7 @@ import sys
 from cifar.device import PRECISIONS
 from cifar.models.checkpoint import CheckpointError
 from cifar.predict.classifier import Classifier, classify_files
-from jobs.common import run_main
+from jobs.common import Boundary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The installed ``cifar-classify`` command."""
-    run_main(lambda: main(sys.argv[1:]), (CheckpointError,))
+    Boundary((CheckpointError,)).run(lambda b: main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from cifar.data.cifar10 import CIFAR10_URL, TRAIN_FILES, download_cifar10
 from cifar.data.dataset import DataError
 from cifar.data.synthetic import write_folders, write_synthetic
-from jobs.common import run_main
+from jobs.common import Boundary
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The installed ``cifar-data`` command."""
-    run_main(lambda: main(sys.argv[1:]), (DataError,))
+    Boundary((DataError,)).run(lambda b: main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

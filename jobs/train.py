@@ -20,7 +20,6 @@ import sys
 from typing import Any
 
 from cifar import env
-from cifar.cluster.watchdog import StallError
 from cifar.config import (
     ConfigError,
     add_job_flags,
@@ -31,32 +30,52 @@ from cifar.config import (
 from cifar.data.dataset import DataError
 from cifar.models.checkpoint import CheckpointError
 from cifar.train.config import TrainConfig, resolve_config
-from cifar.train.driver import TrainingError, ray_train_env, train, train_plan
-from jobs.common import configure_logging, run_main
+from cifar.train.driver import (
+    TrainingError,
+    last_checkpoint,
+    named,
+    ray_train_env,
+    train,
+    train_plan,
+)
+from jobs.common import Boundary, command, configure_logging, exit_codes_text, handle_signals
+
+PROGRAM = "cifar-train"
 
 
-def main(argv: list[str] | None = None) -> int:
-    epilog = f"{__doc__}\n{env.help_text()}"
-    parser = build_parser(TrainConfig, "cifar-train", "Train CIFAR10-quick on Ray Train.", epilog)
+def main(boundary: Boundary, argv: list[str]) -> int:
+    epilog = f"{__doc__}\n{env.help_text()}\n\n{exit_codes_text()}"
+    parser = build_parser(TrainConfig, PROGRAM, "Train CIFAR10-quick on Ray Train.", epilog)
     add_job_flags(parser, saved_config=True)
     explicit = parse_explicit(parser, argv)
     dry_run = explicit.pop("dry_run", False)
     saved = read_saved_config(explicit.pop("config", None))
-    cfg = resolve_config(explicit, saved)
+    cfg = named(resolve_config(explicit, saved))
     configure_logging(cfg.verbose)
+    boundary.verbose = cfg.verbose
     if dry_run:
         print("\n".join(train_plan(cfg)))
         return 0
     settings = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", **ray_train_env(cfg)}
     for k, v in settings.items():
         os.environ.setdefault(k, v)
-    import ray
+    from cifar.cluster.resources import cluster_info, connect
 
-    from cifar.cluster.resources import cluster_info
-
-    ray.init(log_to_driver=True, configure_logging=False)
+    connect(log_to_driver=True, configure_logging=False)
+    handle_signals()
+    boundary.hint = lambda code: resume_hint(cfg, argv)
     print(done_lines(train(cfg, cluster_info())))
     return 0
+
+
+def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
+    """What a stopped run keeps, and the command that continues it."""
+    last = last_checkpoint(cfg)
+    kept = f"its last checkpoint is {last}" if last else "it had written no checkpoint yet"
+    again = command(
+        PROGRAM, argv, add=["--resume", *([] if "--name" in argv else ["--name", cfg.name])]
+    )
+    return f"Run '{cfg.name}': {kept}; continue it with: {again}"
 
 
 def done_lines(summary: dict[str, Any]) -> str:
@@ -78,8 +97,8 @@ def done_lines(summary: dict[str, Any]) -> str:
 
 def cli() -> None:
     """The installed ``cifar-train`` command."""
-    handled = (ConfigError, DataError, CheckpointError, TrainingError, StallError)
-    run_main(lambda: main(sys.argv[1:]), handled)
+    handled = (ConfigError, DataError, CheckpointError, TrainingError)
+    Boundary(handled).run(lambda b: main(b, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -568,6 +568,10 @@ def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
     job = f"ps-{uuid.uuid4().hex[:8]}"
     args = _predict_args(untrained_model, folder, cluster["work"] / "starved-out")
     _no_wait(cluster, job, *args, "--stall-timeout", "20")
+    train_job = f"ts-{uuid.uuid4().hex[:8]}"  # starved at the same time: they wait side by side
+    _no_wait(
+        cluster, train_job, *_train_args(cluster, train_data, "starved", "--stall-timeout", "20")
+    )
     assert _wait_job(cluster, job, timeout=180) == "FAILED"
     log = _job_logs(cluster, job)
     assert re.search(
@@ -582,8 +586,7 @@ def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
         what="no inference actor of the ended job left",
     )
 
-    job = f"ts-{uuid.uuid4().hex[:8]}"
-    _no_wait(cluster, job, *_train_args(cluster, train_data, "starved", "--stall-timeout", "20"))
+    job = train_job
     assert _wait_job(cluster, job, timeout=180) == "FAILED"
     log = _job_logs(cluster, job)
     assert "training run 'starved' has waited" in log, log[-4000:]  # said so while it waited

@@ -137,6 +137,8 @@ def test_the_end_to_end_example_runs_as_written(tmp_path):
     assert all(f"[cifar] epoch {e}/4 " in log for e in (1, 2, 3, 4))  # one line per epoch
     for noise in ("Reporting training result", "Checkpoint successfully created", "{\n"):
         assert noise not in log  # Ray Train's per-report lines: only with --verbose
+    for r in logs.values():  # Ray's notice about token authentication: only with --verbose
+        assert "Token authentication is" not in r.stdout + r.stderr
     last = train.stdout.rstrip().splitlines()[-4:]  # the job's own summary ends it
     assert last[0].startswith("[cifar] done") and [s.split(":")[0].strip() for s in last[1:]] == [
         "model",

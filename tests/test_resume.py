@@ -11,11 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
@@ -23,23 +21,11 @@ from cifar.predict.commit import JOB_FILE, TMP_DIR
 from cifar.predict.config import PredictConfig
 from cifar.predict.pipeline import predict
 from cifar.predict.preflight import preflight
+from cifar.testing.images import write_pngs
 from cifar.testing.models import save_untrained
 
 pytestmark = pytest.mark.ray
 TWO_CPUS = ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2)
-
-
-def _images(root: Path, n: int, seed: int = 0) -> list[str]:
-    """``n`` small PNGs in folders of 500; their absolute paths, sorted."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
-    out = []
-    for i in range(n):
-        p = root / f"d{i // 500:03d}" / f"img{i:06d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels[i % 16]).save(p, compress_level=0)
-        out.append(str(p.resolve()))
-    return sorted(out)
 
 
 def _model(d: Path, seed: int = 0) -> Path:
@@ -61,7 +47,7 @@ def _rows(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    return _model(root / "model"), root / "in", _images(root / "in", 700)
+    return _model(root / "model"), root / "in", write_pngs(root / "in", 700)
 
 
 def test_a_resume_keeps_committed_rows_and_never_reads_half_written_files(
@@ -104,7 +90,7 @@ def test_a_resume_of_another_job_is_refused(ray_session, job, tmp_path):
     model, inputs, _ = job
     out = tmp_path / "out"
     small = tmp_path / "small"
-    _images(small, 30)
+    write_pngs(small, 30)
     predict(_cfg(model, small, out), TWO_CPUS)
     with pytest.raises(ConfigError, match=r"another job \(--input"):
         preflight(_cfg(model, inputs, out, resume=True))
@@ -125,7 +111,7 @@ def test_a_resume_of_another_job_is_refused(ray_session, job, tmp_path):
 def test_sigkilled_job_resumes_with_every_file_exactly_once(tmp_path, job_env):
     """20,000 files; the driver and the Ray it started SIGKILLed once some result files are
     committed; the same command with --resume: every path once, less work than a full run."""
-    files = _images(tmp_path / "in", 20_000, seed=3)
+    files = write_pngs(tmp_path / "in", 20_000, seed=3)
     model = _model(tmp_path / "model")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.predict", "--model", str(model), "--input"]
@@ -150,7 +136,8 @@ def test_sigkilled_job_resumes_with_every_file_exactly_once(tmp_path, job_env):
     resumed = subprocess.run([*cmd, "--resume"], env=job_env, capture_output=True, text=True,
                              timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"classified 20000 files ({kept} of them kept from the killed run)" in resumed.stdout
+    assert f"classified 20000 files ({kept} of them kept from the stopped run)" in resumed.stdout
+    assert "took over the lock of a job that is gone: pid" in resumed.stdout  # the SIGKILLed one
     paths = pds.dataset(out, format="parquet").to_table(columns=["path"])["path"].to_pylist()
     assert sorted(paths) == files  # each exactly once: no loss, no duplicate
     summary = json.loads((out / "_summary.json").read_text())

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+
+class RayConnectError(RuntimeError):
+    """The Ray cluster cannot be reached, or refuses this process; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,54 @@ class ClusterInfo:
     @property
     def idle_gpus(self) -> float:
         return self.gpus if self.free_gpus is None else self.free_gpus
+
+
+PROBE_TIMEOUT_S = 5.0  # how long a cluster address may take to accept a connection
+
+
+def connect(**init_kwargs) -> float:
+    """``ray.init(**init_kwargs)`` (start Ray here, or join the cluster RAY_ADDRESS names) in
+    bounded time; returns the seconds it took. No cluster answering at the address, a refused
+    token or another Ray version is a RayConnectError that says what to do."""
+    import ray
+
+    t0 = time.perf_counter()
+    address = os.environ.get("RAY_ADDRESS", "")
+    _probe(address)
+    try:
+        ray.init(**init_kwargs)
+    except ConnectionError as e:
+        raise RayConnectError(_unreachable(address or "auto", str(e).splitlines()[0])) from e
+    except Exception as e:
+        said = str(e)
+        if "token" not in said.lower() and "authenticat" not in said.lower():
+            raise
+        raise RayConnectError(
+            f"the Ray cluster at {address or 'this machine'} refused this process: "
+            f"{said.splitlines()[0]}. To fix: set RAY_AUTH_MODE=token and put the cluster's "
+            "token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)"
+        ) from e
+    return time.perf_counter() - t0
+
+
+def _probe(address: str) -> None:
+    """A ``host:port`` address where nothing accepts a connection fails here, in seconds, not
+    after Ray's own minutes of retries."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # not a GCS address (unset, "auto", a ray:// client URL): Ray says
+    try:
+        socket.create_connection((host, int(port)), PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise RayConnectError(_unreachable(address, e.strerror or str(e))) from None
+
+
+def _unreachable(address: str, why: str) -> str:
+    return (
+        f"no Ray cluster answers at RAY_ADDRESS={address} ({why}). To fix: start it "
+        "(scripts/cluster-up.sh or ray start --head), correct RAY_ADDRESS, or unset it to run "
+        "on a Ray started on this machine"
+    )
 
 
 def cluster_info() -> ClusterInfo:

@@ -27,6 +27,7 @@ from typing import Any
 
 from cifar.config import ConfigError
 from cifar.io import storage
+from cifar.io.lock import LOCK_FILE
 from cifar.predict.formats import get_format, is_result_file
 
 JOB_FILE = "_job.json"
@@ -98,7 +99,7 @@ def start(output: str, record: dict[str, Any], resume: bool) -> None:
         if _local(output):
             storage.clear_dir(storage.join(output, TMP_DIR))
     else:
-        storage.clear_dir(output)
+        storage.clear_dir(output, keep=(LOCK_FILE,))
     storage.write_text(storage.join(output, JOB_FILE), json.dumps(record, indent=2))
 
 
@@ -125,6 +126,11 @@ def committed_paths(output: str, fmt: str):
         return pa.array([], pa.string())
     table = read_results(output, fmt, columns=["path"])
     return table.column("path").combine_chunks()
+
+
+def committed_rows(output: str, fmt: str) -> int:
+    """How many result rows are committed in ``output``."""
+    return len(committed_paths(output, fmt))
 
 
 def digest(paths) -> str:

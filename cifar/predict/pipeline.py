@@ -12,11 +12,12 @@ import time
 from typing import Any
 
 from cifar import env
-from cifar.cluster.resources import ClusterInfo
+from cifar.cluster.resources import ClusterInfo, connect
 from cifar.cluster.state import actors_placed, actors_waiting, describe_cluster
 from cifar.cluster.watchdog import StallError, Watchdog
 from cifar.io import storage
 from cifar.io.images import decode_batch
+from cifar.io.lock import FolderLock
 from cifar.predict.classifier import BatchPredictor
 from cifar.predict.commit import JOB_FILE, finish, make_sink, start
 from cifar.predict.config import PredictConfig
@@ -37,12 +38,11 @@ BLOCK_BYTES = 8 * 2**20
 def ray_init() -> float:
     """Start or join Ray for a prediction job; returns the seconds it took (reported apart from
     the pipeline's)."""
-    import ray
+    import ray.data
 
-    t0 = time.perf_counter()
-    ray.init(configure_logging=False)
+    seconds = connect(configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = env.get("CIFAR_RAY_PROGRESS") != "0"
-    return time.perf_counter() - t0
+    return seconds
 
 
 def predict(
@@ -60,19 +60,56 @@ def predict(
     files, labels = pre.remaining()
     plan = plan_resources(cfg, cluster, None if files is None else len(files))
     plan = with_compute(cfg, plan, pre.model)
-    start(cfg.output, pre.record, pre.resuming)
-    lister = start_lister(cfg, pre) if pre.stream is not None else None
-    progress.info(starting_line(pre, plan, files))
+    with hold(cfg):
+        start(cfg.output, pre.record, pre.resuming)
+        lister = start_lister(cfg, pre) if pre.stream is not None else None
+        progress.info(starting_line(pre, plan, files))
+        schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
+        t0 = time.perf_counter()
+        dog = watchdog(cfg, plan)
+        with watched(cfg, dog):
+            if lister is not None:
+                write(classify(cfg, listed(lister, plan), plan, pre), cfg, plan, schema)
+            elif len(files):
+                write(build_dataset(cfg, files, labels, plan, pre), cfg, plan, schema)
+        seconds = time.perf_counter() - t0
+        return report(
+            cfg,
+            pre,
+            counts(pre, lister),
+            seconds,
+            ray_start_seconds=ray_start_seconds,
+            waited_seconds=round(dog.waited, 1),
+            compute=plan.compute.describe(),
+        )
+
+
+def complete(cfg: PredictConfig, pre: Preflight) -> dict[str, Any]:
+    """A resumed job whose files all have their rows already: its summary and side files, made
+    without Ray."""
+    with hold(cfg):
+        counted = len(pre.files), pre.skipped, pre.already_done
+        return report(cfg, pre, counted, 0.0, ray_start_seconds=None, waited_seconds=0.0)
+
+
+@contextlib.contextmanager
+def hold(cfg: PredictConfig):
+    """The output folder, held by this job alone while it writes."""
+    what = f"cifar-predict --model {cfg.model} --input {' '.join(cfg.input)}"
+    with FolderLock(cfg.output, what) as lock:
+        if lock.note:
+            progress.info("[cifar] %s", lock.note)
+        yield
+
+
+def report(
+    cfg: PredictConfig, pre: Preflight, counted: tuple[int, int, int], seconds: float, **extra
+) -> dict[str, Any]:
+    """Read the committed results back, check every file has exactly one row, and write
+    _summary.json and the side files. ``counted``: (files found, skipped by --extensions, kept
+    from a killed run)."""
+    n_files, skipped, already_done = counted
     schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
-    t0 = time.perf_counter()
-    dog = watchdog(cfg, plan)
-    with watched(cfg, dog):
-        if lister is not None:
-            write(classify(cfg, listed(lister, plan), plan, pre), cfg, plan, schema)
-        elif len(files):
-            write(build_dataset(cfg, files, labels, plan, pre), cfg, plan, schema)
-    seconds = time.perf_counter() - t0
-    n_files, skipped, already_done = counts(pre, lister)
     columns = ["path", "class_name", "confidence", "error"] + ["label"] * cfg.labels_from_dirs
     table = read_results(cfg.output, cfg.format, columns, schema)
     summary = job_summary(
@@ -82,12 +119,11 @@ def predict(
         skipped,
         seconds,
         pre.model.meta,
+        resumed=pre.resuming,
         already_done=already_done,
         classified=n_files - already_done,
         preflight_seconds=pre.seconds,
-        ray_start_seconds=ray_start_seconds,
-        waited_seconds=round(dog.waited, 1),
-        compute=plan.compute.describe(),
+        **extra,
     )
     preview = preview_png(table, cfg.preview) if cfg.preview else None
     finish(cfg.output)
@@ -110,12 +146,12 @@ def start_lister(cfg: PredictConfig, pre: Preflight):
 def starting_line(pre: Preflight, plan: Plan, files) -> str:
     """What the job is about to do, in the log."""
     if pre.stream is not None:
-        kept = ", keeping what the killed run committed" if pre.resuming else ""
+        kept = ", keeping what the stopped run committed" if pre.resuming else ""
         return (
             f"[cifar] classifying the files under {pre.stream} as they are listed{kept}: "
             f"{plan.describe()}"
         )
-    kept = f", {pre.already_done} kept from the killed run" if pre.resuming else ""
+    kept = f", {pre.already_done} kept from the stopped run" if pre.resuming else ""
     return (
         f"[cifar] classifying {len(files)} files ({pre.skipped} skipped by --extensions{kept}): "
         f"{plan.describe()}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from cifar.config import ConfigError
 from cifar.io import storage
+from cifar.io.lock import LOCK_FILE, busy, holder_of
 from cifar.models.checkpoint import LoadedModel, load_model
 from cifar.predict.commit import check_resume, committed_paths, job_record
 from cifar.predict.config import PredictConfig
@@ -79,6 +80,9 @@ def preflight(cfg: PredictConfig) -> Preflight:
     model = load_model(cfg.model)
     stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
     files, labels, skipped = (None, None, 0) if stream else listed_inputs(cfg, model.classes)
+    held = holder_of(cfg.output)
+    if held is not None:  # before saying the folder holds results: another job writes them
+        raise busy(storage.join(cfg.output, LOCK_FILE), held)
     check_output(cfg.output, cfg.overwrite, cfg.resume)
     record = job_record(cfg, model.sha256)
     resuming = cfg.resume and check_resume(cfg.output, record)

@@ -111,3 +111,17 @@ def _jpeg(rng) -> bytes:
     buf = io.BytesIO()
     _rgb(rng, 200, 150).save(buf, "JPEG")
     return buf.getvalue()
+
+
+def write_pngs(root: Path, n: int, seed: int = 0, side: int = 8) -> list[str]:
+    """``n`` small PNGs in folders of 500 (16 distinct pictures, uncompressed: cheap to write
+    and to read); their absolute paths, sorted."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (16, side, side, 3), dtype=np.uint8)
+    out = []
+    for i in range(n):
+        p = root / f"d{i // 500:03d}" / f"img{i:06d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i % 16]).save(p, compress_level=0)
+        out.append(str(p.resolve()))
+    return sorted(out)

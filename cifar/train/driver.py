@@ -42,6 +42,24 @@ def run_dir(cfg: TrainConfig) -> str:
     return f"{storage.absolute(cfg.storage_path).rstrip('/')}/{cfg.name}"
 
 
+def named(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with a run name: the one given, else a new time-stamped one."""
+    if cfg.name is not None:
+        return cfg
+    return dataclasses.replace(cfg, name=datetime.now().strftime("cifar-%Y%m%d-%H%M%S-%f"))
+
+
+def last_checkpoint(cfg: TrainConfig) -> str | None:
+    """The run's newest checkpoint folder (what ``--resume`` continues from), if any."""
+    rdir = run_dir(cfg)
+    found = [
+        d
+        for d in storage.list_dirs(rdir)
+        if d.startswith("checkpoint_epoch_") and storage.is_file(f"{rdir}/{d}/model.pt")
+    ] if storage.is_dir(rdir) else []  # fmt: skip
+    return f"{rdir}/{max(found)}" if found else None
+
+
 def input_size(cfg: TrainConfig) -> int:
     """The side of the images the run's model takes (its data is decoded at that size)."""
     return get_arch(cfg.arch).input_size
@@ -49,8 +67,7 @@ def input_size(cfg: TrainConfig) -> int:
 
 def prepare_run(cfg: TrainConfig) -> TrainConfig:
     """Name the run, and on --resume reload its saved config (flags may only change scale)."""
-    if cfg.name is None:
-        cfg = dataclasses.replace(cfg, name=datetime.now().strftime("cifar-%Y%m%d-%H%M%S-%f"))
+    cfg = named(cfg)
     rdir = run_dir(cfg)
     config_file = f"{rdir}/config.json"
     if cfg.resume:
@@ -276,6 +293,8 @@ def fit(trainer, cfg: TrainConfig, need: str):
         with dog:  # a stall leaves it as a StallError
             result = trainer.fit()
         dog.check()  # a stall that Ray Train's own SIGINT handler ended quietly
+    except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits with status 0
+        raise KeyboardInterrupt("interrupted (SIGINT)") from None
     except TrainingFailedError as e:
         raise TrainingError(
             f"training run '{cfg.name}' failed after {cfg.max_failures} retries: "
