@@ -20,7 +20,12 @@ from torch import nn
 from cifar.data.transforms import normalize, random_crop_flip
 from cifar.models.registry import ModelSpec, inference_forward
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def parse_precision(value: str) -> str:
@@ -35,7 +40,7 @@ class Compute:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = True
-    chosen_by: str = "flags"  # "flags", "gpu" (bf16 on every GPU) or "measured"
+    chosen_by: str = "flags"  # "flags", "gpu" (bf16 where the GPU has it, else fp16), "measured"
     ms_per_step: dict[str, float] = field(default_factory=dict, compare=False)  # if measured
 
     @property
@@ -54,7 +59,16 @@ class Compute:
 
     @property
     def precision(self) -> str:
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+        return next(name for name, dtype in DTYPES.items() if dtype == self.amp_dtype)
+
+    @property
+    def needs_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling (bf16 has fp32's range)."""
+        return self.amp_dtype == torch.float16
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """The gradient scaler training uses: active for fp16, a no-op pass-through otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.needs_scaler)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -104,10 +118,10 @@ def resolve_compute(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     layouts = [channels_last] if channels_last is not None else [True, False]
     if precision != "auto":
-        dtype = torch.bfloat16 if precision == "bf16" else None
-        return Compute(device, dtype, layouts[0])
-    if device.type == "cuda":
-        return Compute(device, torch.bfloat16, layouts[0], chosen_by="gpu")
+        return Compute(device, DTYPES[precision], layouts[0])
+    if device.type == "cuda":  # tensor cores: bf16 where the GPU has it (Ampere on), else fp16
+        dtype = torch.bfloat16 if gpu_has_bf16(device) else torch.float16
+        return Compute(device, dtype, layouts[0], chosen_by="gpu")
     if probe is None:
         return Compute(device, None, layouts[0])
     candidates = [Compute(device, d, cl) for d in (None, torch.bfloat16) for cl in layouts]
@@ -124,6 +138,12 @@ def resolve_compute(
     figures = {c.name: round(t * 1000, 2) for c, t in zip(candidates, times, strict=True)}
     chosen = candidates[best]
     return Compute(chosen.device, chosen.amp_dtype, chosen.channels_last, how, figures)
+
+
+def gpu_has_bf16(device: torch.device) -> bool:
+    """True on GPUs with native bf16 (compute capability 8.0 on); T4 and V100 have none."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported()
 
 
 def step_probe(

@@ -23,7 +23,11 @@ KNOBS: dict[str, Knob] = {
         "image folders, generated sets, measured precision timings",
     ),
     "CIFAR_RAY_DEBUG": Knob("", "1: a failure prints its Python traceback too"),
-    "CIFAR_RAY_PROGRESS": Knob("1", "0: no Ray Data progress lines in a prediction job's log"),
+    "CIFAR_RAY_PROGRESS": Knob(
+        "1",
+        "0: no progress in a prediction job's log (1: Ray Data's bars on a terminal, else a "
+        "line every 10 s)",
+    ),
     "CIFAR_RAY_WAIT_REPORT_S": Knob(
         "30", "seconds between the 'waiting for ...' lines of a job waiting for resources"
     ),

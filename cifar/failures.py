@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cifar.cluster.resources import RayConnectError
-from cifar.cluster.watchdog import StallError
+from cifar.cluster.watchdog import EXIT_STALLED, StallError
 from cifar.io.faults import StorageError
 from cifar.io.lock import OutputBusy
 
-USAGE, STALLED, STORAGE, DISK, RAY, BUSY, INTERRUPTED = 2, 3, 4, 5, 6, 7, 130
+USAGE, STALLED, STORAGE, DISK, RAY, BUSY, INTERRUPTED = 2, EXIT_STALLED, 4, 5, 6, 7, 130
 EXIT_CODES = {
     0: "done",
     1: "an unexpected error: a bug, shown with its traceback",

@@ -1,24 +1,29 @@
 """Classify image files one at a time: ``cifar-classify --model MODEL IMAGE [IMAGE ...]`` (or
 ``python -m jobs.classify``).
 
-Prints ``path<TAB>class<TAB>confidence`` per image, like the tutorial's ``test.py`` but with the
-preprocessing the model was trained with (its ``meta.json``; the tutorial's Resize((32, 32)) +
-ToTensor() for a bare state_dict). Exit status 1 if any image failed, reasons on stderr.
+Prints ``path<TAB>class<TAB>confidence`` per image (with ``--top-k K`` the next classes and
+their probabilities too), like the tutorial's ``test.py`` but with the preprocessing the model
+was trained with (its ``meta.json``; the tutorial's Resize((32, 32)) + ToTensor() for a bare
+state_dict); with ``--json`` one JSON object per image. Exit status 1 if any image failed,
+reasons on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 
+from cifar import __version__
+from cifar.config import Parser
 from cifar.device import PRECISIONS
 from cifar.models.checkpoint import CheckpointError
 from cifar.predict.classifier import Classifier, classify_files
-from jobs.common import Boundary
+
+from .common import Boundary
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cifar-classify",
         description="Classify images with a trained model (one line per image).",
         allow_abbrev=False,
@@ -29,20 +34,31 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 on GPUs; on a CPU the faster of fp32 and bf16, measured; fp32: "
-        "exactly the tutorial's test.py arithmetic",
+        help="auto: bf16 on GPUs that have it, else fp16; on a CPU the faster of fp32 and bf16, "
+        "measured; fp32: exactly the tutorial's test.py arithmetic",
     )
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="the K best classes")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     a = p.parse_args(argv)
+    if a.top_k < 1:
+        p.error(f"--top-k must be at least 1 (got {a.top_k})")
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     classifier = Classifier.from_path(a.model, device, precision=a.precision)
     failed = 0
-    for r in classify_files(classifier, a.images):
-        if r.error is None:
-            print(f"{r.path}\t{r.class_name}\t{r.confidence:.4f}")
+    for r in classify_files(classifier, a.images, a.top_k):
+        failed += r.error is not None
+        if a.json:
+            top = [{"class": c, "prob": round(q, 6)} for c, q in r.top or []]
+            line = {"path": r.path, "class": r.class_name, "class_index": r.class_index}
+            line.update(confidence=r.confidence, top=top, error=r.error)
+            print(json.dumps(line, ensure_ascii=False))
+        elif r.error is None:
+            rest = "".join(f"\t{c}\t{q:.4f}" for c, q in (r.top or [])[1:])
+            print(f"{r.path}\t{r.class_name}\t{r.confidence:.4f}{rest}")
         else:
-            failed += 1
             print(f"{r.path}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -4,17 +4,86 @@ status (``cifar.failures.EXIT_CODES``), never a traceback unless asked for."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import re
 import shlex
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from cifar import env
+from cifar.config import add_job_flags, build_parser, parse_explicit, read_config_file
 from cifar.failures import EXIT_CODES, INTERRUPTED, USAGE, Interrupted, explain
 
 # Ray's lines that say nothing a user must act on: shown with --verbose
 QUIET_LOGGERS = ("ray._private.authentication",)
+HARMLESS = re.compile(
+    r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
+    r"store and max_restarts > 0"  # ray-project/ray#53727: every actor pool and Train run
+    r"|generated new fontManager"  # matplotlib, the first time it draws on a machine
+)
+
+
+# The filter runs in a process of its own: what reaches the pipe before this process ends, even
+# by os._exit (a stalled job's last resort), still gets through.
+_FILTER = """
+import os, re, sys
+drop, out = re.compile(sys.argv[1]), int(sys.argv[2])
+pending = b""
+while chunk := os.read(0, 65536):
+    *lines, pending = (pending + chunk).split(b"\\n")
+    kept = [ln for ln in lines if not drop.search(ln.decode(errors="replace"))]
+    if kept:
+        os.write(out, b"\\n".join(kept) + b"\\n")
+if pending:
+    os.write(out, pending)
+"""
+
+
+class OutputFilter:
+    """Lines of a file descriptor (stdout or stderr: also what Ray's C++ core and the workers'
+    forwarded logs write there) without those matching ``drop``; the rest pass as they come."""
+
+    def __init__(self, fd: int, drop: re.Pattern) -> None:
+        self.fd = fd
+        out = os.dup(fd)
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", _FILTER, drop.pattern, str(out)],
+            stdin=subprocess.PIPE,
+            pass_fds=(out,),
+            start_new_session=True,  # a Ctrl-C is for the job, not for its output
+        )
+        os.close(out)
+        os.dup2(self.child.stdin.fileno(), fd)
+        self.child.stdin.close()  # the descriptor ``fd`` now holds the pipe's writing end
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Let what is still in the pipe through before the process ends."""
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)  # the pipe's last writer here: the filter sees its end
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.child.wait(timeout=5)
+
+
+def quiet_output(verbose: bool) -> None:
+    """A quiet log: Ray's known-harmless lines left out, and no colour codes where the output is
+    not a terminal. Nothing changes with ``verbose``."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if verbose:
+        return
+    for fd in (1, 2):
+        OutputFilter(fd, HARMLESS)
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -36,17 +105,17 @@ def configure_logging(verbose: bool = False) -> None:
         progress.addHandler(plain)
     progress.setLevel(logging.INFO)
     progress.propagate = False
+    quiet_output(verbose)
 
 
 class QuietRayData(logging.Filter):
-    """Ray Data's console lines in a quiet log: its progress and warnings. Its INFO chatter and
-    its ERROR tracebacks are left to --verbose (and to the ray-data.log file Ray keeps): the job
+    """Ray Data's console lines in a quiet log: its warnings. Its INFO lines (a ten-line
+    progress block every 10 s where the log is not a terminal: the job prints one line instead)
+    and its ERROR tracebacks are left to --verbose and to the ray-data.log file Ray keeps: the job
     ends a failed pipeline with one line of its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return False
-        return record.levelno > logging.INFO or "progress" in record.name
+        return logging.INFO < record.levelno < logging.ERROR
 
 
 def quiet_ray_data(verbose: bool) -> None:
@@ -93,6 +162,36 @@ def command(
     """``argv`` as a command to type again, with ``add`` appended and ``drop`` flags left out."""
     kept = [a for a in argv if a not in drop]
     return shlex.join([program, *kept, *(a for a in add if a not in kept)])
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the command line asks of a job: its config, and whether to only check or print."""
+
+    cfg: Any
+    dry_run: bool
+    print_config: bool
+
+
+def parse(
+    cls: type,
+    prog: str,
+    description: str,
+    doc: str,
+    argv: Sequence[str],
+    resolve: Callable[[dict[str, Any], dict[str, Any]], Any],
+) -> Request:
+    """The job's flags (with --config, --print-config, --dry-run, --version) -> its config:
+    ``resolve(typed flags, config file)`` layers them."""
+    plain = doc.replace("``", "")  # the docstring as the user reads it, without its markup
+    epilog = f"{plain}\n{env.help_text()}\n\n{exit_codes_text()}"
+    parser = build_parser(cls, prog, description, epilog)
+    add_job_flags(parser)
+    explicit = parse_explicit(parser, list(argv))
+    dry_run = explicit.pop("dry_run", False)
+    printing = explicit.pop("print_config", False)
+    saved = read_config_file(explicit.pop("config", None), cls)
+    return Request(resolve(explicit, saved), dry_run, printing)
 
 
 def exit_codes_text() -> str:

@@ -1,9 +1,11 @@
 """Get data to train on: ``cifar-data download DIR`` fetches CIFAR-10 (MD5-checked);
+``cifar-data digits DIR`` writes image folders of real handwritten digits (scikit-learn's);
 ``cifar-data synthetic DIR`` writes a GENERATED learnable set, CIFAR-format files or (with
 ``--folders``) a labelled image-folder tree. Also ``python -m jobs.data``.
 
 Examples:
   cifar-data download data                              # data/cifar-10-batches-py
+  cifar-data digits digits --train 7000 --test 1000     # digits/train/<0..9>/, digits/val/
   cifar-data synthetic data/synthetic --train 20000 --test 4000
   cifar-data synthetic pets --folders --classes 3 --train 600 --test 150
 """
@@ -13,10 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 from cifar.data.cifar10 import CIFAR10_URL, TRAIN_FILES, download_cifar10
 from cifar.data.dataset import DataError
+from cifar.data.examples import write_digits
 from cifar.data.synthetic import write_folders, write_synthetic
-from jobs.common import Boundary
+
+from .common import Boundary
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{download,synthetic}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{download,digits,synthetic}")
     d = sub.add_parser(
         "download",
         help="download and extract CIFAR-10 into DIR/cifar-10-batches-py",
@@ -37,6 +43,18 @@ def parser() -> argparse.ArgumentParser:
     )
     d.add_argument("dir", metavar="DIR")
     d.add_argument("--url", default=CIFAR10_URL, help="a mirror of the official archive")
+    g = sub.add_parser(
+        "digits",
+        help="image folders of real handwritten digits (needs scikit-learn)",
+        description="Write DIR/train/<digit>/ and DIR/val/<digit>/ from scikit-learn's 1,797 "
+        "handwritten digit scans, each image a redrawing of a scan (own size, slant, shift and "
+        "colours); no val image comes from a scan a training image comes from.",
+        allow_abbrev=False,
+    )
+    g.add_argument("dir", metavar="DIR")
+    g.add_argument("--train", type=int, default=7000, help="training images (default 7000)")
+    g.add_argument("--test", type=int, default=1000, help="val images (default 1000)")
+    g.add_argument("--seed", type=int, default=0)
     s = sub.add_parser(
         "synthetic",
         help="write a generated learnable set (CIFAR-format, or image folders)",
@@ -62,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.command == "download":
         print(f"CIFAR-10 is in {download_cifar10(a.dir, url=a.url)}")
+    elif a.command == "digits":
+        if a.train < 10 or a.test < 10:
+            p.error("digits needs --train and --test of at least 10")
+        write_digits(a.dir, np.random.default_rng(a.seed), a.train, a.test)
+        print(
+            f"wrote {a.train} train / {a.test} val images of handwritten digits (10 classes, "
+            f"scikit-learn's scans redrawn) to {a.dir}"
+        )
     elif a.folders:
         if a.classes < 2 or a.train < a.classes or a.test < 0:
             p.error("--folders needs --classes >= 2, --train >= --classes and --test >= 0")

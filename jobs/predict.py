@@ -1,11 +1,10 @@
-"""Classify image folders with Ray Data: ``cifar-predict --model M --input I --output O`` (or
-``python -m jobs.predict``).
+"""Classify images in bulk with Ray Data: ``cifar-predict --model M --input I --output O``
+(``python -m jobs.predict`` for ``ray job submit``).
 
 Examples:
   cifar-predict --model ~/ray_results/run1 --input photos/ --output preds/
   cifar-predict --model mywork_10.pth --input 'shots/**/*.jpg' --output out --format csv
-  cifar-predict --model run1/model --input s3://bucket/imgs --output s3://bucket/preds \\
-      --gpus-per-actor 1 --num-actors 1-8
+  cifar-predict --model run1 --input s3://bucket/imgs --output s3://bucket/preds --num-actors 1-8
   cifar-predict --model run1 --input val/ --output val-preds --labels-from-dirs --preview 64
   cifar-predict --model run1 --input photos/ --output preds/ --dry-run   # check, start nothing
   cifar-predict --model run1 --input photos/ --output preds/ --resume    # after a crash
@@ -22,7 +21,7 @@ import sys
 from typing import Any
 
 from cifar import env
-from cifar.config import ConfigError, add_job_flags, build_parser, make_config, parse_explicit
+from cifar.config import ConfigError, config_yaml, make_config
 from cifar.failures import STORAGE
 from cifar.io import storage
 from cifar.models.checkpoint import CheckpointError
@@ -30,29 +29,24 @@ from cifar.predict.commit import committed_rows
 from cifar.predict.config import PredictConfig
 from cifar.predict.pipeline import complete, predict, ray_init
 from cifar.predict.preflight import preflight, preflight_lines
-from jobs.common import (
-    Boundary,
-    command,
-    configure_logging,
-    exit_codes_text,
-    handle_signals,
-    quiet_ray_data,
-)
+
+from .common import Boundary, command, configure_logging, handle_signals, parse, quiet_ray_data
 
 PROGRAM = "cifar-predict"
+PROGRESS_EVERY_S = 10.0  # a log that is not a terminal: one progress line this often
 
 
 def main(boundary: Boundary, argv: list[str]) -> int:
-    epilog = f"{__doc__}\n{env.help_text()}\n\n{exit_codes_text()}"
-    parser = build_parser(PredictConfig, PROGRAM, "Classify images in bulk with Ray Data.", epilog)
-    add_job_flags(parser)
-    explicit = parse_explicit(parser, argv)
-    dry_run = explicit.pop("dry_run", False)
-    cfg = make_config(PredictConfig, explicit)
+    asked = parse(PredictConfig, PROGRAM, "Classify images in bulk with Ray Data.", __doc__,
+                  argv, lambda typed, saved: make_config(PredictConfig, saved, typed))  # fmt: skip
+    cfg = asked.cfg
+    if asked.print_config:
+        print(config_yaml(cfg, leave_out=("resume", "overwrite")), end="")
+        return 0
     configure_logging(cfg.verbose)
     boundary.verbose = cfg.verbose
     pre = preflight(cfg)  # bad model, inputs or output fail here, before Ray starts
-    if dry_run:
+    if asked.dry_run:
         print("\n".join(preflight_lines(cfg, pre)))
         return 0
     boundary.hint = lambda code: resume_hint(cfg, argv, code)
@@ -62,9 +56,12 @@ def main(boundary: Boundary, argv: list[str]) -> int:
     from cifar.cluster.resources import cluster_info
 
     quiet_ray_data(cfg.verbose)
-    ray_seconds = ray_init()
+    shown = env.get("CIFAR_RAY_PROGRESS") != "0"
+    terminal = sys.stdout.isatty()  # Ray Data's bars there; elsewhere a line every 10 s
+    ray_seconds = ray_init(progress_bars=shown)  # a terminal's; logged INFO lines otherwise
     handle_signals()
-    summary = predict(cfg, cluster_info(), pre=pre, ray_start_seconds=ray_seconds)
+    every = PROGRESS_EVERY_S if shown and not terminal else None
+    summary = predict(cfg, cluster_info(), pre, ray_seconds, report_every=every)
     print(done_lines(cfg, summary, ray_seconds))
     return 0
 

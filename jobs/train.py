@@ -1,16 +1,17 @@
-"""Train an image classifier with Ray Train: ``cifar-train [flags]`` or ``python -m jobs.train``.
+"""Train an image classifier with Ray Train: ``cifar-train [flags]`` (``python -m jobs.train`` for
+``ray job submit``).
 
 Examples:
   cifar-train --smoke-test
   cifar-train --data-dir data --epochs 20 --num-workers 2
-  cifar-train --data-dir pets/ --epochs 4          # your folders: pets/train/<class>/...
+  cifar-train --data-dir pets --epochs 4           # your folders: pets/train/<class>/...
   cifar-train --recipe tutorial                    # the tutorial's exact training
   cifar-train --name run1 --resume                 # continue run1 from its latest checkpoint
   cifar-train --config runs/run1/config.json --seed 1 --name run2   # rerun a saved config
+  cifar-train --data-dir pets --epochs 8 --print-config > pets.yaml  # a config to edit
+  cifar-train --config pets.yaml --name pets8      # ... and to run
   cifar-train --data-dir data --dry-run            # check everything, print the plan, start nothing
   cifar-train --num-workers 1-4 --storage-path s3://bucket/runs   # elastic: grows with the cluster
-  ray job submit --working-dir . -- python -m jobs.train --num-workers 4 --gpu \\
-      --storage-path s3://bucket/runs
 """
 
 from __future__ import annotations
@@ -19,14 +20,7 @@ import os
 import sys
 from typing import Any
 
-from cifar import env
-from cifar.config import (
-    ConfigError,
-    add_job_flags,
-    build_parser,
-    parse_explicit,
-    read_saved_config,
-)
+from cifar.config import ConfigError, config_yaml
 from cifar.data.dataset import DataError
 from cifar.models.checkpoint import CheckpointError
 from cifar.train.config import TrainConfig, resolve_config
@@ -38,22 +32,23 @@ from cifar.train.driver import (
     train,
     train_plan,
 )
-from jobs.common import Boundary, command, configure_logging, exit_codes_text, handle_signals
+
+from .common import Boundary, command, configure_logging, handle_signals, parse
 
 PROGRAM = "cifar-train"
 
 
 def main(boundary: Boundary, argv: list[str]) -> int:
-    epilog = f"{__doc__}\n{env.help_text()}\n\n{exit_codes_text()}"
-    parser = build_parser(TrainConfig, PROGRAM, "Train CIFAR10-quick on Ray Train.", epilog)
-    add_job_flags(parser, saved_config=True)
-    explicit = parse_explicit(parser, argv)
-    dry_run = explicit.pop("dry_run", False)
-    saved = read_saved_config(explicit.pop("config", None))
-    cfg = named(resolve_config(explicit, saved))
+    asked = parse(TrainConfig, PROGRAM, "Train an image classifier on Ray Train.", __doc__, argv,
+                  resolve_config)  # fmt: skip
+    cfg = asked.cfg
+    if asked.print_config:
+        print(config_yaml(cfg, leave_out=("name", "resume")), end="")
+        return 0
+    cfg = named(cfg)
     configure_logging(cfg.verbose)
     boundary.verbose = cfg.verbose
-    if dry_run:
+    if asked.dry_run:
         print("\n".join(train_plan(cfg)))
         return 0
     settings = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", **ray_train_env(cfg)}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-GPU check, under 5 minutes: training throughput of this project's loop (plain and through
-# Ray Train with --use-gpu) vs the tutorial's loop on the same GPU, on a CIFAR-10-sized generated
+# Ray Train with --gpu) vs the tutorial's loop on the same GPU, on a CIFAR-10-sized generated
 # set (50k/10k, 3 epochs), plus Ray Data prediction with --gpus-per-actor 1, and GPU memory.
 #   scripts/gpu_check.sh [OUT_DIR]        # JSON results go to OUT_DIR (default: gpu-check/)
 # Needs only python3 with torch, torchvision, pillow, pyarrow (and ray for the Ray parts):

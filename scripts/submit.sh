@@ -12,7 +12,7 @@ the one scripts/cluster-up.sh starts); RAY_AUTH_MODE defaults to token.
 
 Examples:
   scripts/submit.sh train --smoke-test
-  scripts/submit.sh train --num-workers 4 --use-gpu --storage-path s3://bucket/runs --name r1
+  scripts/submit.sh train --num-workers 4 --gpu --storage-path s3://bucket/runs --name r1
   scripts/submit.sh predict --model s3://bucket/runs/r1/model/model.pt \
       --input s3://bucket/images --output s3://bucket/preds --gpus-per-actor 1
 USAGE

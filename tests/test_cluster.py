@@ -354,7 +354,7 @@ def test_killed_training_worker_restores_from_last_checkpoint(cluster, train_dat
         "--no-wait",
         "--submission-id",
         job,
-        *_train_args(cluster, train_data, "ft", "--max-failures", "2", "--amp", "off"),
+        *_train_args(cluster, train_data, "ft", "--max-failures", "2", "--precision", "fp32"),
         timeout=120,
     )
     assert r.returncode == 0, r.stderr

@@ -69,7 +69,7 @@ def test_smoke_test_preset():
 
 
 def test_bool_flags_have_negations():
-    c = _cfg(["--no-augment", "--no-download", "--relu", "--use-gpu"])
+    c = _cfg(["--no-augment", "--no-download", "--relu", "--gpu"])
     assert (c.augment, c.download, c.relu, c.use_gpu) == (False, False, True, True)
 
 
@@ -89,16 +89,16 @@ def test_impossible_values_are_refused_with_the_flag_named(argv, message):
         _cfg(argv)
 
 
-def test_unknown_flag_exits_with_usage(capsys):
+def test_unknown_flag_exits_2_naming_it(capsys):
     with pytest.raises(SystemExit) as e:
         _cfg(["--num-wrkers", "2"])
     assert e.value.code == 2
-    assert "unrecognized arguments: --num-wrkers" in capsys.readouterr().err
+    assert "unknown flag --num-wrkers (did you mean --num-workers?)" in capsys.readouterr().err
 
 
 def test_use_gpu_without_gpus_fails_fast_and_defaults_follow_the_cluster():
     with pytest.raises(ConfigError, match="no GPUs"):
-        resolve_scale(_cfg(["--use-gpu"]), ClusterInfo(cpus=8, gpus=0))
+        resolve_scale(_cfg(["--gpu"]), ClusterInfo(cpus=8, gpus=0))
     assert resolve_scale(_cfg([]), ClusterInfo(cpus=8, gpus=2))[0] is True
     use_gpu, cpus = resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(8, 0))
     assert (use_gpu, cpus) == (False, 4)  # cpus is also the torch threads
@@ -133,12 +133,48 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     assert (ok.batch_size, ok.lr) == (128, 0.1)  # the recipe it started with, not re-picked
 
 
-def test_one_precision_vocabulary_and_the_old_amp_spelling():
+def test_one_precision_vocabulary_and_the_old_amp_key(capsys):
     assert _cfg([]).precision == "auto"
     assert _cfg(["--precision", "bf16"]).precision == "bf16"
-    assert _cfg(["--amp", "off"]).precision == "fp32"  # what --amp off always meant
-    with pytest.raises(SystemExit):
-        _cfg(["--precision", "fp16"])
+    assert _cfg(["--precision", "fp16"]).precision == "fp16"
+    assert resolve_config({}, {"amp": "off"}).precision == "fp32"  # old config.json files
+    with pytest.raises(SystemExit) as e:
+        _cfg(["--amp", "off"])  # one spelling on the command line
+    assert e.value.code == 2 and "unknown flag --amp" in capsys.readouterr().err
+
+
+def test_a_mistyped_flag_is_one_line_with_the_nearest_flag(capsys):
+    for typed, near in ((["--epoch", "3"], "--epochs"), (["--batchsize=8"], "--batch-size")):
+        with pytest.raises(SystemExit) as e:
+            _cfg(typed)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+        assert f"did you mean {near}?" in err and "usage" not in err
+
+
+def test_switches_that_are_off_have_no_negation_and_one_gpu_spelling():
+    text = build_parser(TrainConfig, "t", "d").format_help()
+    for flag in ("--resume", "--smoke-test", "--compile", "--verbose", "--relu"):
+        assert flag in text and f"--no-{flag[2:]}" not in text
+    assert "--gpu, --no-gpu" in text and "--use-gpu" not in text
+    assert "--augment, --no-augment" in text  # on by default: it can be turned off
+
+
+def test_a_config_file_is_yaml_or_json_and_refuses_unknown_keys(tmp_path):
+    from cifar.config import config_yaml, read_config_file
+
+    printed = config_yaml(_cfg(["--epochs", "3", "--lr", "0.05"]), leave_out=("name", "resume"))
+    (tmp_path / "c.yaml").write_text(printed)
+    again = resolve_config({}, read_config_file(str(tmp_path / "c.yaml"), TrainConfig))
+    assert config_yaml(again, leave_out=("name", "resume")) == printed  # the same run
+    assert (again.epochs, again.lr) == (3, 0.05)
+    (tmp_path / "c.json").write_text('{"epochs": 2, "seed": 7}')
+    assert read_config_file(str(tmp_path / "c.json"), TrainConfig) == {"epochs": 2, "seed": 7}
+    (tmp_path / "bad.yaml").write_text("epoch: 3\nbatchsize: 8\n")
+    with pytest.raises(ConfigError, match=r"'epoch' \(did you mean 'epochs'\?\), 'batchsize' "):
+        read_config_file(str(tmp_path / "bad.yaml"), TrainConfig)
+    smoke = resolve_config({}, {"smoke_test": True})  # a printed smoke-test config runs as one
+    assert smoke.synthetic and smoke.num_workers == 2
 
 
 def test_flags_are_listed_in_groups():

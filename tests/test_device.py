@@ -69,7 +69,9 @@ def test_the_slowest_rank_decides():
     assert c.precision == "bf16"
 
 
-def test_flags_and_gpus_need_no_measurement():
+def test_flags_and_gpus_need_no_measurement(monkeypatch):
+    monkeypatch.setattr("cifar.device.gpu_has_bf16", lambda d: True)  # no GPU here to ask
+
     def never(c):
         raise AssertionError("measured although the choice was given")
 
@@ -117,3 +119,37 @@ def test_accuracy_per_epoch_does_not_depend_on_the_precision(synthetic_dir):
     assert curves["fp32"][-1] > 0.4
     for a, b in zip(curves["fp32"], curves["bf16"], strict=True):
         assert abs(a - b) <= 0.03, curves
+
+
+def test_gpus_get_bf16_where_they_have_it_else_fp16_with_loss_scaling(monkeypatch):
+    """The capability check faked both ways (no GPU here): Ampere and later train in bf16,
+    T4/V100-class GPUs in fp16 with a gradient scaler."""
+    import cifar.device as device
+
+    for has_bf16, want in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(device, "gpu_has_bf16", lambda d, has=has_bf16: has)
+        c = resolve_compute("cuda", "auto")
+        assert (c.precision, c.chosen_by, c.needs_scaler) == (want, "gpu", want == "fp16")
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_its_scale(synthetic_dir):
+    """The fp16 branch run for real on the CPU: the scaler scales, steps and records its scale;
+    a restored engine continues from the same scale."""
+    data = load_cifar10(synthetic_dir)
+    mean, std = data.channel_stats()
+    spec = ModelSpec.of(classes=data.classes, mean=mean, std=std)
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    small = {k: v[:192] for k, v in data.tensors().items()}  # fp16 on a CPU is slow: a taste
+    e = build(cfg, small, spec, resolve_compute("cpu", "fp16", False))
+    assert e.scaler.is_enabled() and e.scaler.get_scale() == 65536.0
+    before = [p.detach().clone() for p in e.raw.parameters()]
+    stats = train_one_epoch(e, 0)
+    state = e.scaler.state_dict()
+    assert stats.steps == 6 and torch.isfinite(torch.tensor(stats.loss_sum)) and state["scale"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, e.raw.parameters(), strict=True))
+    assert 0 <= evaluate(e)["test_loss"] < 10
+    again = build(cfg, small, spec, resolve_compute("cpu", "fp16", False))
+    again.restore(e.raw.state_dict(), e.optimizer.state_dict(), None, state)
+    assert again.scaler.get_scale() == e.scaler.get_scale()
+    plain = build(cfg, small, spec, resolve_compute("cpu", "bf16", False))
+    assert not plain.scaler.is_enabled()  # bf16 and fp32 train exactly as before

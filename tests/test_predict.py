@@ -1,5 +1,6 @@
 """Decoding and single-image prediction (no Ray)."""
 
+import json
 import subprocess
 import sys
 
@@ -153,6 +154,17 @@ def test_single_image_cli_prints_lines_and_fails_on_bad_images(tmp_path, tutoria
         cwd=ROOT,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    as_json = subprocess.run([*args, "--top-k", "3", "--json", str(good[0]), str(bad[0])],
+                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    first, second = (json.loads(line) for line in as_json.stdout.splitlines())
+    assert as_json.returncode == 1 and first["path"] == str(good[0]) and first["error"] is None
+    assert first["top"][0]["class"] == first["class"] and len(first["top"]) == 3
+    assert first["top"][0]["prob"] >= first["top"][1]["prob"] >= first["top"][2]["prob"]
+    assert second["class"] is None and "empty file" in second["error"]
+    tabbed = subprocess.run([*args, "--top-k", "2", str(good[0])], capture_output=True,
+                            text=True, cwd=ROOT)  # fmt: skip
+    path, c1, p1, c2, p2 = tabbed.stdout.strip().split("\t")
+    assert (path, c1) == (str(good[0]), first["class"]) and float(p1) >= float(p2) and c2 != c1
 
 
 def test_decode_module_does_not_import_torch():

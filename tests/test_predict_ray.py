@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,13 +74,29 @@ def _cfg(model, inputs, out, **kw):
 def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
     ray_session, trained, tree, tmp_path
 ):
-    model_dir, _ = trained
+    model_dir, data = trained
     root, good, bad = tree
-    summary = predict(_cfg(model_dir, [root], tmp_path / "out"), TWO_CPUS)
-    table = pq.read_table(sorted((tmp_path / "out").glob("*.parquet")))
+    summary = predict(_cfg(model_dir, [root], tmp_path / "out", probs=True), TWO_CPUS)
+    files = sorted((tmp_path / "out").glob("*.parquet"))
+    table = pq.read_table(files)
     rows = table.to_pylist()
     paths = [r["path"] for r in rows]
     assert sorted(paths) == sorted(str(p.resolve()) for p in good + bad)  # once each
+    assert all(r["relpath"] == str(Path(r["path"]).relative_to(root.resolve())) for r in rows)
+    made_by = json.loads(pq.read_schema(files[0]).metadata[b"cifar_ray"])  # every file says
+    assert made_by["classes"] == list(data.classes) and made_by["schema_version"] == 2
+    assert made_by["inputs"] == [str(root.resolve())] and made_by["arch"] == DEFAULT_ARCH
+    assert (
+        made_by["model_sha256"]
+        == json.loads((tmp_path / "out/_job.json").read_text())["model_sha256"]
+    )
+    for r in rows:  # --probs: every class's probability, in the classes' order
+        if r["error"] is None:
+            assert len(r["probs"]) == len(data.classes)
+            assert sum(r["probs"]) == pytest.approx(1, abs=1e-4)
+            assert r["probs"][r["class_index"]] == pytest.approx(r["confidence"], abs=1e-6)
+        else:
+            assert r["probs"] is None
     errors = {r["path"] for r in rows if r["error"] is not None}
     assert errors == {str(p.resolve()) for p in bad}
     assert summary["files"] == summary["rows"] == len(good) + len(bad)
@@ -162,6 +179,7 @@ def test_other_formats_open_as_datasets(ray_session, trained, tree, tmp_path, fm
     assert (summary["errors"], summary["labelled"]) == (len(bad), 3)  # 2 + the tree's cat/
     # as the README says to read them: pandas, file by file; the schema given to Arrow
     files = sorted(out.glob(f"part-*{FORMATS[fmt].suffix}"))
+    assert fmt != "jsonl" or all(f.suffix == ".jsonl" for f in files)  # not .json
     reader = pd.read_csv if fmt == "csv" else partial(pd.read_json, lines=True)
     df = pd.concat([reader(f) for f in files], ignore_index=True)
     table = read_results(str(out), fmt, schema=result_schema(2, len(data.classes), True))

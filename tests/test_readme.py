@@ -145,27 +145,32 @@ def test_the_end_to_end_example_runs_as_written(tmp_path):
         "summary",
         "tensorboard",
     ]
-    summary = json.loads((tmp_path / "pets-preds" / "_summary.json").read_text())
-    trained = json.loads((tmp_path / "runs/pets/summary.json").read_text())
-    assert summary["labelled"] == 150 and summary["errors"] == 0
-    assert summary["accuracy"] >= 0.9 and trained["best_test_accuracy"] >= 0.9
+    summary = json.loads((tmp_path / "digits-preds" / "_summary.json").read_text())
+    trained = json.loads((tmp_path / "runs/digits/summary.json").read_text())
+    assert summary["labelled"] == 1000 and summary["errors"] == 0
+    # 0.898 on the machine of docs/results.md; real digits, so another CPU's rounding (bf16 or
+    # fp32, as measured there) may land a little lower
+    assert summary["accuracy"] >= 0.85 and trained["best_test_accuracy"] >= 0.85
+    assert summary["accuracy"] == trained["best_test_accuracy"]  # the same weights, the same files
     for name in ("confusion_matrix.png", "misclassified.png", "metrics.csv"):
-        assert (tmp_path / "runs/pets" / name).is_file()
-    assert (tmp_path / "pets-preds" / "_preview.png").is_file()
+        assert (tmp_path / "runs/digits" / name).is_file()
+    assert (tmp_path / "digits-preds" / "_preview.png").is_file()
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     """A home and working folder holding every path the README's examples name."""
+    from cifar.config import config_yaml
+    from cifar.data.examples import write_digits
     from cifar.data.synthetic import write_folders, write_synthetic
-    from cifar.models.checkpoint import model_meta, save_checkpoint
     from cifar.models.cifar_quick import CifarQuick
-    from cifar.models.registry import ModelSpec
     from cifar.testing.models import save_untrained
+    from cifar.train.config import TrainConfig
 
     home = tmp_path_factory.mktemp("home")
     write_synthetic(home / "data", 50, 10, seed=0)
-    write_folders(home / "pets", 30, 9, num_classes=3, seed=0)
+    write_folders(home / "pets", 30, 9, num_classes=3, seed=0)  # docs/cluster.md's bucket
+    write_digits(home / "digits", np.random.default_rng(0), 40, 20)
     write_folders(home / "evalsets/textures10-7k", 30, 9, num_classes=3, seed=0)  # docs/results.md
     rng = np.random.default_rng(0)
     for folder, names in (
@@ -181,20 +186,16 @@ def sandbox(tmp_path_factory):
                 home / folder / n
             )
     (home / "broken.jpg").write_bytes(b"not a jpeg")
-    from cifar.train.config import TrainConfig
 
     for run in ("runs/r1", "ray_results/r1"):
         save_untrained(home / run / "model")
         cfg = TrainConfig(data_dir=str(home / "data"))
         (home / run / "config.json").write_text(json.dumps(cfg.to_dict()))
     # what the end-to-end example leaves, for the commands shown after it
-    pets = ("airplane", "automobile", "bird")
-    save_checkpoint(
-        home / "runs/pets/model", CifarQuick(num_classes=3), model_meta(ModelSpec.of(classes=pets))
-    )
-    for rel in ("pets/val/bird/val_000004.png", "pets/val/automobile/val_000000.png"):
-        (home / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(home / rel)
+    save_untrained(home / "runs/digits/model", classes=[str(d) for d in range(10)])
+    for rel in ("digits/val/3/val_00013_scan0023.png", "digits/val/8/val_00020_scan0038.png"):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(home / rel)
+    (home / "digits.yaml").write_text(config_yaml(TrainConfig(data_dir="digits")))
     torch.save(CifarQuick().state_dict(), home / "mywork_10.pth")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}", CIFAR_RAY_CACHE=str(home / ".cache"))
@@ -202,13 +203,19 @@ def sandbox(tmp_path_factory):
 
 
 def _run(words: list[str], sandbox) -> subprocess.CompletedProcess:
+    """``words`` run in the sandbox; ``... > FILE`` writes the output to FILE there."""
     home, env = sandbox
     words = [str(ROOT / w) if w.startswith("scripts/") else w for w in words]
     if words[0] in ("python", "python3", ".venv/bin/python"):
         words[0] = sys.executable
         env = {**env, "PYTHONPATH": str(ROOT)}
     words = [str(BIN / w) if w in JOBS else w for w in words]
-    return subprocess.run(words, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    into = words[words.index(">") + 1] if ">" in words else None
+    words = words[: words.index(">")] if into else words
+    r = subprocess.run(words, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    if into and r.returncode == 0:
+        (home / into).write_text(r.stdout)
+    return r
 
 
 def _object_storage(command: str) -> bool:
@@ -225,6 +232,8 @@ def test_readme_command_runs_as_written(command, sandbox):
         words = [words[0], "--help"]
     elif _benchmark(words):
         words = [*words[:3], "--help"]  # minutes to hours of measuring: what it takes, only
+    elif "--print-config" in words:
+        pass  # prints, starts nothing
     elif name in ("cifar-train", "cifar-predict") or "jobs." in command:
         words = [w for w in words if w != "--dry-run"] + ["--dry-run"]
     elif words[:2] == ["cifar-data", "download"]:
@@ -279,6 +288,7 @@ def test_object_storage_commands_run_against_an_s3_server(sandbox, s3_server, tm
     prediction and the pandas line for real."""
     import tempfile
 
+    from cifar.testing.models import save_untrained
     from cifar.train.config import resolve_config
 
     home, env = sandbox
@@ -298,8 +308,10 @@ def test_object_storage_commands_run_against_an_s3_server(sandbox, s3_server, tm
         if "--resume" in words:  # what the first command leaves in the bucket
             cfg = resolve_config({"data_dir": "s3://my-bucket/pets", "name": "pets",
                                   "storage_path": "s3://my-bucket/runs"})  # fmt: skip
-            (home / "runs/pets/config.json").write_text(json.dumps(cfg.to_dict()))
-            s3_server.upload_dir(home / "runs/pets", "s3://my-bucket/runs/pets")
+            run = tmp_path / "pets-run"
+            save_untrained(run / "model", classes=("airplane", "automobile", "bird"))
+            (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+            s3_server.upload_dir(run, "s3://my-bucket/runs/pets")
         r = subprocess.run([str(BIN / words[0]), *words[1:]], cwd=home, env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
         assert r.returncode == 0, f"{command}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
@@ -307,4 +319,4 @@ def test_object_storage_commands_run_against_an_s3_server(sandbox, s3_server, tm
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     n = len(list((home / "pets/val").glob("*/*.png")))
-    assert f"[{n} rows x 11 columns]" in r.stdout  # one row per file
+    assert f"[{n} rows x 12 columns]" in r.stdout  # one row per file

@@ -67,12 +67,15 @@ def test_tensorboard_has_every_scalar_for_every_epoch(finished_run):
     acc = EventAccumulator(str(storage / "full" / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ("test/loss", "test/accuracy", "lr", "throughput/images_per_s"):
-        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3], tag
+    per_epoch = acc.Scalars("test/accuracy")[0].step  # one x-axis: optimizer steps
+    for tag in ("test/loss", "test/accuracy", "throughput/images_per_s"):
+        assert [e.step for e in acc.Scalars(tag)] == [per_epoch * k for k in (1, 2, 3)], tag
     accs = [e.value for e in acc.Scalars("test/accuracy")]
     assert accs[-1] > 0.5
     train_steps = [e.step for e in acc.Scalars("train/loss")]
     assert len(train_steps) >= EPOCHS and train_steps == sorted(train_steps)
+    assert 1 < train_steps[0] < per_epoch < train_steps[-1] <= 3 * per_epoch
+    assert [e.step for e in acc.Scalars("train/lr")] == train_steps  # the lr at every log step
     assert "train/samples" in tags["images"]
     assert tags["graph"] is True
 
@@ -135,7 +138,8 @@ def test_interrupted_run_resumes_at_next_epoch_with_same_state(finished_run, syn
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
     acc = EventAccumulator(str(part / "tensorboard"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("test/accuracy")] == [1, 2, 3]
+    steps = [e.step for e in acc.Scalars("test/accuracy")]
+    assert steps == [steps[0] * k for k in (1, 2, 3)]  # one point per epoch, none repeated
 
 
 def test_use_gpu_on_cpu_cluster_fails_before_starting(ray_session, synthetic_dir, tmp_path):

@@ -83,7 +83,7 @@ def _unreachable(address: str, why: str) -> str:
 
 def cluster_info() -> ClusterInfo:
     """Current resources; GPUs include what an autoscaling cluster (cluster.yaml, KubeRay) can
-    still start, so ``--use-gpu`` works on a cluster that scales GPU nodes from zero. Ray Train
+    still start, so ``--gpu`` works on a cluster that scales GPU nodes from zero. Ray Train
     reads the same autoscaler config to size worker groups."""
     import ray
 

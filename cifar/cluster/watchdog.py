@@ -23,6 +23,7 @@ from cifar.cluster.state import describe_cluster, this_job
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
+EXIT_STALLED = 3  # the exit status of a job that made no progress (cifar.failures.EXIT_CODES)
 
 
 class StallError(RuntimeError):
@@ -132,11 +133,11 @@ class Watchdog:
     def _exit_now(self) -> None:
         """The interrupt did not end the job: Ray Train's own SIGINT handler waits for its
         controller, which waits for a placement group that never comes. End this process as
-        the job commands end on a handled error (message, exit 2); Ray then removes this job's
+        the job commands end a stalled job (message, exit 3); Ray then removes this job's
         actors and placement groups with its driver."""
         print(f"error: {self.stalled}", file=sys.stderr, flush=True)
         logging.shutdown()
-        os._exit(2)
+        os._exit(EXIT_STALLED)
 
     def _ask(self, question: Callable[[], Any], default: Any) -> Any:
         try:

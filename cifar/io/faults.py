@@ -61,6 +61,7 @@ _FIXES = {
     "no_bucket": "create the bucket or correct its name",
     "denied": "check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
     "the node's instance profile) and the bucket's policy",
+    "failing": "check the store's health and the network, then run the command again",
 }
 CONNECTION_KINDS = ("unresolvable", "unreachable", "timeout")  # the store, not one object
 
@@ -145,9 +146,11 @@ def retrying(what: str, uri: str, fn: Callable[[], T]) -> T:
                 if failed is not None:
                     tries = f", still failing after {attempt} attempts in {spent:.0f}s"
                     raise storage_error(what, uri, e, failed[0], tries) from e
-                raise OSError(
+                raise StorageError(
+                    "failing",
                     f"{what}: still failing after {attempt} attempts in {spent:.0f}s "
-                    f"(each retried {SDK_ATTEMPTS} times by the AWS SDK): {e}"
+                    f"(each retried {SDK_ATTEMPTS} times by the AWS SDK): {e}. To fix: "
+                    f"{_FIXES['failing']}.",
                 ) from e
             backoff = min(8.0, 0.5 * 2 ** (attempt - 1), RETRY_DEADLINE_S - spent)
             delay = max(0.0, backoff) * random.uniform(0.5, 1.0)

@@ -67,7 +67,9 @@ class Classifier:
             logits = self.forward(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    def predict(self, batch: dict[str, np.ndarray], top_k: int) -> dict[str, Any]:
+    def predict(
+        self, batch: dict[str, np.ndarray], top_k: int, all_probs: bool = False
+    ) -> dict[str, Any]:
         """A decoded batch (``decode_batch``'s ``image``/``error``) -> result columns; rows that
         failed to decode get null predictions."""
         ok = np.array([not e for e in batch["error"]], dtype=bool)
@@ -76,7 +78,7 @@ class Classifier:
             if ok.any()
             else np.zeros((0, len(self.classes)), dtype=np.float32)
         )
-        return prediction_columns(probs, ok, self.classes, top_k)
+        return prediction_columns(probs, ok, self.classes, top_k, all_probs)
 
 
 class BatchPredictor:
@@ -92,6 +94,7 @@ class BatchPredictor:
         precision: str = "auto",
         batch_size: int = 256,
         channels_last: bool | None = None,
+        probs: bool = False,
     ) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
@@ -102,16 +105,18 @@ class BatchPredictor:
             batch=batch_size,
             channels_last=channels_last,
         )
-        self.top_k = top_k
-        self.label_dirs = label_dirs
-        self.schema = result_schema(top_k, len(self.classifier.classes), label_dirs)
+        self.top_k, self.label_dirs, self.probs = top_k, label_dirs, probs
+        self.schema = result_schema(top_k, len(self.classifier.classes), label_dirs, probs)
 
     def __call__(self, batch: dict[str, np.ndarray]):
         """``{"path", "image", "error"}`` -> a pyarrow Table of results, one row per input row."""
         import pyarrow as pa
 
-        cols: dict[str, Any] = {"path": [str(p) for p in batch["path"]]}
-        cols.update(self.classifier.predict(batch, self.top_k))
+        cols: dict[str, Any] = {
+            "path": [str(p) for p in batch["path"]],
+            "relpath": [str(p) for p in batch["relpath"]],
+        }
+        cols.update(self.classifier.predict(batch, self.top_k, self.probs))
         if self.label_dirs:  # labels read from the folders by the driver (label_from_dirs)
             # a block whose labels are all null arrives as NaNs (Arrow -> numpy)
             cols["label"] = [v if isinstance(v, str) else None for v in batch["label"]]
@@ -126,9 +131,12 @@ class ImageResult:
     class_index: int | None
     confidence: float | None
     error: str | None
+    top: list[tuple[str, float]] | None = None  # the top-k (class, probability), best first
 
 
-def classify_files(classifier: Classifier, paths: Sequence[str]) -> list[ImageResult]:
+def classify_files(
+    classifier: Classifier, paths: Sequence[str], top_k: int = 1
+) -> list[ImageResult]:
     """The single-image path: the job's decode (``decode_batch``), preprocessing and
     classifier, one file after another."""
     results = []
@@ -139,6 +147,10 @@ def classify_files(classifier: Classifier, paths: Sequence[str]) -> list[ImageRe
             results.append(ImageResult(p, None, None, None, error))
             continue
         probs = classifier.probabilities(batch["image"])[0]
-        top = int(np.argmax(probs))
-        results.append(ImageResult(p, classifier.classes[top], top, float(probs[top]), None))
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        best = int(order[0])
+        ranked = [(classifier.classes[int(i)], float(probs[i])) for i in order]
+        results.append(
+            ImageResult(p, classifier.classes[best], best, float(probs[best]), None, ranked)
+        )
     return results

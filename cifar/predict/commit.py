@@ -28,7 +28,7 @@ from typing import Any
 from cifar.config import ConfigError
 from cifar.io import storage
 from cifar.io.lock import LOCK_FILE
-from cifar.predict.formats import get_format, is_result_file
+from cifar.predict.formats import SCHEMA_VERSION, get_format, is_result_file
 
 JOB_FILE = "_job.json"
 TMP_DIR = "_tmp"
@@ -36,7 +36,8 @@ PART_PREFIX = "part-"
 ROWS_PER_FILE = 100_000
 # what must match for a resume to continue a job: the rows it kept would otherwise be another
 # job's (other inputs, another model) or another shape (format, top-k, labels)
-JOB_KEYS = ("input", "extensions", "labels_from_dirs", "format", "top_k", "model_sha256")
+JOB_KEYS = ("input", "extensions", "labels_from_dirs", "format", "top_k", "probs", "model_sha256")
+EARLIER = {"probs": False}  # what a _job.json written before a key existed meant by leaving it out
 
 
 def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
@@ -48,8 +49,10 @@ def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
         "labels_from_dirs": cfg.labels_from_dirs,
         "format": cfg.format,
         "top_k": cfg.top_k,
-        "model": cfg.model,
+        "probs": cfg.probs,
+        "model": storage.absolute(cfg.model),
         "model_sha256": model_sha256,
+        "schema_version": SCHEMA_VERSION,
     }
 
 
@@ -72,7 +75,7 @@ def check_resume(output: str, record: dict[str, Any]) -> bool:
             )
         return False
     saved = json.loads(storage.read_text(path))
-    changed = [k for k in JOB_KEYS if saved.get(k) != record.get(k)]
+    changed = [k for k in JOB_KEYS if saved.get(k, EARLIER.get(k)) != record.get(k)]
     if changed:
         what = "; ".join(
             f"{'model (its weights)' if k == 'model_sha256' else '--' + k.replace('_', '-')}: "

@@ -18,13 +18,14 @@ io_opt, scale_opt, output_opt = (partial(opt, group=g) for g in ("data", "scale"
 @dataclass
 class PredictConfig(Config):
     # fmt: off
-    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file", required=True)  # noqa: E501
-    input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN", required=True)  # noqa: E501, RUF009
-    output: str | None = io_opt(None, "output folder", metavar="OUT", required=True)
+    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file")
+    input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN")  # noqa: E501, RUF009
+    output: str | None = io_opt(None, "output folder", metavar="OUT")
     extensions: str | None = io_opt(None, "only these extensions, e.g. 'jpg,png' (others are skipped and counted); default: every file")  # noqa: E501
     labels_from_dirs: bool = io_opt(False, "folders are named after classes: report accuracy + confusion matrix")  # noqa: E501
     format: str = output_opt("parquet", "result format", choices=tuple(FORMATS))
     top_k: int = output_opt(3, "top-k classes to write")
+    probs: bool = output_opt(False, "also a 'probs' column: every class's probability, in the order of the classes in the files' metadata (parquet, jsonl)")  # noqa: E501
     overwrite: bool = output_opt(False, "replace results already in OUT")
     resume: bool = output_opt(False, "continue a job that was killed, in the same OUT: keep the rows it committed, classify only the rest")  # noqa: E501
     rows_per_file: int = output_opt(ROWS_PER_FILE, "rows per result file (each is committed whole; a killed job redoes at most the files it was writing)")  # noqa: E501
@@ -35,7 +36,7 @@ class PredictConfig(Config):
     gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
     cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1; decoding and writing ask for none)")  # noqa: E501
     stall_timeout: float = scale_opt(STALL_TIMEOUT_S, "end the job, saying what it waited for, after this many seconds without progress (0: wait for ever)")  # noqa: E501
-    precision: str = scale_opt("auto", "auto: bf16 on GPUs; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
+    precision: str = scale_opt("auto", "auto: bf16 on GPUs that have it, else fp16; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
     files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")
     # fmt: on
 
@@ -51,6 +52,11 @@ class PredictConfig(Config):
             (bool(self.output), "--output is required"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.top_k >= 1, f"--top-k must be at least 1 (got {self.top_k})"),
+            (
+                not self.probs or self.format not in FORMATS or FORMATS[self.format].lists,
+                f"--probs writes a list per row, which --format {self.format} cannot hold: use "
+                "parquet or jsonl",
+            ),
             (
                 self.gpus_per_actor is None or self.gpus_per_actor >= 0,
                 "--gpus-per-actor must be >= 0",

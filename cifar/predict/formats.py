@@ -68,13 +68,18 @@ class Format:
     suffix: str
     serialize: Callable[[Any], bytes]
     arrow: Callable[[Any], Any]  # schema (or None) -> pyarrow.dataset file format
+    lists: bool = True  # can hold a list column (--probs)
+    earlier: tuple[str, ...] = ()  # suffixes earlier versions wrote, read back on --resume
 
 
 FORMATS: dict[str, Format] = {
     "parquet": Format(".parquet", _parquet, _parquet_reader),
-    "csv": Format(".csv", _csv, _csv_reader),
-    "jsonl": Format(".json", _jsonl, _jsonl_reader),
+    "csv": Format(".csv", _csv, _csv_reader, lists=False),
+    "jsonl": Format(".jsonl", _jsonl, _jsonl_reader, earlier=(".json",)),
 }
+# What the result files are, in the Parquet files' key-value metadata and in _job.json:
+# 2 added relpath (and probs with --probs) to the columns of 1.
+SCHEMA_VERSION = 2
 
 
 def get_format(name: str) -> Format:
@@ -87,31 +92,46 @@ def get_format(name: str) -> Format:
 def is_result_file(rel: str, fmt: str) -> bool:
     """A committed result file of format ``fmt`` (by its path relative to the output): not a
     side file or an unfinished one (anything under a ``_`` name)."""
-    return rel.endswith(get_format(fmt).suffix) and not any(
+    f = get_format(fmt)
+    return rel.endswith((f.suffix, *f.earlier)) and not any(
         p.startswith("_") for p in rel.split("/")
     )
 
 
-def result_schema(top_k: int, num_classes: int, with_label: bool):
-    """The output columns, typed, so every block (even one of only errors) has one schema."""
+def result_schema(
+    top_k: int,
+    num_classes: int,
+    with_label: bool,
+    probs: bool = False,
+    provenance: dict[str, Any] | None = None,
+):
+    """The output columns, typed, so every block (even one of only errors) has one schema;
+    ``provenance`` (the model and the job) goes into its key-value metadata as JSON under
+    ``cifar_ray``, which Parquet files keep."""
+    import json
+
     import pyarrow as pa
 
     fields = [
         ("path", pa.string()),
+        ("relpath", pa.string()),  # below the --input it was found under
         ("class_index", pa.int64()),
         ("class_name", pa.string()),
         ("confidence", pa.float64()),
     ]
     for j in range(1, min(top_k, num_classes) + 1):
         fields += [(f"top{j}_class", pa.string()), (f"top{j}_prob", pa.float64())]
+    if probs:
+        fields.append(("probs", pa.list_(pa.float32(), num_classes)))  # in the classes' order
     if with_label:
         fields.append(("label", pa.string()))
     fields.append(("error", pa.string()))
-    return pa.schema(fields)
+    meta = {"schema_version": SCHEMA_VERSION, **(provenance or {})}
+    return pa.schema(fields, metadata={"cifar_ray": json.dumps(meta)})
 
 
 def prediction_columns(
-    probs: np.ndarray, ok: np.ndarray, classes: Sequence[str], top_k: int
+    probs: np.ndarray, ok: np.ndarray, classes: Sequence[str], top_k: int, all_probs: bool = False
 ) -> dict[str, Any]:
     """Result columns (pyarrow arrays) for a batch; ``probs`` has one row per ``ok`` row and the
     failed rows are null. Vectorized: building them row by row in Python cost as much as the
@@ -143,7 +163,20 @@ def prediction_columns(
     }
     for j, (name, prob) in enumerate(tops, start=1):
         cols[f"top{j}_class"], cols[f"top{j}_prob"] = name, prob
+    if all_probs:
+        flat = np.zeros((n, len(classes)), dtype=np.float32)
+        flat[rows] = probs
+        values = pa.array(flat.ravel())
+        cols["probs"] = pa.FixedSizeListArray.from_arrays(values, len(classes), mask=pa.array(null))
     return cols
+
+
+def count_rows(path: str, fmt: str) -> int:
+    """The rows of one result file (Parquet: from its footer)."""
+    import pyarrow.dataset as pds
+
+    fs, p = storage.fs_path(path)
+    return pds.dataset(p, format=get_format(fmt).arrow(None), filesystem=fs).count_rows()
 
 
 def read_results(output: str, fmt: str, columns: list[str] | None = None, schema=None):

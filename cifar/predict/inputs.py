@@ -176,6 +176,25 @@ class Inputs:
     def root_list(self) -> list[str]:
         return [self.roots[i] for i in self.root_of.to_pylist()]
 
+    def relpaths(self):
+        """Each file's path below the input root it was found under (a pyarrow array)."""
+        return relative(self.files, self.roots, self.root_of)
+
+
+def relative(files, roots: Sequence[str], root_of=None):
+    """``files`` (pyarrow strings) cut below their root: ``roots[root_of[i]]`` (one root: all
+    below it), in Arrow, without a Python string per file."""
+    import pyarrow.compute as pc
+
+    out = files
+    for i, root in enumerate(roots):
+        cut = len(root.rstrip("/")) + 1 if root.strip("/") else len(root)
+        below = pc.utf8_slice_codeunits(files, cut)
+        out = below if root_of is None or len(roots) == 1 else pc.if_else(
+            pc.equal(root_of, i), below, out
+        )  # fmt: skip
+    return out
+
 
 def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
     """Every file under the inputs, once each, sorted, with the input root it came from. The

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from cifar.predict.inputs import extension_mask, label_from_dirs, walk_uri
+from cifar.predict.inputs import extension_mask, label_from_dirs, relative, walk_uri
 
 
 class Lister:
@@ -59,7 +59,7 @@ class Lister:
                 paths = paths.filter(todo)
             if not len(paths):
                 continue
-            cols: dict[str, Any] = {"path": paths}
+            cols: dict[str, Any] = {"path": paths, "relpath": relative(paths, [self.uri])}
             if self.classes is not None:
                 cols["label"] = pa.array(
                     [label_from_dirs(p, self.uri, self.classes) for p in paths.to_pylist()],

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import Any
 
-from cifar import env
 from cifar.cluster.resources import ClusterInfo, connect
 from cifar.cluster.state import actors_placed, actors_waiting, describe_cluster
 from cifar.cluster.watchdog import StallError, Watchdog
@@ -24,7 +23,14 @@ from cifar.predict.config import PredictConfig
 from cifar.predict.formats import read_results, result_schema
 from cifar.predict.plan import Plan, plan_resources, with_compute
 from cifar.predict.preflight import Preflight, preflight
-from cifar.predict.report import job_summary, preview_png, write_side_files
+from cifar.predict.report import (
+    RowProgress,
+    check_exactly_once,
+    generated_note,
+    job_summary,
+    preview_png,
+    write_side_files,
+)
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
@@ -35,13 +41,13 @@ progress = logging.getLogger("cifar.progress")
 BLOCK_BYTES = 8 * 2**20
 
 
-def ray_init() -> float:
-    """Start or join Ray for a prediction job; returns the seconds it took (reported apart from
-    the pipeline's)."""
+def ray_init(progress_bars: bool) -> float:
+    """Start or join Ray for a prediction job, with Ray Data's progress bars or without; returns
+    the seconds it took (reported apart from the pipeline's)."""
     import ray.data
 
     seconds = connect(configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = env.get("CIFAR_RAY_PROGRESS") != "0"
+    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
     return seconds
 
 
@@ -50,28 +56,31 @@ def predict(
     cluster: ClusterInfo,
     pre: Preflight | None = None,
     ray_start_seconds: float | None = None,
+    report_every: float | None = None,
 ) -> dict[str, Any]:
-    """Classify every file, write results + _summary.json. Ray must be up.
+    """Classify every file, write results + _summary.json. Ray must be up. ``report_every``:
+    seconds between one-line progress reports (None: none).
 
     ``seconds``/``images_per_s`` time the Ray Data pipeline (actor start-up included); listing
     the inputs and loading the model (``preflight_seconds``) and starting or joining Ray
     (``ray_start_seconds``, when the caller passes it) are reported apart."""
     pre = pre or preflight(cfg)
-    files, labels = pre.remaining()
-    plan = plan_resources(cfg, cluster, None if files is None else len(files))
-    plan = with_compute(cfg, plan, pre.model)
+    todo = pre.remaining()  # the columns of the files to classify; None: listed as it goes
+    total = None if todo is None else len(todo["path"])
+    plan = with_compute(cfg, plan_resources(cfg, cluster, total), pre.model)
     with hold(cfg):
         start(cfg.output, pre.record, pre.resuming)
         lister = start_lister(cfg, pre) if pre.stream is not None else None
-        progress.info(starting_line(pre, plan, files))
-        schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
+        progress.info(starting_line(pre, plan, total))
+        schema = results_schema(cfg, pre)
         t0 = time.perf_counter()
         dog = watchdog(cfg, plan)
-        with watched(cfg, dog):
+        reports = RowProgress(cfg.output, cfg.format, total, report_every or 0)
+        with watched(cfg, dog), reports if report_every else contextlib.nullcontext():
             if lister is not None:
                 write(classify(cfg, listed(lister, plan), plan, pre), cfg, plan, schema)
-            elif len(files):
-                write(build_dataset(cfg, files, labels, plan, pre), cfg, plan, schema)
+            elif total:
+                write(build_dataset(cfg, todo, plan, pre), cfg, plan, schema)
         seconds = time.perf_counter() - t0
         return report(
             cfg,
@@ -109,7 +118,7 @@ def report(
     _summary.json and the side files. ``counted``: (files found, skipped by --extensions, kept
     from a killed run)."""
     n_files, skipped, already_done = counted
-    schema = result_schema(cfg.top_k, len(pre.model.classes), cfg.labels_from_dirs)
+    schema = results_schema(cfg, pre)
     columns = ["path", "class_name", "confidence", "error"] + ["label"] * cfg.labels_from_dirs
     table = read_results(cfg.output, cfg.format, columns, schema)
     summary = job_summary(
@@ -125,9 +134,10 @@ def report(
         preflight_seconds=pre.seconds,
         **extra,
     )
-    preview = preview_png(table, cfg.preview) if cfg.preview else None
+    note = generated_note(pre)
+    preview = preview_png(table, cfg.preview, note=note) if cfg.preview else None
     finish(cfg.output)
-    write_side_files(cfg.output, summary, preview, written=[JOB_FILE])
+    write_side_files(cfg.output, summary, preview, written=[JOB_FILE], note=note)
     check_exactly_once(table, pre.files, n_files)
     return summary
 
@@ -143,7 +153,7 @@ def start_lister(cfg: PredictConfig, pre: Preflight):
     return actor.remote(pre.stream, cfg.extensions, classes, pre.done, cfg.files_per_block)
 
 
-def starting_line(pre: Preflight, plan: Plan, files) -> str:
+def starting_line(pre: Preflight, plan: Plan, total: int | None) -> str:
     """What the job is about to do, in the log."""
     if pre.stream is not None:
         kept = ", keeping what the stopped run committed" if pre.resuming else ""
@@ -153,7 +163,7 @@ def starting_line(pre: Preflight, plan: Plan, files) -> str:
         )
     kept = f", {pre.already_done} kept from the stopped run" if pre.resuming else ""
     return (
-        f"[cifar] classifying {len(files)} files ({pre.skipped} skipped by --extensions{kept}): "
+        f"[cifar] classifying {total} files ({pre.skipped} skipped by --extensions{kept}): "
         f"{plan.describe()}"
     )
 
@@ -207,18 +217,34 @@ def watched(cfg: PredictConfig, dog: Watchdog):
         ) from None
 
 
-def build_dataset(cfg: PredictConfig, files, labels, plan: Plan, pre: Preflight):
-    """The listed paths (+ labels), in blocks of --files-per-block, classified."""
+def results_schema(cfg: PredictConfig, pre: Preflight):
+    """The result files' columns, and what made them in their metadata: the model (its file,
+    SHA-256, architecture, input size, classes), the inputs, the project version."""
+    from cifar import __version__
+
+    spec = pre.model.spec
+    provenance = {
+        "model": pre.record["model"],
+        "model_sha256": pre.model.sha256,
+        "arch": spec.arch,
+        "input_size": spec.input_size,
+        "classes": list(spec.classes),
+        "inputs": pre.record["input"],
+        "cifar_ray": __version__,
+    }
+    k = len(spec.classes)
+    return result_schema(cfg.top_k, k, cfg.labels_from_dirs, cfg.probs, provenance)
+
+
+def build_dataset(cfg: PredictConfig, todo: dict[str, Any], plan: Plan, pre: Preflight):
+    """The listed files' columns, in blocks of --files-per-block, classified."""
     import pyarrow as pa
     import ray.data
 
     def block(i: int) -> pa.Table:  # zero-copy slices of the listing
-        cols = {"path": files.slice(i, cfg.files_per_block)}
-        if labels is not None:
-            cols["label"] = labels.slice(i, cfg.files_per_block)
-        return pa.table(cols)
+        return pa.table({k: v.slice(i, cfg.files_per_block) for k, v in todo.items()})
 
-    tables = [block(i) for i in range(0, len(files), cfg.files_per_block)]
+    tables = [block(i) for i in range(0, len(todo["path"]), cfg.files_per_block)]
     # from_blocks, not from_arrow: from_arrow reads each block's schema in a 1-CPU task, so on a
     # cluster whose CPUs other jobs hold the job waited for a CPU before it even started
     return classify(cfg, ray.data.from_blocks(tables), plan, pre)
@@ -261,6 +287,7 @@ def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
             "precision": plan.compute.precision,
             "channels_last": plan.compute.channels_last,
             "batch_size": cfg.batch_size,
+            "probs": cfg.probs,
         },
         batch_size=cfg.batch_size,
         batch_format="numpy",
@@ -278,25 +305,6 @@ def write(ds, cfg: PredictConfig, plan: Plan, schema) -> None:
     them, and Ray starts few processes for them."""
     sink = make_sink(cfg.output, cfg.format, schema, cfg.rows_per_file)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
-
-
-def check_exactly_once(table, files, n_files: int) -> None:
-    """Every input file has exactly one row (rows of files that vanished since a killed run
-    may remain: they are results too). ``files`` None (listed while classifying): their
-    number ``n_files`` is checked."""
-    import pyarrow.compute as pc
-
-    paths = table.column("path")
-    unique = pc.unique(paths)
-    if files is None:
-        missing = max(0, n_files - len(unique))
-    else:
-        missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
-    if missing or len(unique) != len(paths):
-        raise RuntimeError(
-            f"{missing} of {n_files} files have no result row and {len(paths) - len(unique)} "
-            f"rows repeat a path in {table.num_rows} rows: results are incomplete"
-        )
 
 
 def _pipeline_progress(output: str):

@@ -25,6 +25,7 @@ class Preflight:
     record: dict[str, Any]  # the job, as _job.json says it
     files: Any = None  # every input file: a pyarrow string array (None: streamed)
     labels: Any = None  # with --labels-from-dirs: a pyarrow string array beside ``files``
+    relpaths: Any = None  # beside ``files``: each one's path below its --input
     skipped: int = 0  # left out by --extensions
     stream: str | None = None  # a prefix listed while classifying (files is None then)
     resuming: bool = False  # --resume of a job that committed results here
@@ -36,12 +37,14 @@ class Preflight:
     def already_done(self) -> int:
         return 0 if self.todo is None else len(self.files) - self.todo.true_count
 
-    def remaining(self) -> tuple[Any, Any]:
-        """(files, labels) still to classify (both None when the input is streamed)."""
-        if self.todo is None:
-            return self.files, self.labels
-        labels = None if self.labels is None else self.labels.filter(self.todo)
-        return self.files.filter(self.todo), labels
+    def remaining(self) -> dict[str, Any] | None:
+        """The columns (path, relpath, label) of the files still to classify (None: streamed)."""
+        if self.files is None:
+            return None
+        cols = {"path": self.files, "relpath": self.relpaths}
+        if self.labels is not None:
+            cols["label"] = self.labels
+        return {k: v.filter(self.todo) for k, v in cols.items()} if self.todo is not None else cols
 
 
 def check_output(output: str, overwrite: bool, resume: bool = False) -> None:
@@ -61,8 +64,8 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> None:
         )
 
 
-def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, int]:
-    """(files, labels or None, skipped by --extensions) of the inputs, listed now."""
+def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, Any, int]:
+    """(files, their relpaths, labels or None, skipped by --extensions), listed now."""
     import pyarrow as pa
 
     found = list_inputs(cfg.input, cfg.extensions)
@@ -70,7 +73,7 @@ def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, int
     if cfg.labels_from_dirs:
         pairs = zip(found.files.to_pylist(), found.root_list(), strict=True)
         labels = pa.array([label_from_dirs(f, r, classes) for f, r in pairs], pa.string())
-    return found.files, labels, found.skipped
+    return found.files, found.relpaths(), labels, found.skipped
 
 
 def preflight(cfg: PredictConfig) -> Preflight:
@@ -79,7 +82,8 @@ def preflight(cfg: PredictConfig) -> Preflight:
     cfg.validate()
     model = load_model(cfg.model)
     stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
-    files, labels, skipped = (None, None, 0) if stream else listed_inputs(cfg, model.classes)
+    listed = (None, None, None, 0) if stream else listed_inputs(cfg, model.classes)
+    files, relpaths, labels, skipped = listed
     held = holder_of(cfg.output)
     if held is not None:  # before saying the folder holds results: another job writes them
         raise busy(storage.join(cfg.output, LOCK_FILE), held)
@@ -93,6 +97,7 @@ def preflight(cfg: PredictConfig) -> Preflight:
         record,
         files,
         labels,
+        relpaths,
         skipped,
         stream,
         resuming,

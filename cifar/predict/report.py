@@ -4,15 +4,22 @@ the results (confusion matrix CSV/PNG, per-class table, preview sheet)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from cifar.io import storage
+from cifar.predict.preflight import Preflight
+
+progress = logging.getLogger("cifar.progress")
 
 # Side files start with "_", like Spark's _SUCCESS: pandas, pyarrow, Ray Data and DuckDB
 # globs over the output folder skip them and read only the results.
@@ -91,7 +98,11 @@ def accuracy_and_confusion(table, classes: list[str]) -> dict[str, Any]:
 
 
 def write_side_files(
-    output: str, summary: dict[str, Any], preview: bytes | None, written: Sequence[str] = ()
+    output: str,
+    summary: dict[str, Any],
+    preview: bytes | None,
+    written: Sequence[str] = (),
+    note: str = "",
 ) -> list[str]:
     """``_summary.json`` and, for labelled inputs, the confusion matrix (CSV and PNG) and the
     per-class table; the preview sheet if there is one. Returns the names of the side files
@@ -108,7 +119,8 @@ def write_side_files(
         w.writerow(["true \\ predicted", *classes])
         w.writerows([c, *row] for c, row in zip(classes, matrix, strict=True))
         files[CONFUSION_CSV] = buf.getvalue().encode()
-        files[CONFUSION_PNG] = confusion_png(matrix, classes, f"predictions on {summary['input']}")
+        title = f"{note}predictions on {summary['input']}"
+        files[CONFUSION_PNG] = confusion_png(matrix, classes, title)
         files[PER_CLASS_CSV] = per_class_csv(matrix, classes)
     if preview is not None:
         files[PREVIEW_PNG] = preview
@@ -119,15 +131,33 @@ def write_side_files(
     return summary["side_files"]
 
 
-def preview_png(table, n: int, size: int = 64) -> bytes | None:
-    """A contact sheet of the first ``n`` classified files (by path) with class and
-    confidence, and the folder's label where there is one."""
+def preview_sample(table, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` classified rows to look at, taken from the predicted classes in turn (each
+    class's rows by path) so every class shows; with labels, the wrong predictions first."""
     import pyarrow.compute as pc
 
+    ok = table.filter(pc.is_null(table["error"]))
+    parts = [ok]
+    if "label" in ok.column_names:
+        wrong = pc.fill_null(pc.not_equal(ok["label"], ok["class_name"]), False)
+        parts = [ok.filter(wrong), ok.filter(pc.invert(wrong))]
+    picked: list[dict[str, Any]] = []
+    for part in parts:
+        pools = [
+            part.filter(pc.equal(part["class_name"], c)).sort_by("path").slice(0, n).to_pylist()
+            for c in sorted(pc.unique(part["class_name"]).to_pylist())
+        ]
+        picked += [pool[i] for i in range(n) for pool in pools if i < len(pool)]
+    return picked[:n]
+
+
+def preview_png(table, n: int, size: int = 64, note: str = "") -> bytes | None:
+    """A contact sheet of :func:`preview_sample`'s rows with class and confidence, and the
+    folder's label where there is one; ``note`` goes into the title (e.g. GENERATED data)."""
     from cifar.io.images import load_image_file
     from cifar.plots import image_grid_png
 
-    rows = table.filter(pc.is_null(table["error"])).sort_by("path").slice(0, n).to_pylist()
+    rows = preview_sample(table, n)
     if not rows:
         return None
     images = np.stack([load_image_file(r["path"], size) for r in rows])
@@ -136,4 +166,89 @@ def preview_png(table, n: int, size: int = 64) -> bytes | None:
         name = r["path"].rstrip("/").rsplit("/", 1)[-1]
         label = f"true: {r['label']}\n" if r.get("label") else ""
         captions.append(f"{name[:22]}\n{label}{r['class_name']} {r['confidence']:.2f}")
-    return image_grid_png(images, captions, f"first {len(rows)} predictions (by path)")
+    wrong = " (wrong ones first)" if any(r.get("label") for r in rows) else ""
+    title = f"{note}{len(rows)} predictions across the predicted classes{wrong}"
+    return image_grid_png(images, captions, title)
+
+
+class RowProgress:
+    """While a job runs: every ``every`` seconds one line of how many files have their rows
+    committed (of ``total`` to do, when known), at what rate, and about how long is left.
+    For logs that are not a terminal, where Ray Data's progress bars would print a block of
+    ten lines instead."""
+
+    def __init__(self, output: str, fmt: str, total: int | None, every: float) -> None:
+        self.output, self.fmt, self.total, self.every = output, fmt, total, every
+        self.counted: dict[str, int] = {}  # result file -> its rows, each file read once
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cifar-progress", daemon=True)
+
+    def __enter__(self) -> RowProgress:
+        self._start_rows, self._t0 = self._rows(), time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _rows(self) -> int:
+        from cifar.predict.formats import count_rows, is_result_file
+
+        with contextlib.suppress(OSError):  # a listing that fails now is tried again later
+            for e in storage.list_files(self.output):
+                if e.rel not in self.counted and is_result_file(e.rel, self.fmt):
+                    self.counted[e.rel] = count_rows(storage.join(self.output, e.rel), self.fmt)
+        return sum(self.counted.values())
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.wait(self.every):
+            done = self._rows() - self._start_rows
+            if done == last:
+                continue
+            last, seconds = done, time.monotonic() - self._t0
+            rate = done / seconds if seconds > 0 else 0.0
+            line = f"[cifar] {done:,} files classified"
+            if self.total:
+                left = f", about {(self.total - done) / rate:.0f}s left" if rate > 0 else ""
+                line = f"[cifar] {done:,} of {self.total:,} files classified "
+                line += f"({done / self.total:.0%}), {rate:.0f} img/s{left}"
+            else:
+                line += f" so far, {rate:.0f} img/s"
+            progress.info(line)
+
+
+def check_exactly_once(table, files, n_files: int) -> None:
+    """Every input file has exactly one row (rows of files that vanished since a killed run
+    may remain: they are results too). ``files`` None (listed while classifying): their
+    number ``n_files`` is checked."""
+    import pyarrow.compute as pc
+
+    paths = table.column("path")
+    unique = pc.unique(paths)
+    if files is None:
+        missing = max(0, n_files - len(unique))
+    else:
+        missing = len(files) - (pc.sum(pc.is_in(files, value_set=unique)).as_py() or 0)
+    if missing or len(unique) != len(paths):
+        raise RuntimeError(
+            f"{missing} of {n_files} files have no result row and {len(paths) - len(unique)} "
+            f"rows repeat a path in {table.num_rows} rows: results are incomplete"
+        )
+
+
+def generated_note(pre: Preflight) -> str:
+    """How the pictures' titles say they show generated images, or a model trained on such."""
+    from cifar.data.folders import GENERATED_MARKER
+
+    for root in pre.record["input"]:
+        for folder in (root, storage.parent(root)):
+            if storage.is_uri(folder) and not storage.is_dir(folder):
+                continue
+            if storage.exists(storage.join(folder, GENERATED_MARKER)):
+                return "GENERATED images: "
+    dataset = pre.model.meta.get("dataset") or {}
+    if dataset.get("kind") == "synthetic" or dataset.get("generated"):
+        return "model trained on GENERATED data: "
+    return ""

@@ -84,7 +84,7 @@ class TrainConfig(Config):
     seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
     num_workers: int | list[int] = scale_opt(1, "Ray Train workers: N, or MIN-MAX for elastic training (starts with what the cluster has room for, grows as nodes join, goes on smaller from the last checkpoint when one is lost)", resumable=True, metavar="N|MIN-MAX", convert=parse_workers)  # noqa: E501, RUF009 (scale_opt is opt)
     resize_interval: float = scale_opt(60.0, "elastic runs: seconds between looks for room for more workers (a resize restarts the workers from the latest checkpoint)", resumable=True, metavar="SECONDS")  # noqa: E501
-    use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, aliases=("--gpu",))  # noqa: E501
+    use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, flag="--gpu")  # noqa: E501
     cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, elastic CPU runs take a node's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
     placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
     storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
@@ -96,7 +96,7 @@ class TrainConfig(Config):
     stall_timeout: float = run_opt(STALL_TIMEOUT_S, "end the run, saying what it waited for, after this many seconds without progress (waiting for workers included; 0: wait for ever)", resumable=True)  # noqa: E501
     smoke_test: bool = run_opt(False, "tiny generated set, 1 epoch, 2 CPU workers")
     verbose: bool = run_opt(False, "also Ray Train's own INFO lines (worker group, checkpoints, reports)", resumable=True)  # noqa: E501
-    precision: str = speed_opt("auto", "bf16 autocast or fp32 (auto: bf16 on GPUs and bf16-capable CPUs); --amp off = fp32", choices=PRECISIONS, aliases=("--amp",), convert=parse_precision)  # noqa: E501
+    precision: str = speed_opt("auto", "autocast precision (auto: bf16 on GPUs that have it, else fp16; on a CPU the fastest of fp32 and bf16, measured at the start)", choices=PRECISIONS)  # noqa: E501
     channels_last: bool | None = speed_opt(None, "channels_last memory format (default: on)")
     compile: bool = speed_opt(False, "torch.compile the model")
     # set by the program, not flags
@@ -228,5 +228,6 @@ def resolve_config(explicit: dict[str, Any], saved: dict[str, Any] | None = None
     preset = {}
     if "recipe" in explicit or not saved:
         preset = RECIPE_PRESETS[explicit.get("recipe", saved.get("recipe", "default"))]
-    smoke = {**SMOKE_PRESET, "synthetic": SMOKE_DATA} if explicit.get("smoke_test") else {}
+    smoking = explicit.get("smoke_test", saved.get("smoke_test"))
+    smoke = {**SMOKE_PRESET, "synthetic": SMOKE_DATA} if smoking else {}
     return make_config(TrainConfig, saved, preset, smoke, explicit)

@@ -107,8 +107,8 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.gpus > 0
     if use_gpu and cluster.gpus < 1:
         raise ConfigError(
-            "--use-gpu was given but the Ray cluster has no GPUs "
-            f"(cluster resources: {cluster.cpus:g} CPUs, 0 GPUs). Run without --use-gpu to train "
+            "--gpu was given but the Ray cluster has no GPUs "
+            f"(cluster resources: {cluster.cpus:g} CPUs, 0 GPUs). Run without --gpu to train "
             "on CPU, or connect to a cluster with GPU nodes (RAY_ADDRESS)."
         )
     if cfg.cpus_per_worker is not None:

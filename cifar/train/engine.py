@@ -51,6 +51,7 @@ class Engine:
     train_loader: DataLoader
     eval_loader: DataLoader
     compute: Compute
+    scaler: torch.amp.GradScaler  # loss scaling for fp16; passes through otherwise
     rank: int = 0
     world: int = 1
 
@@ -58,11 +59,15 @@ class Engine:
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
 
-    def restore(self, model: dict, optimizer: dict, scheduler: dict | None) -> None:
+    def restore(
+        self, model: dict, optimizer: dict, scheduler: dict | None, scaler: dict | None = None
+    ) -> None:
         self.raw.load_state_dict(model)
         self.optimizer.load_state_dict(optimizer)
         if self.scheduler is not None and scheduler is not None:
             self.scheduler.load_state_dict(scheduler)
+        if scaler:
+            self.scaler.load_state_dict(scaler)
 
 
 def build(
@@ -119,6 +124,7 @@ def build(
         train_loader=tl,
         eval_loader=el,
         compute=compute,
+        scaler=compute.scaler(),
         rank=rank,
         world=world,
     )
@@ -181,10 +187,11 @@ class EpochStats:
 
 
 def train_one_epoch(
-    e: Engine, epoch: int, on_log: Callable[[int, float], None] | None = None
+    e: Engine, epoch: int, on_log: Callable[[int, float, int, float], None] | None = None
 ) -> EpochStats:
     """One pass over this rank's shard (an elastic run: its share of every global batch).
-    ``on_log(step_in_epoch, mean_loss)`` every ``cfg.log_every`` steps (the only host syncs
+    ``on_log(step_in_epoch, mean_loss, images_so_far, seconds_so_far)`` (this rank's) every
+    ``cfg.log_every`` steps (the only host syncs
     besides the epoch total).
 
     DDP averages the ranks' gradients. In an elastic run, where a global batch does not split
@@ -213,10 +220,12 @@ def train_one_epoch(
         else:  # a last global batch smaller than the world: this rank only joins the all-reduce
             loss = weighted = logits.float().sum() * 0.0
         e.optimizer.zero_grad(set_to_none=True)
-        weighted.backward()
+        e.scaler.scale(weighted).backward()
         if cfg.grad_clip > 0:
+            e.scaler.unscale_(e.optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(e.model.parameters(), cfg.grad_clip)
-        e.optimizer.step()
+        e.scaler.step(e.optimizer)  # skips the step if fp16 overflowed, then lowers the scale
+        e.scaler.update()
         if e.scheduler is not None:
             e.scheduler.step()
         detached = loss.detach()
@@ -225,7 +234,7 @@ def train_one_epoch(
         samples += y.shape[0]
         steps += 1
         if on_log is not None and steps % cfg.log_every == 0:
-            on_log(steps, float(window) / cfg.log_every)
+            on_log(steps, float(window) / cfg.log_every, samples, time.perf_counter() - t0)
             window.zero_()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

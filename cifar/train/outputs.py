@@ -21,6 +21,7 @@ progress = logging.getLogger("cifar.progress")
 METRICS_FILE = "metrics.csv"
 HEARTBEAT_FILE = "heartbeat.json"  # the driver's watchdog reads it: is the run moving?
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeats at most
+LINE_EVERY_S = 10.0  # a step line within an epoch at most this often
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
@@ -43,13 +44,16 @@ class RankZero:
         run_dir: str | None,
         classes: Sequence[str] = (),
         purge_step: int | None = None,
+        note: str = "",
     ) -> None:
         self.is_writer = rank == 0
         self.run_dir = run_dir
         self.classes = list(classes)
+        self.note = note  # the start of every picture's title: "GENERATED data: " for such
         self.writer = None
         self._tb_local = self._tb_remote = None
         self._last_beat = 0.0
+        self._last_line = time.monotonic()
         if self.is_writer and run_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -63,6 +67,13 @@ class RankZero:
         """A user-facing progress line (Ray Train forwards worker logging to the driver)."""
         if self.is_writer:
             progress.info(msg)
+            self._last_line = time.monotonic()
+
+    def print_now_and_then(self, msg: str) -> None:
+        """A line within an epoch: printed when the last line is ``LINE_EVERY_S`` old, so a
+        long epoch shows progress and a short one only its epoch line."""
+        if time.monotonic() - self._last_line >= LINE_EVERY_S:
+            self.print(msg)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
@@ -103,7 +114,7 @@ class RankZero:
             return
         from cifar.plots import confusion_png, image_grid_png, png_to_chw
 
-        title = f"test set at the best epoch ({epoch})"
+        title = f"{self.note}test set at the best epoch ({epoch})"
         pictures = {"confusion_matrix.png": confusion_png(confusion, self.classes, title)}
         if wrong is not None:
             captions = [
@@ -116,8 +127,8 @@ class RankZero:
             pictures["misclassified.png"] = image_grid_png(
                 wrong["images"].numpy(),
                 captions,
-                f"misclassified test images at epoch {epoch}: {len(captions)} from the share "
-                "of the test set evaluated by worker 0",
+                f"{self.note}misclassified test images at epoch {epoch}: {len(captions)} from "
+                "the share of the test set evaluated by worker 0",
             )
         for name, png in pictures.items():
             self.file(name, png)

@@ -51,6 +51,7 @@ class TrainState:
     rng: list[dict[str, Any]] = field(default_factory=list)  # per rank, end of the last epoch
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None  # fp16's loss scale
     compute: dict[str, Any] | None = None  # precision and layout chosen at the start
     # best epoch so far: {"epoch", "confusion", "examples"} (rank 0's misclassified images)
     best: dict[str, Any] | None = None
@@ -114,10 +115,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
     e = build(cfg, data, args.spec, compute, rank, world, prepare)
     if weights is not None:
-        e.restore(weights, state.optimizer, state.scheduler)
+        e.restore(weights, state.optimizer, state.scheduler, state.scaler)
         set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
-    purge = state.start_epoch * e.steps_per_epoch or None  # a resumed run overwrites the rest
-    out = RankZero(rank, args.run_dir, args.spec.classes, purge_step=purge)
+    # a resumed run overwrites what came after the checkpoint (its epoch ends at that step)
+    purge = state.start_epoch * e.steps_per_epoch + 1 if state.start_epoch else None
+    note = "GENERATED data: " if generated(args.dataset) else ""
+    out = RankZero(rank, args.run_dir, args.spec.classes, purge_step=purge, note=note)
     out.heartbeat(state.start_epoch, 0, force=True)  # the workers are up
     if checkpoint is not None:
         out.print(restored_line(state, cfg.epochs, world))
@@ -134,6 +137,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     train_epochs(e, out, state, meta)
     out.close()
+
+
+def generated(dataset: dict[str, Any]) -> bool:
+    """The run's data was made by cifar.data.synthetic, not taken from the world."""
+    return dataset.get("kind") == "synthetic" or bool(dataset.get("generated"))
 
 
 def restored(checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
@@ -213,9 +221,15 @@ def write_intro(out: RankZero, e: Engine, first: torch.Tensor, dataset: dict[str
 def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[str, Any]:
     """Train one epoch, evaluate exactly, add the epoch to ``state.history`` and TensorBoard."""
 
-    def on_log(step: int, loss: float) -> None:
-        out.scalars({"train/loss": loss}, epoch * e.steps_per_epoch + step)
+    def on_log(step: int, loss: float, images: int, seconds: float) -> None:
+        lr = e.optimizer.param_groups[0]["lr"]
+        out.scalars({"train/loss": loss, "train/lr": lr}, epoch * e.steps_per_epoch + step)
         out.heartbeat(epoch, step)
+        rate = images * e.world / max(seconds, 1e-9)  # this rank's pace, for all of them
+        out.print_now_and_then(
+            f"[cifar] epoch {epoch + 1}/{e.cfg.epochs}  step {step}/{e.steps_per_epoch}  "
+            f"loss {loss:.4f}  lr {lr:.4g}  {rate:.0f} img/s"
+        )
 
     stats = train_one_epoch(e, epoch, on_log if out.is_writer else None)
     loss_sum, samples = all_reduce([stats.loss_sum, stats.samples], e.compute.device)
@@ -242,11 +256,10 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         {
             "test/loss": metrics["test_loss"],
             "test/accuracy": metrics["test_accuracy"],
-            "lr": metrics["lr"],
             "throughput/images_per_s": metrics["images_per_s"],
             **{f"test_class_accuracy/{c}": a for c, a in per_class.items() if a is not None},
         },
-        epoch + 1,
+        (epoch + 1) * e.steps_per_epoch,  # one x-axis: the optimizer step, as train/loss
     )
     out.metrics(state.history)
     out.heartbeat(epoch + 1, 0, force=True)
@@ -287,6 +300,7 @@ def report(
     state.rng = _gather_rng_states(e.world)
     state.optimizer = e.optimizer.state_dict()
     state.scheduler = e.scheduler.state_dict() if e.scheduler is not None else None
+    state.scaler = e.scaler.state_dict() if e.scaler.is_enabled() else None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if out.is_writer:
