@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shlex
 import signal
 import subprocess
@@ -19,8 +20,11 @@ from pathlib import Path
 import pyarrow.dataset as pds
 import pytest
 
-from cifar.failures import BUSY, DISK, INTERRUPTED, RAY, STORAGE
-from cifar.io.lock import LOCK_FILE
+from cifar.cluster.resources import RayConnectError
+from cifar.cluster.watchdog import StallError
+from cifar.failures import BUSY, DISK, INTERRUPTED, RAY, STORAGE, explain
+from cifar.io.faults import StorageError
+from cifar.io.lock import LOCK_FILE, OutputBusy
 from cifar.testing.faultproxy import FaultProxy, Rule
 from cifar.testing.images import write_pngs
 from cifar.testing.models import save_untrained
@@ -95,6 +99,28 @@ def predict_args(world, inputs: str, out: Path, *more: str) -> list[str]:
 
 def paths_in(out: Path) -> list[str]:
     return pds.dataset(out, format="parquet").to_table(columns=["path"])["path"].to_pylist()
+
+
+# --------------------------------------------------------------------------- the exceptions
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StorageError("unreachable", "writing s3://b/k: cannot connect to http://127.0.0.1:1"),
+        RayConnectError("no Ray cluster answers at RAY_ADDRESS=127.0.0.1:1"),
+        OutputBusy("another job is writing /out"),
+        StallError("no progress for 60 s"),
+        OSError(28, "No space left on device", "/out/part-0.parquet"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_failure_raised_inside_a_ray_task_reaches_the_job_as_itself(error):
+    """Ray pickles what a task raises: each failure must come back with its type and message,
+    or the job shows a traceback and exits 1 (CI saw this for a store gone mid-write)."""
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error) and str(back) == str(error)
+    assert explain(back) == explain(error) is not None
 
 
 # --------------------------------------------------------------------------- before any work

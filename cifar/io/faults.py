@@ -74,6 +74,9 @@ class StorageError(OSError):
         super().__init__(message)
         self.kind = kind
 
+    def __reduce__(self):  # raised inside Ray tasks: it must cross processes as itself
+        return type(self), (self.kind, str(self))
+
 
 def store_failure(e: BaseException) -> tuple[str, bool] | None:
     """(kind, worth retrying) when ``e`` says the store itself failed, else None."""
