@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cifar.data.transforms import normalize, random_crop_flip
+from cifar.data.transforms import model_input
 from cifar.models.registry import ModelSpec, inference_forward
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -87,13 +87,13 @@ class Compute:
         std: Sequence[float] | None,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        size: int | None = None,
     ) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` -> model input on the device: moved, augmented there (uint8),
-        normalized, in the memory format."""
+        """uint8 ``[B, 3, H, W]`` -> model input ``[B, 3, size, size]`` on the device: moved,
+        augmented there, resized where ``size`` (default: the images' own) differs, normalized,
+        in the memory format (:func:`cifar.data.transforms.model_input`)."""
         images = images.to(self.device, non_blocking=True)
-        if augment:
-            images = random_crop_flip(images, generator=generator)
-        x = normalize(images, mean, std)
+        x = model_input(images, size or images.shape[-1], mean, std, augment, generator)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -173,7 +173,7 @@ def step_probe(
             @torch.inference_mode()
             def classify() -> None:
                 with c.autocast():
-                    forward(c.inputs(images, mean, std))
+                    forward(c.inputs(images, mean, std, size=side))
                 _sync(c.device)
 
             return classify
@@ -182,7 +182,7 @@ def step_probe(
         aug = torch.Generator(device=c.device).manual_seed(0)
 
         def step() -> None:
-            x = c.inputs(images, mean, std, augment, aug)
+            x = c.inputs(images, mean, std, augment, aug, side)
             with c.autocast():
                 logits = model(x)
             loss = loss_fn(logits.float(), labels)

@@ -31,6 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, model/ or .pt/.pth")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument(
+        "--arch",
+        metavar="NAME",
+        help="what a bare .pt/.pth state_dict is: a torchvision name such as vgg16 or resnet18 "
+        "(CIFAR10-quick's are recognised by themselves; a run's model says it itself)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PIXELS",
+        help="classify at this size instead of the model's own",
+    )
+    p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="auto",
@@ -46,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    classifier = Classifier.from_path(a.model, device, precision=a.precision)
+    classifier = Classifier.from_path(a.model, device, a.arch, a.image_size, precision=a.precision)
     failed = 0
     for r in classify_files(classifier, a.images, a.top_k):
         failed += r.error is not None

@@ -30,8 +30,8 @@ from cifar.train.driver import (
     named,
     ray_train_env,
     train,
-    train_plan,
 )
+from cifar.train.plan import train_plan
 
 from .common import Boundary, command, configure_logging, handle_signals, parse
 

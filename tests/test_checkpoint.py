@@ -9,6 +9,7 @@ from torch import nn
 
 from cifar.models import checkpoint as C
 from cifar.models.cifar_quick import CifarQuick
+from cifar.models.loading import load_model
 from cifar.testing.tutorial import MyNetwork
 
 
@@ -28,7 +29,7 @@ def test_round_trip_restores_identical_outputs_and_meta(tmp_path):
     m(torch.rand(2, 3, 32, 32)).sum().backward()
     opt.step()
     C.save_checkpoint(tmp_path, m, meta, {"optimizer": opt.state_dict(), "epoch": 2})
-    loaded = C.load_model(tmp_path)
+    loaded = load_model(tmp_path)
     x = torch.rand(4, 3, 32, 32)
     assert torch.equal(loaded.model(x), m.eval()(x))
     assert loaded.meta["epoch"] == 3 and loaded.classes == list("abcdefghij")
@@ -64,7 +65,7 @@ def test_tutorial_state_dict_loads_with_tutorial_preprocessing(tmp_path):
     tut = MyNetwork()
     path = tmp_path / "mywork_10.pth"
     torch.save(tut.state_dict(), path)  # the tutorial's "method 2"
-    loaded = C.load_model(path)
+    loaded = load_model(path)
     assert loaded.meta["normalize"] is None and loaded.meta["relu"] is False
     assert loaded.classes[5] == "dog"
     x = torch.rand(3, 3, 32, 32)
@@ -84,10 +85,10 @@ def test_code_running_pickle_is_refused_without_running_it(tmp_path):
     with open(bad, "wb") as f:
         pickle.dump(boom, f)
     with pytest.raises(C.CheckpointError, match="refused"):
-        C.load_model(bad)
+        load_model(bad)
     torch.save({"model1.0.weight": boom}, bad)  # torch zip format, same payload
     with pytest.raises(C.CheckpointError, match="refused"):
-        C.load_model(bad)
+        load_model(bad)
     assert not marker.exists()
 
 
@@ -95,7 +96,7 @@ def test_whole_module_pickle_is_refused_with_resave_instructions(tmp_path):
     path = tmp_path / "mywork_1.pth"
     torch.save(MyNetwork(), path)  # the tutorial's "method 1"
     with pytest.raises(C.CheckpointError) as e:
-        C.load_model(path)
+        load_model(path)
     msg = str(e.value)
     assert "state_dict" in msg and "MyNetwork" in msg and "torch.save(model, path)" in msg
 
@@ -108,7 +109,7 @@ def test_wrong_architecture_names_the_mismatched_keys(tmp_path):
     path = tmp_path / "x.pt"
     torch.save(sd, path)
     with pytest.raises(C.CheckpointError) as e:
-        C.load_model(path)
+        load_model(path)
     msg = str(e.value)
     assert "model1.8.bias" in msg and "fc.extra" in msg
 
@@ -129,23 +130,23 @@ def test_shape_mismatch_with_meta_is_named(tmp_path):
     sd["model1.7.weight"] = torch.zeros(64, 512)
     torch.save(sd, tmp_path / C.MODEL_FILE)
     with pytest.raises(C.CheckpointError, match=r"model1\.7\.weight: file \(64, 512\)"):
-        C.load_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_missing_truncated_and_non_state_dict_files(tmp_path):
     with pytest.raises(C.CheckpointError, match="does not exist"):
-        C.load_model(tmp_path / "nope.pt")
+        load_model(tmp_path / "nope.pt")
     p = tmp_path / "t.pt"
     torch.save(CifarQuick().state_dict(), p)
     p.write_bytes(p.read_bytes()[:500])
     with pytest.raises(C.CheckpointError, match="not a readable PyTorch file"):
-        C.load_model(p)
+        load_model(p)
     torch.save([1, 2, 3], p)
     with pytest.raises(C.CheckpointError, match="not a state_dict"):
-        C.load_model(p)
+        load_model(p)
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(C.CheckpointError, match="without a model"):
-        C.load_model(tmp_path / "emptydir")
+        load_model(tmp_path / "emptydir")
 
 
 def test_run_directory_resolves_to_export_or_best_checkpoint(tmp_path):

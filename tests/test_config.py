@@ -82,6 +82,11 @@ def test_bool_flags_have_negations():
         (["--batch-size", "2", "--num-workers", "4"], "global batch"),
         (["--resume"], "--resume needs --name"),
         (["--momentum", "0"], "--nesterov needs --momentum"),
+        (["--freeze-backbone"], r"--freeze-backbone trains only the head .* pass --weights"),
+        (["--image-size", "8"], "--image-size must be at least 16"),
+        (["--arch", "resnet81"], r"unknown architecture 'resnet81'.*resnet18"),
+        (["--backbone-lr", "20", "--arch", "resnet18"], r"--backbone-lr is a share of --lr"),
+        (["--data-memory-mb", "0"], "--data-memory-mb must be positive"),
     ],
 )
 def test_impossible_values_are_refused_with_the_flag_named(argv, message):
@@ -131,6 +136,22 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     )
     assert ok.num_workers == 3
     assert (ok.batch_size, ok.lr) == (128, 0.1)  # the recipe it started with, not re-picked
+
+
+def test_a_resumed_run_keeps_the_size_and_backbone_lr_it_chose(tmp_path):
+    import json
+
+    run = tmp_path / "r"
+    run.mkdir()
+    argv = ["--arch", "resnet18", "--weights", "w.pth"]
+    saved = resolve_recipe(_cfg(argv), 700, 1)
+    assert (saved.image_size, saved.backbone_lr, saved.batch_size) == (224, 1.0, 32)
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
+    resumed = [*argv, "--resume", "--name", "r", "--storage-path", str(tmp_path)]
+    ok = prepare_run(_cfg(resumed))
+    assert (ok.arch, ok.image_size, ok.batch_size, ok.weights) == ("resnet18", 224, 32, "w.pth")
+    with pytest.raises(ConfigError, match=r"--image-size 224 -> 64"):
+        prepare_run(_cfg([*resumed, "--image-size", "64"]))
 
 
 def test_one_precision_vocabulary_and_the_old_amp_key(capsys):

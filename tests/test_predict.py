@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from cifar.io.images import decode_image, load_image_file
-from cifar.models.checkpoint import load_model, save_checkpoint
+from cifar.models.checkpoint import save_checkpoint
 from cifar.models.cifar_quick import CifarQuick
+from cifar.models.loading import load_model
 from cifar.predict.classifier import Classifier, classify_files
 from cifar.testing.images import make_image_tree
 from tests.paths import ROOT

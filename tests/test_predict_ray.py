@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from cifar.cluster.resources import ClusterInfo
@@ -297,3 +298,36 @@ def test_bf16_inference_agrees_with_fp32(trained):
     agree = (fp32.argmax(1) == bf16.argmax(1)).mean()
     assert agree >= 0.98
     assert np.abs(fp32 - bf16).max() < 0.05
+
+
+def test_the_tutorial_vgg16_state_dict_classifies_a_folder_with_arch(ray_session, tmp_path):
+    """`cifar-predict --model vgg16_method2.pth --arch vgg16` (the tutorial's saved vgg16 with
+    classifier[6] = Linear(4096, 10)): one row per file, the same as the tutorial's forward on
+    the same 32x32 tensors; without --arch the job is refused before any work, naming it."""
+    torch.manual_seed(0)
+    vgg16 = torchvision.models.vgg16()
+    vgg16.classifier[6] = torch.nn.Linear(4096, 10)
+    path = tmp_path / "vgg16_method2.pth"
+    torch.save(vgg16.state_dict(), path)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 36, 3), dtype=np.uint8)).save(
+            root / f"{i}.png"
+        )
+    with pytest.raises(CheckpointError, match=r"bare state_dict of vgg16 .*Pass --arch vgg16"):
+        predict(_cfg(path, [root], tmp_path / "refused"), TWO_CPUS)
+    cfg = _cfg(path, [root], tmp_path / "o", arch="vgg16", image_size=32, precision="fp32")
+    assert predict(cfg, TWO_CPUS)["rows"] == 12
+    rows = pd.read_parquet(tmp_path / "o").sort_values("path")
+
+    to_tensor = torchvision.transforms.Compose(  # the tutorial's test.py preprocessing
+        [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]
+    )
+    vgg16.eval()
+    with torch.inference_mode():
+        x = torch.stack([to_tensor(Image.open(p).convert("RGB")) for p in rows["path"]])
+        probs = torch.softmax(vgg16(x), 1)
+    assert rows["class_index"].tolist() == probs.argmax(1).tolist()
+    np.testing.assert_allclose(rows["confidence"], probs.max(1).values, rtol=1e-4)

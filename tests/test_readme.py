@@ -197,6 +197,12 @@ def sandbox(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(home / rel)
     (home / "digits.yaml").write_text(config_yaml(TrainConfig(data_dir="digits")))
     torch.save(CifarQuick().state_dict(), home / "mywork_10.pth")
+    import torchvision  # the README's photo section: a torchvision file, the tutorial's vgg16
+
+    torch.save(torchvision.models.resnet18().state_dict(), home / "resnet18.pth")
+    vgg16 = torchvision.models.vgg16()
+    vgg16.classifier[6] = torch.nn.Linear(4096, 10)
+    torch.save(vgg16.state_dict(), home / "vgg16_method2.pth")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), PATH=f"{BIN}:{env['PATH']}", CIFAR_RAY_CACHE=str(home / ".cache"))
     return home, env

@@ -21,8 +21,9 @@ from cifar.data.cifar10 import load_cifar10
 from cifar.data.dataset import DataError
 from cifar.data.sources import load_data
 from cifar.io import storage
-from cifar.models.checkpoint import CheckpointError, load_model, model_meta, save_checkpoint
+from cifar.models.checkpoint import CheckpointError, model_meta, save_checkpoint
 from cifar.models.cifar_quick import CIFAR10_CLASSES, CifarQuick
+from cifar.models.loading import load_model
 from cifar.models.registry import ModelSpec
 from cifar.predict.inputs import list_inputs
 from cifar.testing.models import save_untrained
@@ -292,3 +293,47 @@ def test_prediction_from_a_prefix_resumes_in_the_bucket(s3, tmp_path, job_env):
     assert df["path"].is_unique and len(df) == n
     out = json.loads(storage.read_text(f"{bucket}/preds/_summary.json"))
     assert (out["already_done"], out["classified"], out["rows"]) == (kept, n - kept, n)
+
+
+@pytest.mark.ray
+def test_fine_tune_resnet18_streamed_from_a_bucket_then_classify_the_bucket(s3, tmp_path, job_env):
+    """Issue 24's user: photo folders and resnet18 weights in a bucket, 2 workers streaming the
+    files at 64 px with the backbone frozen; the run records its preprocessing, keeps the
+    file's backbone, and classifies the bucket's val/ folder with nothing retyped."""
+    import torchvision
+
+    from cifar.data.synthetic import write_folders
+
+    server, bucket = s3
+    data = write_folders(tmp_path / "pets", 64, 32, num_classes=2, seed=3)
+    server.upload_dir(data, f"{bucket}/pets")
+    weights = torchvision.models.resnet18().state_dict()  # as if ImageNet-pretrained
+    (tmp_path / "w").mkdir()
+    torch.save(weights, tmp_path / "w" / "resnet18.pth")
+    server.upload_dir(tmp_path / "w", f"{bucket}/w")
+    env = {**job_env, **server.env(), "CIFAR_RAY_CACHE": str(tmp_path / "cache")}
+    train = ["jobs.train", "--data-dir", f"{bucket}/pets", "--storage-path", f"{bucket}/runs"]
+    train += ["--name", "ft", "--arch", "resnet18", "--weights", f"{bucket}/w/resnet18.pth"]
+    train += ["--image-size", "64", "--data-loading", "stream", "--freeze-backbone"]
+    train += ["--epochs", "1", "--batch-size", "16", "--num-workers", "2", "--max-failures", "0"]
+    done = _finished(train, env, tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "[cifar] data loading: streamed from the files" in done.stdout + done.stderr
+
+    config = json.loads(storage.read_text(f"{bucket}/runs/ft/config.json"))
+    pre = config["preprocess"]
+    assert config["arch"] == "resnet18" and pre["image_size"] == 64
+    assert pre["data_loading"] == "stream" and pre["normalize"]["from"].startswith("ImageNet")
+    assert pre["weights"]["file"] == f"{bucket}/w/resnet18.pth" and pre["freeze_backbone"]
+    trained = load_model(f"{bucket}/runs/ft/model")
+    backbone = {k: v for k, v in trained.model.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(v, weights[k]) for k, v in backbone.items())  # frozen: the file's
+    assert trained.spec.input_size == 64 and trained.classes == ["airplane", "automobile"]
+
+    predict = ["jobs.predict", "--model", f"{bucket}/runs/ft", "--input", f"{bucket}/pets/val"]
+    predict += ["--output", f"{bucket}/preds", "--num-actors", "1", "--labels-from-dirs"]
+    pred = _finished(predict, env, tmp_path)
+    assert pred.returncode == 0, (pred.stdout + pred.stderr)[-3000:]
+    df = pd.read_parquet(f"{bucket}/preds")
+    assert len(df) == 32 and df["error"].isna().all()
+    assert set(df["class_name"]) <= {"airplane", "automobile"}

@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar.cluster.resources import ClusterInfo
-from cifar.models.checkpoint import load_model
+from cifar.models.loading import load_model
 from cifar.train.config import TrainConfig
 from cifar.train.driver import TrainingError, train
 

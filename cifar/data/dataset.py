@@ -33,17 +33,7 @@ class ImageData:
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of the training images on the [0, 1] scale."""
-        x = self.train_images
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        s = torch.zeros(3, dtype=torch.float64)
-        ss = torch.zeros(3, dtype=torch.float64)
-        for chunk in x.split(8192):
-            c = chunk.to(torch.float64) / 255.0
-            s += c.sum(dim=(0, 2, 3))
-            ss += (c * c).sum(dim=(0, 2, 3))
-        mean = s / n
-        std = (ss / n - mean * mean).clamp_min(1e-12).sqrt()
-        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+        return channel_stats(self.train_images)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Images per class in each split, in class-index order."""
@@ -65,6 +55,20 @@ class ImageData:
     def arrays(self) -> dict[str, np.ndarray]:
         """The tensors as numpy arrays, for Ray's object store (zero-copy on a node)."""
         return {k: v.numpy() for k, v in self.tensors().items()}
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of uint8 ``[N, 3, H, W]`` images on the [0, 1] scale."""
+    n = max(1, x.shape[0] * x.shape[2] * x.shape[3])
+    s = torch.zeros(3, dtype=torch.float64)
+    ss = torch.zeros(3, dtype=torch.float64)
+    for chunk in x.split(8192):
+        c = chunk.to(torch.float64) / 255.0
+        s += c.sum(dim=(0, 2, 3))
+        ss += (c * c).sum(dim=(0, 2, 3))
+    mean = s / n
+    std = (ss / n - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
 def tensors_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

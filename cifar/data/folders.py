@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from cifar.env import cache_root
-from cifar.io import storage
 from cifar.data.cifar10 import SIDE
 from cifar.data.dataset import DataError, ImageData
+from cifar.data.streamed import FileSplits
+from cifar.env import cache_root
+from cifar.io import storage
 from cifar.io.images import decode_batch
 
 log = logging.getLogger(__name__)
@@ -270,10 +271,52 @@ def assign(
     return train, held, skipped
 
 
+def list_tree(tree: Tree, val_fraction: float = 0.1) -> FileSplits:
+    """Label by folder and split, decoding nothing: the dataset as file lists for the workers
+    to stream. The split is :func:`load_tree`'s, except that files no decoder can read are only
+    found (and skipped) while training."""
+    root = tree.root
+    train, held, skipped = assign(tree, [""] * len(tree.files), val_fraction)
+
+    def split(groups: dict[int, list[int]]) -> tuple[list[str], torch.Tensor]:
+        pairs = sorted((i, c) for c, members in groups.items() for i in members)
+        paths = [storage.join(root, tree.files[i].rel) for i, _ in pairs]
+        return paths, torch.tensor([c for _, c in pairs], dtype=torch.int64)
+
+    train_paths, train_labels = split(train)
+    test_paths, test_labels = split(held)
+    return FileSplits(
+        train_paths,
+        train_labels,
+        test_paths,
+        test_labels,
+        tree.classes,
+        tree.size,
+        root=root,
+        info=_info(tree, val_fraction, skipped),
+    )
+
+
+def _info(tree: Tree, val_fraction: float, skipped: list[dict[str, str]]) -> dict[str, Any]:
+    """What the job reports about a tree: its evaluation split, whether it was generated, the
+    files skipped (all counted, the first ones listed)."""
+    return {
+        "eval_split": tree.eval_dir or f"{val_fraction:g} of train/ by path hash",
+        "generated": storage.exists(storage.join(tree.root, GENERATED_MARKER)),
+        "skipped": len(skipped),
+        "skipped_files": skipped[:_LISTED_SKIPS],
+    }
+
+
 def load_folders(root: str, val_fraction: float = 0.1, size: int = SIDE) -> ImageData:
     """Scan, decode at ``size`` (or read the cache), label by folder, split: the dataset in
     memory."""
-    tree = scan(root, size)
+    return load_tree(scan(root, size), val_fraction)
+
+
+def load_tree(tree: Tree, val_fraction: float = 0.1) -> ImageData:
+    """:func:`load_folders` of a scanned tree."""
+    root = tree.root
     images, errors, decode = decoded_pixels(tree)
     train, held, skipped = assign(tree, errors, val_fraction)
 
@@ -293,11 +336,5 @@ def load_folders(root: str, val_fraction: float = 0.1, size: int = SIDE) -> Imag
         classes=tree.classes,
         kind="folder",
         root=root,
-        info={
-            "eval_split": tree.eval_dir or f"{val_fraction:g} of train/ by path hash",
-            "generated": storage.exists(storage.join(root, GENERATED_MARKER)),
-            "skipped": len(skipped),
-            "skipped_files": skipped[:_LISTED_SKIPS],
-            "decode": decode,
-        },
+        info={**_info(tree, val_fraction, skipped), "decode": decode},
     )

@@ -1,18 +1,24 @@
-"""The loaders that feed an in-memory dataset to the model, one rank's share at a time.
+"""The loaders that feed a dataset to the model, one rank's share at a time.
 
-A batch is fetched with a single index operation (``Dataset.__getitems__``); conversion to
-float, random crop, flip and normalization then run per batch on the worker's device
-(:mod:`cifar.data.transforms`). Training shards through a ``DistributedSampler`` (an elastic run:
-:class:`GlobalBatchSampler`); evaluation through :class:`ShardSampler`, which pads nothing.
+A batch is fetched with a single call (``Dataset.__getitems__``): one index operation for an
+in-memory set, a batch of files decoded in a loader process for a streamed one
+(:mod:`cifar.data.streamed`). Conversion to float, augmentation, resizing and normalization then
+run per batch on the worker's device (:mod:`cifar.data.transforms`). Training shards through a
+``DistributedSampler`` (an elastic run: :class:`GlobalBatchSampler`); evaluation through
+:class:`ShardSampler`, which pads nothing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from cifar.data.streamed import FileSplits, loader_context
 
 
 class TensorImageDataset(Dataset):
@@ -42,6 +48,33 @@ def _keep_batch(batch):
     return batch
 
 
+def first_images(dataset: Dataset, n: int) -> torch.Tensor:
+    """The first ``n`` images of an in-memory or streamed dataset (uint8)."""
+    return dataset.__getitems__(list(range(min(n, len(dataset)))))[0]
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """How a loader fetches: in this process (``workers=0``, an in-memory set) or in
+    ``workers`` loader processes started by ``context`` (a streamed set), and whether batches
+    are pinned for a GPU."""
+
+    workers: int = 0
+    context: str | None = None
+    pin_memory: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"collate_fn": _keep_batch, "pin_memory": self.pin_memory}
+        if self.workers:
+            kw.update(
+                num_workers=self.workers,
+                multiprocessing_context=self.context,
+                persistent_workers=True,  # started once per run, not once per epoch
+                prefetch_factor=2,
+            )
+        return kw
+
+
 class ShardSampler(Sampler[int]):
     """Rank ``r`` of ``w`` gets indices ``r, r+w, r+2w, ...``: every index exactly once overall,
     no padding (unlike ``DistributedSampler``), so evaluation counts each image once."""
@@ -62,19 +95,14 @@ def train_loader(
     rank: int,
     world_size: int,
     seed: int,
-    pin_memory: bool = False,
+    how: Fetch = Fetch(),
 ) -> DataLoader:
     """Shuffled shard of the training set for this rank; call ``loader.sampler.set_epoch(e)``."""
     sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
     )
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=_keep_batch,
-        pin_memory=pin_memory and dataset.images.device.type == "cpu",
-        drop_last=False,
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=False, **how.kwargs()
     )
 
 
@@ -115,15 +143,11 @@ def global_batch_loader(
     rank: int,
     world: int,
     seed: int,
-    pin_memory: bool = False,
+    how: Fetch = Fetch(),
 ) -> DataLoader:
     """This rank's share of each shuffled global batch; ``loader.batch_sampler.set_epoch(e)``."""
-    return DataLoader(
-        dataset,
-        batch_sampler=GlobalBatchSampler(len(dataset), batch, rank, world, seed),
-        collate_fn=_keep_batch,
-        pin_memory=pin_memory and dataset.images.device.type == "cpu",
-    )
+    sampler = GlobalBatchSampler(len(dataset), batch, rank, world, seed)
+    return DataLoader(dataset, batch_sampler=sampler, **how.kwargs())
 
 
 def eval_loader(
@@ -131,13 +155,50 @@ def eval_loader(
     batch_size: int,
     rank: int,
     world_size: int,
-    pin_memory: bool = False,
+    how: Fetch = Fetch(),
 ) -> DataLoader:
     """This rank's share of the test set, each image in exactly one rank's share."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=ShardSampler(len(dataset), rank, world_size),
-        collate_fn=_keep_batch,
-        pin_memory=pin_memory and dataset.images.device.type == "cpu",
-    )
+    sampler = ShardSampler(len(dataset), rank, world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **how.kwargs())
+
+
+EVAL_BATCH = 1024  # images per evaluation batch at 32x32; fewer at larger sizes (eval_batch)
+
+
+def eval_batch(size: int) -> int:
+    """Images per evaluation batch at ``size`` pixels: EVAL_BATCH at 32, the same pixels at
+    larger sizes (at least 32 images)."""
+    return max(32, EVAL_BATCH * 32 * 32 // (size * size))
+
+
+def shard_loaders(
+    data: dict[str, torch.Tensor] | FileSplits,
+    batch: int,
+    elastic: bool,
+    seed: int,
+    size: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+    loader_workers: int = 0,
+) -> tuple[DataLoader, DataLoader]:
+    """This rank's training and evaluation loaders, over tensors in memory (kept on the GPU,
+    where there is one: they are small) or over files streamed by ``loader_workers``
+    processes. ``batch`` is global: a fixed world splits it evenly, an elastic one
+    (:class:`GlobalBatchSampler`) takes every rank's share of the same global batches."""
+    cuda = device.type == "cuda"
+    if isinstance(data, FileSplits):
+        how = Fetch(loader_workers, loader_context(data), pin_memory=cuda)
+        train, test = data.dataset("train"), data.dataset("test")
+    else:
+        how = Fetch()
+        store = device if cuda else torch.device("cpu")
+        train, test = (
+            TensorImageDataset(data[f"{s}_images"].to(store), data[f"{s}_labels"].to(store))
+            for s in ("train", "test")
+        )
+    if elastic:
+        tl = global_batch_loader(train, batch, rank, world, seed, how)
+    else:
+        tl = train_loader(train, max(1, batch // world), rank, world, seed, how)
+    return tl, eval_loader(test, eval_batch(size), rank, world, how)

@@ -1,11 +1,73 @@
-"""Batch transforms on uint8 image tensors, on whatever device the batch lives: augmentation
-(random crop + flip), normalization, and a sample grid for TensorBoard."""
+"""Batch transforms on image tensors, on whatever device the batch lives: augmentation suited to
+the image size (random crop + flip for CIFAR-sized images, random resized crop + flip for
+photos), resizing, normalization, and a sample grid for TensorBoard."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+
+PHOTO_SIZE = 64  # from this side on, images are photos: random-resized-crop augmentation
+RRC_SCALE = (0.25, 1.0)  # share of the image a random resized crop keeps
+RRC_RATIO = (3 / 4, 4 / 3)  # its aspect ratios
+
+
+def augmentation(size: int) -> str:
+    """The augmentation a training run at ``size`` pixels uses (recorded with the run)."""
+    if size >= PHOTO_SIZE:
+        return f"random resized crop (scale {RRC_SCALE[0]:g}-{RRC_SCALE[1]:g}) + horizontal flip"
+    return "random crop (4px zero padding) + horizontal flip"
+
+
+def model_input(
+    images: torch.Tensor,
+    size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> float ``[B, 3, size, size]``, normalized: augmented for
+    training (:func:`augmentation`), resized where the images have another size (CIFAR-format
+    data for a model at 224 px). At the images' own size without photo augmentation this is
+    exactly crop/flip then :func:`normalize`."""
+    if augment and size >= PHOTO_SIZE:
+        return normalize(random_resized_crop_flip(images.float(), size, generator), mean, std)
+    if augment:
+        images = random_crop_flip(images, generator=generator)
+    x = normalize(images, mean, std)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x
+
+
+def random_resized_crop_flip(
+    x: torch.Tensor, size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """torchvision's ``RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO)`` +
+    ``RandomHorizontalFlip()`` for a whole float batch in one ``grid_sample``: per image a box
+    of a random share of the area and aspect ratio (clipped to the image), at a random place,
+    resampled bilinearly to ``size`` and mirrored half the time."""
+    b, dev = x.shape[0], x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
+
+    area = uniform(*RRC_SCALE)
+    ratio = torch.exp(uniform(math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])))
+    w = torch.sqrt(area * ratio).clamp(max=1.0)  # box side as a share of the image's
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (1 - w) * uniform(-1.0, 1.0)  # centre in [-1, 1] coordinates, box inside the image
+    cy = (1 - h) * uniform(-1.0, 1.0)
+    flip = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_crop_flip(
@@ -34,9 +96,11 @@ def normalize(
     std: Sequence[float] | None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` -> float ``(x / 255 - mean) / std``; no mean/std: ``x / 255``
-    (what the tutorial's ``ToTensor()`` gives)."""
-    out = x.to(dtype).div_(255.0)
+    """uint8 (or float on the same 0..255 scale) ``[B, 3, H, W]`` -> float
+    ``(x / 255 - mean) / std``; no mean/std: ``x / 255`` (what the tutorial's ``ToTensor()``
+    gives)."""
+    out = x.to(dtype)
+    out = out.div_(255.0) if out is not x else out / 255.0
     if mean is not None and std is not None:
         m = torch.tensor(mean, dtype=dtype, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=dtype, device=x.device).view(1, -1, 1, 1)
@@ -45,7 +109,10 @@ def normalize(
 
 
 def make_grid_sample(images: torch.Tensor, n: int = 64) -> torch.Tensor:
-    """First ``n`` uint8 images as one float ``[3, H, W]`` grid for TensorBoard."""
+    """First ``n`` images (uint8, or float in [0, 1]) as one float ``[3, H, W]`` grid for
+    TensorBoard."""
     from torchvision.utils import make_grid
 
-    return make_grid(images[:n].float() / 255.0, nrow=8)
+    x = images[:n]
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
+    return make_grid(x, nrow=8)

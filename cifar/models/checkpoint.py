@@ -6,6 +6,7 @@ holds a pickled module or any other code is refused, never executed.
 Accepted model sources (``resolve_model``): a training run directory (its ``model/`` export, or
 its best checkpoint), a checkpoint directory, an exported ``model/`` directory, or a bare
 ``.pt``/``.pth`` state_dict such as the tutorial's ``torch.save(model.state_dict(), path)``.
+What is built from them: :mod:`cifar.models.loading`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import platform
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from cifar.io import storage
 from cifar.io.faults import StorageError
-from cifar.models.registry import ModelSpec, build_model, match_state_dict
+from cifar.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,36 +164,6 @@ def model_meta(spec: ModelSpec, **extra: Any) -> dict[str, Any]:
     return {**spec.to_meta(), **extra}
 
 
-def bare_spec(sd: Mapping[str, torch.Tensor], source: str) -> ModelSpec:
-    """The spec of a bare state_dict: the registered architecture its keys match, the
-    tutorial's preprocessing (no normalisation) and CIFAR-10's class names for 10 outputs."""
-    found = match_state_dict(sd)
-    if found is None:
-        _raise_mismatch(sd, ModelSpec.of(), source)
-    arch, k = found
-    return ModelSpec.of(arch, bare_classes(k))
-
-
-def bare_classes(k: int) -> list[str]:
-    """CIFAR-10's names for a 10-way head, ``0``..``k-1`` otherwise."""
-    default = ModelSpec.of().classes
-    return list(default) if k == len(default) else [str(i) for i in range(k)]
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    model: nn.Module
-    spec: ModelSpec
-    meta: dict[str, Any]  # meta.json as saved (a bare file: its spec's keys)
-    path: str
-    sha256: str = ""  # of the state_dict file: what a resumed prediction job must still use
-    file: str = ""  # the state_dict file ``path`` resolved to (local path or URI)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.spec.classes)
-
-
 def _is_checkpoint_dir(d: str) -> bool:
     return storage.is_file(storage.join(d, MODEL_FILE))
 
@@ -260,74 +230,14 @@ def resolve_model(path: str | os.PathLike) -> tuple[str, dict[str, Any] | None]:
     )
 
 
-def build_from_state_dict(
-    sd: Mapping[str, torch.Tensor], spec: ModelSpec, source: str
-) -> nn.Module:
-    """The model of ``spec`` with the weights ``sd``; errors name the missing, unexpected or
-    mis-shaped keys."""
-    model = build_model(spec)
-    want = model.state_dict()
-    if set(want) != set(sd) or any(want[k].shape != sd[k].shape for k in want):
-        _raise_mismatch(sd, spec, source)
-    model.load_state_dict(sd, strict=True)
-    return model
-
-
-def _raise_mismatch(sd: Mapping[str, torch.Tensor], spec: ModelSpec, source: str):
-    want = build_model(spec).state_dict()
-    keys = list(want)
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shapes = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}"
-        for k in want
-        if k in sd and sd[k].shape != want[k].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing keys {missing[:12]}{' ...' if len(missing) > 12 else ''}")
-    if unexpected:
-        parts.append(f"unexpected keys {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
-    if shapes:
-        parts.append(f"shape mismatches {shapes[:12]}")
-    raise CheckpointError(
-        f"{source} does not hold {spec.arch} weights for {spec.num_classes} classes (expected "
-        f"keys {keys[0]} ... {keys[-1]}): " + "; ".join(parts) + ". Pass a state_dict of "
-        "that architecture (for CIFAR10-quick: the tutorial's MyNetwork)."
-    )
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load any accepted model source onto ``device`` in eval mode (weights_only=True)."""
-    sd_path, meta = resolve_model(path)
+def read_state_dict(sd_path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state_dict, SHA-256 of the file) of a local path or URI (a URI is downloaded once per
+    node, then re-used), loaded with ``weights_only=True``."""
     try:
-        local = storage.local_copy(sd_path)  # a URI: downloaded once per node, then re-used
+        local = storage.local_copy(sd_path)
     except StorageError:
         raise  # the store, not the file: the job says so as such
     except OSError as e:
         raise CheckpointError(f"cannot read the model file {sd_path}: {e}") from None
     sd = load_state_dict_file(local)
-    if meta is None:
-        spec = bare_spec(sd, sd_path)
-        meta = model_meta(spec, source="bare state_dict (tutorial preprocessing assumed)")
-    else:
-        spec = _spec_of(meta, sd_path)
-    model = build_from_state_dict(sd, spec, sd_path)
-    model.to(device).eval()
-    sha256 = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-    return LoadedModel(model, spec, meta, path=str(path), sha256=sha256, file=sd_path)
-
-
-def _spec_of(meta: dict[str, Any], source: str) -> ModelSpec:
-    """The spec ``meta.json`` describes; one it cannot describe is a CheckpointError."""
-    from cifar.config import ConfigError
-
-    classes, k = meta.get("classes"), meta.get("num_classes")
-    if classes is not None and k is not None and len(classes) != int(k):
-        raise CheckpointError(
-            f"{source}: meta.json lists {len(classes)} classes, the weights have {k} outputs."
-        )
-    try:
-        return ModelSpec.from_meta(meta)
-    except ConfigError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    return sd, hashlib.sha256(Path(local).read_bytes()).hexdigest()

@@ -9,6 +9,8 @@ in :data:`ARCHS` (or, for torchvision's, a name it knows), nothing else.
 
 from __future__ import annotations
 
+import difflib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,9 +20,11 @@ import torch
 from torch import nn
 
 from cifar.config import ConfigError
+from cifar.models import vision
 from cifar.models.cifar_quick import CIFAR10_CLASSES, INPUT_SIZE, CifarQuick
 
 DEFAULT_ARCH = "cifar10_quick"
+MIN_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,35 @@ ARCHS: dict[str, Arch] = {
 }
 
 
+_FIXED_TORCHVISION = ("vit_", "maxvit_")  # a position embedding / window grid made for 224
+
+
 def get_arch(name: str) -> Arch:
-    """The registered architecture ``name``; a ConfigError listing the known ones otherwise."""
-    if name not in ARCHS:
-        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}.")
-    return ARCHS[name]
+    """The architecture ``name``: one of :data:`ARCHS`, else torchvision's builder of that name
+    (its head sized by :func:`cifar.models.vision.build`); a ConfigError with the nearest names
+    otherwise."""
+    if name in ARCHS:
+        return ARCHS[name]
+    if name in vision.names():
+        return Arch(
+            partial(vision.build, name),
+            vision.default_size(name),
+            name.startswith(_FIXED_TORCHVISION),
+            f"torchvision's {name}",
+        )
+    known = [*ARCHS, *vision.names()]
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(near)}?" if near else ""
+    raise ConfigError(
+        f"unknown architecture {name!r}.{hint} --arch takes {', '.join(ARCHS)} or any "
+        "torchvision classification model by its builder name (resnet18, resnet50, vgg16, "
+        "mobilenet_v3_small, efficientnet_b0, convnext_tiny, ...: "
+        "torchvision.models.list_models(module=torchvision.models))."
+    )
+
+
+def is_torchvision(arch: str) -> bool:
+    return arch not in ARCHS
 
 
 @dataclass(frozen=True)
@@ -81,7 +109,12 @@ class ModelSpec:
         a = get_arch(arch)
         size = input_size or a.input_size
         if a.fixed_size and size != a.input_size:
-            raise ConfigError(f"{arch} takes {a.input_size}x{a.input_size} images only.")
+            raise ConfigError(
+                f"{arch} takes {a.input_size}x{a.input_size} images only (got --image-size "
+                f"{size}); drop --image-size or pick another --arch."
+            )
+        if size < MIN_SIZE:
+            raise ConfigError(f"--image-size {size} is too small: {MIN_SIZE} pixels at least.")
         return cls(
             arch,
             tuple(classes),
@@ -118,6 +151,26 @@ class ModelSpec:
         classes = meta.get("classes") or [str(i) for i in range(k)]
         norm = meta.get("normalize") or {}
         return cls.of(arch, classes, norm.get("mean"), norm.get("std"), meta.get("image_size"))
+
+
+@functools.cache
+def head_name_of(arch: str) -> str:
+    """The name of ``arch``'s head module (``fc``, ``classifier.6``, ``model1.8``, ...), from a
+    model built on the meta device where it can be (no memory, no initialisation)."""
+    try:
+        with torch.device("meta"):
+            return vision.head_name(get_arch(arch).build(2))
+    except (NotImplementedError, RuntimeError):  # a builder that initialises from data
+        return vision.head_name(get_arch(arch).build(2))
+
+
+def head_width(arch: str, sd: Mapping[str, torch.Tensor]) -> int | None:
+    """The classes a state_dict's head has, for ``arch`` (None: ``sd`` has no such head)."""
+    prefix = head_name_of(arch)
+    for k in (f"{prefix}.bias", f"{prefix}.weight"):
+        if k in sd and sd[k].ndim >= 1:
+            return int(sd[k].shape[0])
+    return None
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

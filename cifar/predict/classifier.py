@@ -15,7 +15,7 @@ import torch
 
 from cifar.device import Compute, machine_key, resolve_compute, spec_key, step_probe
 from cifar.io.images import decode_batch
-from cifar.models.checkpoint import LoadedModel, load_model
+from cifar.models.loading import LoadedModel, load_model
 from cifar.models.registry import inference_forward
 from cifar.predict.formats import prediction_columns, result_schema
 
@@ -54,15 +54,24 @@ class Classifier:
         self.classes = model.classes
 
     @classmethod
-    def from_path(cls, path: str, device: torch.device | str = "cpu", **kw: Any) -> Classifier:
-        return cls(load_model(path, "cpu"), device, **kw)
+    def from_path(
+        cls,
+        path: str,
+        device: torch.device | str = "cpu",
+        arch: str | None = None,
+        image_size: int | None = None,
+        **kw: Any,
+    ) -> Classifier:
+        """The classifier of a model source (``arch``: what a bare state_dict is;
+        ``image_size``: another size than the model's own)."""
+        return cls(load_model(path, "cpu", arch, image_size), device, **kw)
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[B, 3, S, S]`` (S: the spec's input size) -> softmax probabilities
         ``[B, classes]`` (float32)."""
         pixels = torch.from_numpy(np.ascontiguousarray(images))
-        x = self.compute.inputs(pixels, self.spec.mean, self.spec.std)
+        x = self.compute.inputs(pixels, self.spec.mean, self.spec.std, size=self.spec.input_size)
         with self.compute.autocast():
             logits = self.forward(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -95,12 +104,16 @@ class BatchPredictor:
         batch_size: int = 256,
         channels_last: bool | None = None,
         probs: bool = False,
+        arch: str | None = None,
+        image_size: int | None = None,
     ) -> None:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.classifier = Classifier.from_path(
             model_path,
             device,
+            arch,
+            image_size,
             precision=precision,
             batch=batch_size,
             channels_last=channels_last,

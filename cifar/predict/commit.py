@@ -36,8 +36,19 @@ PART_PREFIX = "part-"
 ROWS_PER_FILE = 100_000
 # what must match for a resume to continue a job: the rows it kept would otherwise be another
 # job's (other inputs, another model) or another shape (format, top-k, labels)
-JOB_KEYS = ("input", "extensions", "labels_from_dirs", "format", "top_k", "probs", "model_sha256")
-EARLIER = {"probs": False}  # what a _job.json written before a key existed meant by leaving it out
+JOB_KEYS = (
+    "input",
+    "extensions",
+    "labels_from_dirs",
+    "format",
+    "top_k",
+    "probs",
+    "model_sha256",
+    "arch",
+    "image_size",
+)
+# what a _job.json written before a key existed meant by leaving it out
+EARLIER = {"probs": False, "arch": None, "image_size": None}
 
 
 def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
@@ -52,6 +63,8 @@ def job_record(cfg: Any, model_sha256: str) -> dict[str, Any]:
         "probs": cfg.probs,
         "model": storage.absolute(cfg.model),
         "model_sha256": model_sha256,
+        "arch": getattr(cfg, "arch", None),
+        "image_size": getattr(cfg, "image_size", None),
         "schema_version": SCHEMA_VERSION,
     }
 

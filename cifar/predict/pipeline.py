@@ -280,6 +280,8 @@ def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
         BatchPredictor,
         fn_constructor_kwargs={
             "model_path": pre.model.file,  # the file the driver resolved and fingerprinted
+            "arch": cfg.arch,
+            "image_size": cfg.image_size,
             "device": plan.device,
             "top_k": cfg.top_k,
             "threads": max(1, int(plan.actor_cpus)),

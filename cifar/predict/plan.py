@@ -12,7 +12,7 @@ import torch
 from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
 from cifar.device import Compute
-from cifar.models.checkpoint import LoadedModel
+from cifar.models.loading import LoadedModel
 from cifar.predict.classifier import inference_compute
 from cifar.predict.config import PredictConfig, parse_actors
 

@@ -13,7 +13,7 @@ from typing import Any
 from cifar.config import ConfigError
 from cifar.io import storage
 from cifar.io.lock import LOCK_FILE, busy, holder_of
-from cifar.models.checkpoint import LoadedModel, load_model
+from cifar.models.loading import LoadedModel, load_model
 from cifar.predict.commit import check_resume, committed_paths, job_record
 from cifar.predict.config import PredictConfig
 from cifar.predict.inputs import label_from_dirs, list_inputs, streamed_input
@@ -80,7 +80,7 @@ def preflight(cfg: PredictConfig) -> Preflight:
     """Every check that needs no cluster: config, model, inputs, output. Runs before Ray starts."""
     t0 = time.perf_counter()
     cfg.validate()
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, arch=cfg.arch, image_size=cfg.image_size)
     stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
     listed = (None, None, None, 0) if stream else listed_inputs(cfg, model.classes)
     files, relpaths, labels, skipped = listed

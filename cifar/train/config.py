@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from cifar.config import STALL_TIMEOUT_S, Config, fields_where, make_config, opt
+from cifar.config import STALL_TIMEOUT_S, Config, ConfigError, fields_where, make_config, opt
+from cifar.data.sources import LOADINGS
 from cifar.device import PRECISIONS, parse_precision
+from cifar.models.registry import DEFAULT_ARCH, MIN_SIZE, get_arch, is_torchvision
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
@@ -39,9 +41,12 @@ SMOKE_DATA = [1024, 512, 0]  # generated train / test images, seed
 
 
 # One helper per flag group: --help lists the flags under these headings.
-data_opt, recipe_opt, scale_opt, run_opt, speed_opt = (
-    partial(opt, group=g) for g in ("data", "recipe", "scale", "run", "speed")
+data_opt, model_opt, recipe_opt, scale_opt, run_opt, speed_opt = (
+    partial(opt, group=g) for g in ("data", "model", "recipe", "scale", "run", "speed")
 )
+# --weights: the backbone learns at the head's lr. A tenth of it (the usual advice) adapted
+# hardly at all to a new domain in a short run: 0.25 vs 0.46 (benchmarks/finetune.py)
+BACKBONE_LR = 1.0
 
 
 def parse_workers(text: str) -> int | list[int] | str:
@@ -68,6 +73,15 @@ class TrainConfig(Config):
     data_dir: str = data_opt("data", "CIFAR-10 (a folder holding or to hold cifar-10-batches-py), or labelled images: DIR/train/<class>/..., DIR/val/<class>/... (path or URI)", resumable=True)  # noqa: E501
     download: bool = data_opt(True, "download CIFAR-10 (MD5-checked) if it is not there", resumable=True)  # noqa: E501
     val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
+    data_loading: str = data_opt("auto", "image folders: 'memory' decodes them once and shares the pixels, 'stream' has every worker decode its shard from the files as it trains (memory stays a few batches); auto: memory while the decoded images fit --data-memory-mb", choices=LOADINGS, resumable=True)  # noqa: E501
+    data_memory_mb: float | None = data_opt(None, "the memory budget of --data-loading auto (default: 10%% of the node's memory)", resumable=True, metavar="MB")  # noqa: E501
+    loader_workers: int | None = data_opt(None, "streaming: DataLoader processes decoding for each training worker (default: its CPUs)", resumable=True, metavar="N")  # noqa: E501
+    arch: str = model_opt(DEFAULT_ARCH, "cifar10_quick (the tutorial's), cifar10_quick_relu, or any torchvision classification model by its builder name: resnet18, resnet50, vgg16, mobilenet_v3_small, efficientnet_b0, convnext_tiny, ... (its last layer replaced for the data's classes)", metavar="NAME")  # noqa: E501
+    weights: str | None = model_opt(None, "fine-tune from these weights: a state_dict file or URI for --arch (e.g. torch.save(torchvision.models.resnet18(weights=...).state_dict(), FILE), or a file from torch hub's cache), or an earlier run; its head is replaced. Nothing is downloaded", metavar="FILE|URI|RUN")  # noqa: E501
+    freeze_backbone: bool = model_opt(False, "with --weights: train only the new head")
+    backbone_lr: float | None = model_opt(None, "learning rate of everything but the head, as a share of --lr (default: 1; 0.1 keeps pretrained features closer)", metavar="SHARE")  # noqa: E501
+    image_size: int | None = model_opt(None, "side of the square images the model sees (default: 32 for CIFAR10-quick, 224 for torchvision models); files are resized to it", metavar="PIXELS")  # noqa: E501
+    relu: bool = model_opt(False, "CIFAR10-quick with ReLUs (the Caffe original): --arch cifar10_quick_relu")  # noqa: E501
     recipe: str = recipe_opt("default", "preset; 'tutorial' reproduces the tutorial exactly", choices=RECIPES)  # noqa: E501
     epochs: int = recipe_opt(20, "training epochs")
     batch_size: int | None = recipe_opt(None, "GLOBAL batch, split across the workers, the same whatever their number (default: from the data and epochs, about 1,000 optimizer steps per run, 4..256)")  # noqa: E501
@@ -79,8 +93,7 @@ class TrainConfig(Config):
     label_smoothing: float = recipe_opt(0.1, "cross-entropy smoothing")
     grad_clip: float = recipe_opt(2.0, "clip the gradient norm (0: off); keeps the ReLU-less model from diverging")  # noqa: E501
     augment: bool = recipe_opt(True, "random crop (4px padding) + horizontal flip")
-    normalize: bool = recipe_opt(True, "normalize inputs by the training set's mean/std")
-    relu: bool = recipe_opt(False, "add ReLUs (Caffe's CIFAR10-quick)")
+    normalize: bool = recipe_opt(True, "normalize inputs by the training set's mean/std (fine-tuning: the mean/std the --weights were trained with)")  # noqa: E501
     seed: int = recipe_opt(0, "random seed (offset by rank per worker)")
     num_workers: int | list[int] = scale_opt(1, "Ray Train workers: N, or MIN-MAX for elastic training (starts with what the cluster has room for, grows as nodes join, goes on smaller from the last checkpoint when one is lost)", resumable=True, metavar="N|MIN-MAX", convert=parse_workers)  # noqa: E501, RUF009 (scale_opt is opt)
     resize_interval: float = scale_opt(60.0, "elastic runs: seconds between looks for room for more workers (a resize restarts the workers from the latest checkpoint)", resumable=True, metavar="SECONDS")  # noqa: E501
@@ -103,12 +116,13 @@ class TrainConfig(Config):
     stop_after_epoch: int | None = opt(None, cli=False, resumable=True)  # test hook: fail after it
     synthetic: list[int] | None = opt(None, cli=False)  # generated train/test sizes, seed
     classes: list[str] | None = opt(None, cli=False)  # from the data; checked apart on resume
+    preprocess: dict[str, Any] | None = opt(None, cli=False)  # size, normalisation, augmentation, loading, weights: as chosen  # noqa: E501
     # fmt: on
 
     @property
-    def arch(self) -> str:
-        """The architecture's registry name."""
-        return "cifar10_quick_relu" if self.relu else "cifar10_quick"
+    def size(self) -> int:
+        """The side of the images the model sees: ``--image-size``, else the arch's own."""
+        return self.image_size or get_arch(self.arch).input_size
 
     @property
     def worker_range(self) -> tuple[int, int]:
@@ -172,9 +186,39 @@ class TrainConfig(Config):
                 f"--val-fraction must be in [0, 1) (got {self.val_fraction})",
             ),
             (not (self.resume and not self.name), "--resume needs --name of the run to continue"),
+            *self.model_checks(),
             (
                 not (self.nesterov and self.momentum == 0),
                 "--nesterov needs --momentum > 0 (use --no-nesterov with --momentum 0)",
+            ),
+        ]
+
+    def model_checks(self) -> list[tuple[bool, str]]:
+        try:
+            get_arch(self.arch)
+        except ConfigError as e:
+            return [(False, str(e))]
+        return [
+            (
+                self.image_size is None or self.image_size >= MIN_SIZE,
+                f"--image-size must be at least {MIN_SIZE} (got {self.image_size})",
+            ),
+            (
+                not (self.freeze_backbone and not self.weights),
+                "--freeze-backbone trains only the head on top of pretrained weights: pass "
+                "--weights FILE too (or drop --freeze-backbone to train everything)",
+            ),
+            (
+                self.backbone_lr is None or 0 <= self.backbone_lr <= 10,
+                f"--backbone-lr is a share of --lr, 0..10 (got {self.backbone_lr})",
+            ),
+            (
+                self.data_memory_mb is None or self.data_memory_mb > 0,
+                f"--data-memory-mb must be positive (got {self.data_memory_mb})",
+            ),
+            (
+                self.loader_workers is None or self.loader_workers >= 0,
+                f"--loader-workers must be >= 0 (got {self.loader_workers})",
             ),
         ]
 
@@ -185,15 +229,16 @@ class TrainConfig(Config):
 # x epochs / 1024, a power of two in 4..256; peak lr grows with the cube root of the batch.
 RECIPE_STEPS = 1024  # optimizer steps a default run aims at
 BATCH_RANGE = (4, 256)
+VISION_MIN_BATCH = 32  # BatchNorm archs: a batch of 4 was 3x slower a step, no more accurate
 LR_AT_128, LR_MAX = 0.1, 0.1
 
 
-def default_batch(n_train: int, world: int, epochs: int) -> int:
+def default_batch(n_train: int, world: int, epochs: int, least: int = BATCH_RANGE[0]) -> int:
     """The global batch the default recipe picks: a power of two near
-    ``n_train * epochs / RECIPE_STEPS`` in ``BATCH_RANGE``, a multiple of the worker count
-    (of the most workers, for an elastic run: any fewer split it as evenly as they can)."""
+    ``n_train * epochs / RECIPE_STEPS`` in ``least..BATCH_RANGE[1]``, a multiple of the worker
+    count (of the most workers, for an elastic run: any fewer split it as evenly as they can)."""
     want = max(1.0, n_train * epochs / RECIPE_STEPS)
-    batch = min(max(2 ** round(math.log2(want)), BATCH_RANGE[0]), BATCH_RANGE[1])
+    batch = min(max(2 ** round(math.log2(want)), least), BATCH_RANGE[1])
     return max(world, batch // world * world)
 
 
@@ -206,9 +251,13 @@ def resolve_recipe(cfg: TrainConfig, n_train: int, world: int) -> TrainConfig:
     """``cfg`` with the batch and learning rate the user did not type filled in for this data
     and world size (typed values stay). An elastic run resolves them once, on the driver, for
     its largest size: the global batch and the schedule then stay whatever the size."""
-    batch = cfg.batch_size or default_batch(n_train, world, cfg.epochs)
+    least = VISION_MIN_BATCH if is_torchvision(cfg.arch) else BATCH_RANGE[0]
+    batch = cfg.batch_size or default_batch(n_train, world, cfg.epochs, least)
     lr = cfg.lr if cfg.lr is not None else default_lr(batch)
-    return dataclasses.replace(cfg, batch_size=batch, lr=lr)
+    backbone = BACKBONE_LR if cfg.backbone_lr is None else cfg.backbone_lr
+    return dataclasses.replace(
+        cfg, batch_size=batch, lr=lr, backbone_lr=backbone, image_size=cfg.size
+    )
 
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
@@ -216,7 +265,7 @@ RESUMABLE_FIELDS = fields_where(TrainConfig, "resumable")
 
 
 # What a saved config.json (--config) does not carry over: a rerun is a new run.
-NOT_RERUN = ("name", "resume", "classes", "stop_after_epoch")
+NOT_RERUN = ("name", "resume", "classes", "stop_after_epoch", "preprocess")
 
 
 def resolve_config(explicit: dict[str, Any], saved: dict[str, Any] | None = None) -> TrainConfig:
@@ -230,4 +279,7 @@ def resolve_config(explicit: dict[str, Any], saved: dict[str, Any] | None = None
         preset = RECIPE_PRESETS[explicit.get("recipe", saved.get("recipe", "default"))]
     smoking = explicit.get("smoke_test", saved.get("smoke_test"))
     smoke = {**SMOKE_PRESET, "synthetic": SMOKE_DATA} if smoking else {}
-    return make_config(TrainConfig, saved, preset, smoke, explicit)
+    cfg = make_config(TrainConfig, saved, preset, smoke, explicit)
+    if cfg.relu and cfg.arch == DEFAULT_ARCH:  # --relu (and config.json before --arch)
+        cfg = dataclasses.replace(cfg, arch="cifar10_quick_relu")
+    return cfg

@@ -20,15 +20,19 @@ from cifar.cluster.state import placement_waiting
 from cifar.cluster.watchdog import Watchdog
 from cifar.config import ConfigError
 from cifar.data.dataset import ImageData
-from cifar.data.sources import check_data, load_data
+from cifar.data.sources import load_training_data
+from cifar.data.streamed import FileSplits
 from cifar.io import storage
-from cifar.models.registry import ModelSpec, get_arch
+from cifar.models.loading import Pretrained
+from cifar.models.registry import ModelSpec
 from cifar.train.config import RESUMABLE_FIELDS, TrainConfig, resolve_recipe, workers_text
 from cifar.train.outputs import HEARTBEAT_FILE
+from cifar.train.setup import model_setup
 from cifar.train.summary import describe_data, log_data, run_summary
 from cifar.train.worker import WorkerArgs, train_loop_per_worker
 
-RECIPE_CHOSEN = ("batch_size", "lr")  # None: the default recipe picks them for the data
+# None: picked for the data and model (the recipe, the arch's size); a resumed run keeps them
+RECIPE_CHOSEN = ("batch_size", "lr", "image_size", "backbone_lr", "preprocess")
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
 
@@ -58,11 +62,6 @@ def last_checkpoint(cfg: TrainConfig) -> str | None:
         if d.startswith("checkpoint_epoch_") and storage.is_file(f"{rdir}/{d}/model.pt")
     ] if storage.is_dir(rdir) else []  # fmt: skip
     return f"{rdir}/{max(found)}" if found else None
-
-
-def input_size(cfg: TrainConfig) -> int:
-    """The side of the images the run's model takes (its data is decoded at that size)."""
-    return get_arch(cfg.arch).input_size
 
 
 def prepare_run(cfg: TrainConfig) -> TrainConfig:
@@ -138,37 +137,6 @@ def check_classes(cfg: TrainConfig, data: ImageData) -> TrainConfig:
     return dataclasses.replace(cfg, classes=classes)
 
 
-def train_plan(cfg: TrainConfig) -> list[str]:
-    """``--dry-run``: what this config would do, every check made, nothing started or written."""
-
-    cfg = prepare_run(cfg)
-    data, n_train = check_data(cfg.data_dir, cfg.download, cfg.synthetic, input_size(cfg))
-    chose = "" if cfg.batch_size and cfg.lr else " (batch/lr picked for the data)"
-    if n_train:
-        cfg = resolve_recipe(cfg, n_train, cfg.worker_range[1])
-    gpu = {True: "1 GPU each", False: "CPU only", None: "a GPU each if the cluster has GPUs"}
-    shared = "a node's CPUs (CPU runs)" if cfg.elastic else "the cluster's CPUs shared"
-    cpus = cfg.cpus_per_worker or shared
-    elastic = (
-        f" (elastic: resizes from the latest checkpoint; looks for room every "
-        f"{cfg.resize_interval:g}s)"
-        if cfg.elastic
-        else ""
-    )
-    return [
-        "[cifar] dry run: the config, data and run directory check out; nothing was started",
-        f"  run:       {run_dir(cfg)} ({'resumes its latest checkpoint' if cfg.resume else 'new'})",
-        f"  data:      {data}",
-        f"  recipe:    {cfg.recipe}{chose}: {cfg.epochs} epochs, global batch "
-        f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.schedule}), momentum {cfg.momentum:g}, weight "
-        f"decay {cfg.weight_decay:g}, augment {'on' if cfg.augment else 'off'}",
-        f"  scale:     {workers_text(cfg.num_workers)} worker(s){elastic}, {gpu[cfg.use_gpu]}, "
-        f"CPUs per worker: {cpus}",
-        f"  precision: {cfg.precision}"
-        + (" (on a CPU: measured at the start; bf16 on GPUs)" if cfg.precision == "auto" else ""),
-    ]
-
-
 def ray_train_env(cfg: TrainConfig) -> dict[str, str]:
     """Ray Train's own settings (environment variables, read by its controller) that this run
     wants; the job sets those not already set before ``fit()``."""
@@ -227,19 +195,41 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool, cpus: int):
     )
 
 
-def prepare(cfg: TrainConfig) -> tuple[TrainConfig, ImageData]:
-    """The run named (or its saved config reloaded), its data loaded once on the driver, its
-    classes recorded and its recipe resolved for the data; config.json written for a new run."""
+@dataclasses.dataclass
+class Prepared:
+    """A run ready to start: its config resolved, its data, model and starting weights."""
+
+    cfg: TrainConfig
+    data: ImageData | FileSplits
+    spec: ModelSpec
+    pretrained: Pretrained | None
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """The run named (or its saved config reloaded), its data loaded once on the driver (or
+    listed, to be streamed), its classes recorded, its recipe resolved for the data, its model
+    and preprocessing chosen; config.json written for a new run."""
     if not storage.is_uri(cfg.data_dir):  # recorded in config.json: make it absolute
         cfg = dataclasses.replace(cfg, data_dir=storage.absolute(cfg.data_dir))
     cfg = prepare_run(cfg)
-    data = load_data(cfg.data_dir, cfg.download, cfg.val_fraction, cfg.synthetic, input_size(cfg))
+    data, loading = load_training_data(
+        cfg.data_dir,
+        cfg.download,
+        cfg.val_fraction,
+        cfg.synthetic,
+        cfg.size,
+        cfg.data_loading,
+        cfg.data_memory_mb,
+    )
+    progress.info(loading.line())
     cfg = check_classes(cfg, data)
     # one global batch and schedule for the whole run: an elastic one's for its largest size
     cfg = resolve_recipe(cfg, len(data.train_labels), cfg.worker_range[1])
+    spec, pretrained, record = model_setup(cfg, data, loading)
+    cfg = dataclasses.replace(cfg, preprocess=record)
     if not cfg.resume:
         storage.write_text(f"{run_dir(cfg)}/config.json", json.dumps(cfg.to_dict(), indent=2))
-    return cfg, data
+    return Prepared(cfg, data, spec, pretrained)
 
 
 def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
@@ -248,15 +238,18 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     import ray
 
     use_gpu, cpus = resolve_scale(cfg, cluster)
-    cfg, data = prepare(cfg)
+    p = prepare(cfg)
+    cfg, data = p.cfg, p.data
     dataset = describe_data(data)
     log_data(data, dataset)
-    mean, std = data.channel_stats() if cfg.normalize else (None, None)
-    spec = ModelSpec.of(cfg.arch, data.classes, mean, std, input_size(cfg))
     rdir = run_dir(cfg)
     # the data is read once here and shared by every worker through the object store (zero-copy
-    # on a node, fetched once by every other node): workers never need it on their disk
-    args = WorkerArgs(cfg, spec, cpus, rdir, ray.put(data.arrays()), dataset)
+    # on a node, fetched once by every other node): workers never need it on their disk. Data
+    # too large for that goes as file lists: every worker streams its shard.
+    shared = data.arrays() if isinstance(data, ImageData) else data
+    weights = ray.put(p.pretrained.state_dict) if p.pretrained is not None else None
+    loader_workers = cfg.loader_workers if cfg.loader_workers is not None else cpus
+    args = WorkerArgs(cfg, p.spec, cpus, rdir, ray.put(shared), dataset, weights, loader_workers)
     each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" + 1 GPU" if use_gpu else "")
     if cfg.elastic:
         progress.info(

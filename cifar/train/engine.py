@@ -17,19 +17,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cifar.data.loaders import (
-    GlobalBatchSampler,
-    TensorImageDataset,
-    eval_loader,
-    global_batch_loader,
-    train_loader,
-)
+from cifar.data.loaders import GlobalBatchSampler, shard_loaders
+from cifar.data.streamed import FileSplits
 from cifar.device import Compute, machine_key, resolve_compute, spec_key, step_probe
 from cifar.models.checkpoint import unwrap
-from cifar.models.registry import ModelSpec, build_model
+from cifar.models.registry import ModelSpec, build_model, head_name_of
 from cifar.train.config import TrainConfig, resolve_recipe
-
-EVAL_BATCH = 1024
+from cifar.train.optim import make_optimizer, make_scheduler
 
 
 def distributed() -> bool:
@@ -59,6 +53,16 @@ class Engine:
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
 
+    def train_mode(self) -> None:
+        """The model in training mode; with a frozen backbone, every layer but the head stays
+        in eval mode (its batch-norm statistics and dropout are the pretrained network's)."""
+        self.model.train()
+        if self.cfg.freeze_backbone:
+            head = head_name_of(self.spec.arch)
+            for name, m in self.raw.named_modules():
+                if name != head and not name.startswith(head + ".") and not any(m.children()):
+                    m.eval()
+
     def restore(
         self, model: dict, optimizer: dict, scheduler: dict | None, scaler: dict | None = None
     ) -> None:
@@ -78,40 +82,40 @@ def build(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
+    loader_workers: int = 0,
 ) -> Engine:
-    """The ``spec``'s model (same initial weights on every rank), this rank's loaders over ``data``
-    (``train_images``/``train_labels``/``test_images``/``test_labels`` uint8/int64 tensors),
+    """The ``spec``'s model (same initial weights on every rank: ``initial``'s where given, the
+    head left out), this rank's loaders over ``data`` (in memory: ``train_images`` /
+    ``train_labels`` / ``test_images`` / ``test_labels`` uint8/int64 tensors; or
+    :class:`~cifar.data.streamed.FileSplits`, decoded in ``loader_workers`` processes),
     optimizer and schedule. ``wrap`` distributes the model (Ray's ``prepare_model``: DDP).
     A batch size or learning rate left to the recipe is resolved here as the job resolves it."""
-    cfg = resolve_recipe(cfg, len(data["train_labels"]), world)
+    streamed = isinstance(data, FileSplits)
+    n_train = len(data.train_labels if streamed else data["train_labels"])
+    cfg = resolve_recipe(cfg, n_train, world)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed + rank)
-    model = compute.place(build_model(spec))
+    model = build_model(spec)
+    if initial is not None:
+        model.load_state_dict(initial, strict=False)  # checked on the driver: only the head new
+    optimizer = make_optimizer(model, spec, cfg)  # before DDP: a frozen backbone is not synced
+    model = compute.place(model)
     if wrap is not None:
         model = wrap(model)
     raw = unwrap(model)
     if cfg.compile:
         model = torch.compile(model)
-    cuda = compute.device.type == "cuda"
-    store = compute.device if cuda else torch.device("cpu")  # small: keep it on the GPU
-
-    def dataset(split: str) -> TensorImageDataset:
-        return TensorImageDataset(
-            data[f"{split}_images"].to(store), data[f"{split}_labels"].to(store)
-        )
-
-    if cfg.elastic:  # the world size changes: every size must train the same global batches
-        tl = global_batch_loader(dataset("train"), cfg.batch_size, rank, world, cfg.seed, cuda)
-    else:  # each rank its shard (DistributedSampler), batch / world images per step
-        per_rank = max(1, cfg.batch_size // world)
-        tl = train_loader(dataset("train"), per_rank, rank, world, cfg.seed, cuda)
-    el = eval_loader(dataset("test"), EVAL_BATCH, rank, world, cuda)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
+    tl, el = shard_loaders(
+        data,
+        cfg.batch_size,
+        cfg.elastic,
+        cfg.seed,
+        spec.input_size,
+        rank,
+        world,
+        compute.device,
+        loader_workers,
     )
     return Engine(
         cfg=cfg,
@@ -157,19 +161,6 @@ def job_compute(
     )
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    total = cfg.epochs * steps_per_epoch + 1  # +1: the lr after the last step stays >= 0
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25, anneal_strategy="linear"
-        )
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return None
-
-
 def epoch_generator(device: torch.device, seed: int, rank: int, epoch: int) -> torch.Generator:
     """Augmentation RNG: a pure function of (seed, rank, epoch), so a resumed epoch draws the same
     crops and flips as an uninterrupted one, on every rank."""
@@ -184,6 +175,16 @@ class EpochStats:
     samples: int
     seconds: float
     steps: int
+    skipped: list[tuple[str, str]]  # streamed files this rank could not decode: (path, reason)
+
+
+def batches(loader: DataLoader, skipped: list[tuple[str, str]]):
+    """``(images, labels)`` of each batch; a streamed batch's undecodable files go to
+    ``skipped``."""
+    for batch in loader:
+        if len(batch) > 2:
+            skipped.extend(batch[2])
+        yield batch[0], batch[1]
 
 
 def train_one_epoch(
@@ -203,13 +204,15 @@ def train_one_epoch(
     global_batches = isinstance(sampler, GlobalBatchSampler)
     (sampler if global_batches else e.train_loader.sampler).set_epoch(epoch)
     generator = epoch_generator(device, cfg.seed, e.rank, epoch)
-    e.model.train()
+    e.train_mode()
     loss_sum = torch.zeros((), device=device)
     window = torch.zeros((), device=device)
     samples = steps = 0
+    skipped: list[tuple[str, str]] = []
     t0 = time.perf_counter()
-    for images, labels in e.train_loader:
-        x = e.compute.inputs(images, e.spec.mean, e.spec.std, cfg.augment, generator)
+    for images, labels in batches(e.train_loader, skipped):
+        size = e.spec.input_size
+        x = e.compute.inputs(images, e.spec.mean, e.spec.std, cfg.augment, generator, size)
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x)
@@ -238,7 +241,7 @@ def train_one_epoch(
             window.zero_()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return EpochStats(float(loss_sum), samples, time.perf_counter() - t0, steps)
+    return EpochStats(float(loss_sum), samples, time.perf_counter() - t0, steps, skipped)
 
 
 def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
@@ -264,8 +267,9 @@ def evaluate(e: Engine, examples: int = 0) -> dict[str, Any]:
     confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
     wrong: list[tuple[torch.Tensor, ...]] = []
     n_wrong = 0
-    for images, labels in e.eval_loader:
-        x = e.compute.inputs(images, e.spec.mean, e.spec.std)
+    skipped: list[tuple[str, str]] = []
+    for images, labels in batches(e.eval_loader, skipped):
+        x = e.compute.inputs(images, e.spec.mean, e.spec.std, size=e.spec.input_size)
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x).float()
@@ -289,6 +293,7 @@ def evaluate(e: Engine, examples: int = 0) -> dict[str, Any]:
         "test_correct": correct,
         "test_images": total_n,
         "confusion": confusion.view(k, k).tolist(),
+        "skipped": skipped,
     }
     if examples:
         parts = list(zip(*wrong, strict=True)) if wrong else [[torch.zeros(0)]] * 4

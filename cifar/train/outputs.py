@@ -11,10 +11,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cifar.io import storage
 from cifar.plots import per_class_csv
+
+if TYPE_CHECKING:
+    from cifar.device import Compute
+    from cifar.train.worker import TrainState
 
 progress = logging.getLogger("cifar.progress")
 
@@ -183,3 +187,50 @@ def dataset_markdown(d: dict[str, Any]) -> str:
     for i, c in enumerate(d["classes"]):
         lines.append(f"| {i} | {c} | {counts['train'][c]} | {counts['test'][c]} |")
     return "\n".join(lines)
+
+
+def compute_line(c: Compute, world: int) -> str:
+    """How the run computes, and the figures behind a measured choice."""
+    line = f"[cifar] training in {c.name} on {c.device.type} ({c.chosen_by}"
+    if c.ms_per_step:
+        times = ", ".join(f"{k} {v:.1f} ms" for k, v in c.ms_per_step.items())
+        who = f"slowest of {world} workers" if world > 1 else "this worker"
+        line += f" per training step, {who}: {times}"
+    return line + ")"
+
+
+def restored_line(state: TrainState, epochs: int, world: int) -> str:
+    """A restart says where it continues, and with how many workers when that changed (an
+    elastic run resized, or a node lost)."""
+    line = (
+        f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
+        f"(restart #{state.restarts}); continuing at epoch {state.start_epoch + 1}/{epochs}"
+    )
+    before = state.history[-1].get("workers") if state.history else None
+    if before is not None and before != world:
+        line += f" with {world} worker{'s' if world > 1 else ''} (was {before})"
+    return line
+
+
+def epoch_line(m: dict[str, Any], epochs: int, seconds_per_epoch: float) -> str:
+    eta = seconds_per_epoch * (epochs - m["epoch"])
+    return (
+        f"[cifar] epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  "
+        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  "
+        f"{m['images_per_s']:.0f} img/s  ETA {fmt_seconds(eta)}"
+    )
+
+
+def fmt_seconds(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def skipped_line(n: int, skipped: list[dict[str, str]]) -> str:
+    """Streamed files left out because no decoder could read them: how many, and the first."""
+    shown = "; ".join(f"{s['path']} ({s['error']})" for s in skipped[:3])
+    more = " ..." if n > 3 else ""
+    return (
+        f"[cifar] skipped {n} unreadable file(s) (each epoch; listed in summary.json): "
+        f"{shown}{more}"
+    )

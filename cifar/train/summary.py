@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from cifar.data.dataset import ImageData
+from cifar.data.streamed import FileSplits
 from cifar.io import storage
 from cifar.models import checkpoint as ckpt
 from cifar.plots import per_class_accuracy
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
 
 
-def describe_data(data: ImageData) -> dict[str, Any]:
+def describe_data(data: ImageData | FileSplits) -> dict[str, Any]:
     """What meta.json, summary.json and TensorBoard say about the dataset."""
     return {
         "kind": data.kind,
@@ -30,7 +31,7 @@ def describe_data(data: ImageData) -> dict[str, Any]:
     }
 
 
-def log_data(data: ImageData, d: dict[str, Any]) -> None:
+def log_data(data: ImageData | FileSplits, d: dict[str, Any]) -> None:
     """The dataset in the job's log: where, how split, per-class counts, decode, skips."""
     what = {"folder": "image folders", "synthetic": "GENERATED CIFAR-format set (not CIFAR-10)"}
     split = f", evaluated on {d['eval_split']}" if d.get("eval_split") else ""
@@ -94,7 +95,7 @@ def export_model(result, rdir: str) -> tuple[str, dict[str, Any]]:
 
 
 def run_summary(
-    result, cfg: TrainConfig, data: ImageData, rdir: str, seconds: float
+    result, cfg: TrainConfig, data: ImageData | FileSplits, rdir: str, seconds: float
 ) -> dict[str, Any]:
     """What ``summary.json`` says about a finished run; exports the best model to ``model/``."""
     model_path, best_meta = export_model(result, rdir)
@@ -108,7 +109,12 @@ def run_summary(
         "dataset": data.kind,
         "dataset_root": data.root,
         # classes, per-class counts, the evaluation split, decoding, every skipped file
-        "data": {**describe_data(data), "skipped_files": data.info.get("skipped_files", [])},
+        "data": {
+            **describe_data(data),
+            # unreadable files: found while listing or decoding, or (streamed) while training
+            "skipped": data.info.get("skipped", 0) + len(state.skipped),
+            "skipped_files": data.info.get("skipped_files", []) + state.skipped,
+        },
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "final_test_accuracy": last_meta["metrics"]["test_accuracy"],
         "final_test_loss": last_meta["metrics"]["test_loss"],

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from cifar.data.dataset import tensors_from_arrays
-from cifar.data.transforms import make_grid_sample, random_crop_flip
+from cifar.data.loaders import first_images
+from cifar.data.streamed import FileSplits
+from cifar.data.transforms import make_grid_sample, model_input
 from cifar.device import Compute, resolve_compute
 from cifar.models import checkpoint as ckpt
 from cifar.models.registry import ModelSpec
@@ -32,11 +34,20 @@ from cifar.train.engine import (
     set_rng_state,
     train_one_epoch,
 )
-from cifar.train.outputs import METRICS_COLUMNS, RankZero, dataset_markdown
+from cifar.train.outputs import (
+    METRICS_COLUMNS,
+    RankZero,
+    compute_line,
+    dataset_markdown,
+    epoch_line,
+    restored_line,
+    skipped_line,
+)
 
 progress = logging.getLogger("cifar.progress")
 
 EXAMPLES = 48  # misclassified test images in the best epoch's picture
+LISTED_SKIPS = 1000  # streamed files that could not be decoded, listed by name (all counted)
 
 
 @dataclass
@@ -55,6 +66,8 @@ class TrainState:
     compute: dict[str, Any] | None = None  # precision and layout chosen at the start
     # best epoch so far: {"epoch", "confusion", "examples"} (rank 0's misclassified images)
     best: dict[str, Any] | None = None
+    # streamed files no decoder could read, found while training: {"path", "error"}
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def start_epoch(self) -> int:
@@ -84,8 +97,10 @@ class WorkerArgs:
     spec: ModelSpec  # the model: architecture, classes, input size, normalisation
     threads: int  # torch threads per worker (its CPUs)
     run_dir: str  # local path or URI
-    data: Any  # ObjectRef of ImageData.arrays(), put once by the driver
+    data: Any  # ObjectRef of ImageData.arrays() or of FileSplits, put once by the driver
     dataset: dict[str, Any]  # what meta.json, summary.json and TensorBoard say about the data
+    weights: Any = None  # ObjectRef of the --weights to start from (a fresh run only)
+    loader_workers: int = 0  # streamed data: decoding processes per worker
 
     def to_config(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -111,9 +126,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # Ray: set after a failure or on --resume
     state, weights = restored(checkpoint)
     compute = choose_compute(cfg, args.spec, state, device, world, ctx.get_local_world_size())
-    data = tensors_from_arrays(ray.get(args.data))  # Ray: put there once by the driver
+    data = ray.get(args.data)  # Ray: put there once by the driver
+    if not isinstance(data, FileSplits):
+        data = tensors_from_arrays(data)
+    initial = ray.get(args.weights) if args.weights is not None and checkpoint is None else None
     prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
-    e = build(cfg, data, args.spec, compute, rank, world, prepare)
+    e = build(cfg, data, args.spec, compute, rank, world, prepare, initial, args.loader_workers)
     if weights is not None:
         e.restore(weights, state.optimizer, state.scheduler, state.scaler)
         set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
@@ -125,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         out.print(restored_line(state, cfg.epochs, world))
     else:
-        write_intro(out, e, data["train_images"][:64], args.dataset)
+        write_intro(out, e, first_images(e.train_loader.dataset, 64), args.dataset)
         out.print(compute_line(compute, world))
     meta = ckpt.model_meta(
         args.spec,
@@ -142,6 +160,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def generated(dataset: dict[str, Any]) -> bool:
     """The run's data was made by cifar.data.synthetic, not taken from the world."""
     return dataset.get("kind") == "synthetic" or bool(dataset.get("generated"))
+
+
+def note_skipped(e: Engine, out: RankZero, state: TrainState, mine: list[tuple[str, str]]) -> None:
+    """Streamed files that could not be decoded this epoch (every rank's): recorded in
+    ``state`` and said once, the first time they turn up."""
+    (total,) = all_reduce([len(mine)], e.compute.device)
+    if not total or state.skipped:
+        return
+    found = [{"path": p, "error": r} for p, r in mine]
+    if distributed():
+        import torch.distributed as dist
+
+        every: list[Any] = [None] * e.world
+        dist.all_gather_object(every, found)
+        found = [s for rank in every for s in rank]
+    state.skipped = found[:LISTED_SKIPS]
+    out.print(skipped_line(int(total), state.skipped))
 
 
 def restored(checkpoint) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
@@ -196,16 +231,6 @@ def choose_compute(
     return compute
 
 
-def compute_line(c: Compute, world: int) -> str:
-    """How the run computes, and the figures behind a measured choice."""
-    line = f"[cifar] training in {c.name} on {c.device.type} ({c.chosen_by}"
-    if c.ms_per_step:
-        times = ", ".join(f"{k} {v:.1f} ms" for k, v in c.ms_per_step.items())
-        who = f"slowest of {world} workers" if world > 1 else "this worker"
-        line += f" per training step, {who}: {times}"
-    return line + ")"
-
-
 def write_intro(out: RankZero, e: Engine, first: torch.Tensor, dataset: dict[str, Any]) -> None:
     """TensorBoard's model graph, a grid of (augmented) training samples, the class counts."""
     with warnings.catch_warnings():  # add_graph traces with the deprecated torch.jit
@@ -213,7 +238,8 @@ def write_intro(out: RankZero, e: Engine, first: torch.Tensor, dataset: dict[str
         side = e.spec.input_size
         example = torch.zeros(1, 3, side, side, device=e.compute.device)
         out.call(lambda w: w.add_graph(e.raw, example))
-    grid = make_grid_sample(random_crop_flip(first) if e.cfg.augment else first)
+    seen = model_input(first, side, None, None, e.cfg.augment)  # what the model sees, unscaled
+    grid = make_grid_sample(seen)
     out.call(lambda w: w.add_image("train/samples", grid, 0))
     out.call(lambda w: w.add_text("dataset", dataset_markdown(dataset), 0))
 
@@ -237,6 +263,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
     evaluation = evaluate(e, examples=EXAMPLES if out.is_writer else 0)
     confusion = evaluation.pop("confusion")
     wrong = evaluation.pop("misclassified", None)
+    note_skipped(e, out, state, stats.skipped + evaluation.pop("skipped"))
     metrics = {
         "epoch": epoch + 1,
         "epochs": e.cfg.epochs,
@@ -267,28 +294,6 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
         state.best = {"epoch": epoch + 1, "confusion": confusion, "examples": wrong}
     out.flush()
     return metrics
-
-
-def restored_line(state: TrainState, epochs: int, world: int) -> str:
-    """A restart says where it continues, and with how many workers when that changed (an
-    elastic run resized, or a node lost)."""
-    line = (
-        f"[cifar] restored from checkpoint of epoch {state.start_epoch} "
-        f"(restart #{state.restarts}); continuing at epoch {state.start_epoch + 1}/{epochs}"
-    )
-    before = state.history[-1].get("workers") if state.history else None
-    if before is not None and before != world:
-        line += f" with {world} worker{'s' if world > 1 else ''} (was {before})"
-    return line
-
-
-def epoch_line(m: dict[str, Any], epochs: int, seconds_per_epoch: float) -> str:
-    eta = seconds_per_epoch * (epochs - m["epoch"])
-    return (
-        f"[cifar] epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  "
-        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_accuracy']:.4f}  "
-        f"{m['images_per_s']:.0f} img/s  ETA {_fmt_seconds(eta)}"
-    )
 
 
 def report(
@@ -333,8 +338,3 @@ def _gather_rng_states(world: int) -> list[dict[str, Any]]:
     states: list[Any] = [None] * world
     dist.all_gather_object(states, state)
     return states
-
-
-def _fmt_seconds(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

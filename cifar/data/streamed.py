@@ -1,0 +1,115 @@
+"""Image folders too large to decode into memory: each training worker streams its shard from
+the files.
+
+The driver lists and splits the tree exactly as :func:`cifar.data.folders.load_folders` does
+(classes, evaluation split, labels) but decodes nothing: it hands the workers :class:`FileSplits`,
+two lists of paths and labels. A worker's DataLoader reads, decodes and resizes its batches in
+worker processes (:class:`FileDataset`, the prediction job's own decode), local paths and object
+storage alike; its sampler (``DistributedSampler``, :class:`~cifar.data.loaders.ShardSampler`)
+splits the file list as it would split an in-memory set. Memory is a few batches per loader
+process, whatever the number of files. A file that cannot be decoded is dropped from its batch
+and counted (the batch says which), never fatal; a store that cannot be reached ends the run
+(``--resume`` continues it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cifar.data.dataset import channel_stats
+from cifar.io import storage
+from cifar.io.faults import CONNECTION_KINDS, StorageError
+from cifar.io.images import load_image_file
+
+STATS_SAMPLE = 512  # training files decoded on the driver for the mean/std
+
+
+@dataclass
+class FileSplits:
+    """A labelled image-folder dataset as file lists (the streamed counterpart of
+    :class:`~cifar.data.dataset.ImageData`: same ``classes``, ``kind``, ``root``, ``info``,
+    labels and counts)."""
+
+    train_paths: list[str]
+    train_labels: torch.Tensor  # int64 [N]
+    test_paths: list[str]
+    test_labels: torch.Tensor  # int64 [M]
+    classes: tuple[str, ...]
+    size: int  # pixels a side, decoded
+    kind: str = "folder"
+    root: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split, labels in (("train", self.train_labels), ("test", self.test_labels)):
+            counts = torch.bincount(labels, minlength=len(self.classes)).tolist()
+            out[split] = dict(zip(self.classes, counts, strict=True))
+        return out
+
+    def channel_stats(self, n: int = STATS_SAMPLE) -> tuple[list[float], list[float]]:
+        """Per-channel mean/std of an evenly spread sample of ``n`` training files (decoded in
+        Ray tasks when Ray is up); unreadable ones are left out."""
+        from cifar.data.folders import decode_files
+
+        step = max(1, len(self.train_paths) // n)
+        paths = self.train_paths[::step][:n]
+        images, errors = decode_files(paths, self.size)
+        good = torch.from_numpy(images[[not e for e in errors]])
+        return channel_stats(good)
+
+    def dataset(self, split: str) -> FileDataset:
+        paths = self.train_paths if split == "train" else self.test_paths
+        labels = self.train_labels if split == "train" else self.test_labels
+        return FileDataset(paths, labels, self.size)
+
+
+class FileDataset(Dataset):
+    """Image files decoded on demand, a batch at a time (``__getitems__``): ``(uint8 [B, 3, S,
+    S], int64 [B], [(path, reason), ...] for files left out of the batch)``."""
+
+    def __init__(self, paths: Sequence[str], labels: torch.Tensor, size: int) -> None:
+        # numpy, not a list: forked loader processes would touch (and copy) every list item's
+        # reference count, a numpy array of fixed-width strings is never copied
+        self.paths = np.array(paths, dtype=np.str_)
+        self.labels = labels
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: Sequence[int]):
+        images, labels, skipped = [], [], []
+        for i in indices:
+            path = str(self.paths[i])
+            try:
+                images.append(load_image_file(path, self.size))
+                labels.append(int(self.labels[i]))
+            except ValueError as e:
+                skipped.append((path, str(e)))
+            except OSError as e:
+                if isinstance(e, StorageError) and e.kind in CONNECTION_KINDS:
+                    raise  # the store is gone, not this file
+                skipped.append((path, f"cannot read file: {e.strerror or e}"))
+        side = self.size
+        batch = (
+            torch.from_numpy(np.stack(images))
+            if images
+            else torch.zeros((0, 3, side, side), dtype=torch.uint8)
+        )
+        return batch, torch.tensor(labels, dtype=torch.int64), skipped
+
+
+def loader_context(splits: FileSplits) -> str | None:
+    """How loader processes start: ``fork`` for local files (instant), ``spawn`` for object
+    storage (the S3 client is not safe to fork)."""
+    return "spawn" if storage.is_uri(splits.root) else None
