@@ -97,7 +97,7 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
             assert sum(r["probs"]) == pytest.approx(1, abs=1e-4)
             assert r["probs"][r["class_index"]] == pytest.approx(r["confidence"], abs=1e-6)
         else:
-            assert r["probs"] is None
+            assert len(r["probs"]) == len(data.classes) and np.isnan(r["probs"]).all()
     errors = {r["path"] for r in rows if r["error"] is not None}
     assert errors == {str(p.resolve()) for p in bad}
     assert summary["files"] == summary["rows"] == len(good) + len(bad)

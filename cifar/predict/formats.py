@@ -164,10 +164,11 @@ def prediction_columns(
     for j, (name, prob) in enumerate(tops, start=1):
         cols[f"top{j}_class"], cols[f"top{j}_prob"] = name, prob
     if all_probs:
-        flat = np.zeros((n, len(classes)), dtype=np.float32)
+        # error rows: NaNs, not a null list: pyarrow 25 cannot read a null fixed-size list back
+        # from Parquet ("Expected all lists to be of size=N"), and neither can its users
+        flat = np.full((n, len(classes)), np.nan, dtype=np.float32)
         flat[rows] = probs
-        values = pa.array(flat.ravel())
-        cols["probs"] = pa.FixedSizeListArray.from_arrays(values, len(classes), mask=pa.array(null))
+        cols["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), len(classes))
     return cols
 
 
