@@ -5,10 +5,12 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/submit.sh [--no-wait] [--submission-id ID] train|predict [job args...]
 
-Uploads this repository (without data, runs, venvs and caches) as the job's working directory
-and runs `python -m jobs.train` or `python -m jobs.predict` on the cluster. Streams the log and
-exits nonzero if the job fails. RAY_ADDRESS picks the cluster (default http://127.0.0.1:8265,
-the one scripts/cluster-up.sh starts); RAY_AUTH_MODE defaults to token.
+Uploads this repository (without data, runs, venvs and caches: scripts/runtime_env.yaml) as
+the job's working directory, on top of what the cluster's nodes have installed (the image of
+the Dockerfile, or cluster-venv.yaml's venv), and runs `python -m jobs.train` or
+`python -m jobs.predict` on the cluster. Streams the log and exits nonzero if the job fails.
+RAY_ADDRESS picks the cluster (default http://127.0.0.1:8265, the one scripts/cluster-up.sh
+starts); RAY_AUTH_MODE defaults to token.
 
 Examples:
   scripts/submit.sh train --smoke-test
@@ -33,8 +35,5 @@ cd "$(dirname "$0")/.."
 RAY=ray
 [ -x .venv/bin/ray ] && RAY=.venv/bin/ray
 export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}" RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
-runtime_env='{"excludes": [".git", ".venv", "data", "runs", ".cluster", "**/__pycache__",
-  ".pytest_cache", ".ruff_cache", "*.egg-info", "*.pt", "*.pth", "*.tar.gz"],
-  "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}}'
 exec "$RAY" job submit --address "$RAY_ADDRESS" --working-dir . \
-  --runtime-env-json "$runtime_env" "${extra[@]}" -- python -m "jobs.$kind" "$@"
+  --runtime-env scripts/runtime_env.yaml "${extra[@]}" -- python -m "jobs.$kind" "$@"
