@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Classify images with a trained model (one line per image).",
         allow_abbrev=False,
     )
-    p.add_argument("--model", required=True, help="run dir, checkpoint dir, model/ or .pt/.pth")
+    p.add_argument("--model", required=True, help="run dir, checkpoint, model/, .pt/.pth, .onnx")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument(
         "--arch",

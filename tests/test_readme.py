@@ -21,7 +21,14 @@ from PIL import Image
 from tests.paths import ROOT
 
 BIN = Path(sys.executable).parent
-JOBS = {"cifar-train", "cifar-predict", "cifar-classify", "cifar-data"}
+JOBS = {
+    "cifar-train",
+    "cifar-predict",
+    "cifar-classify",
+    "cifar-data",
+    "cifar-export",
+    "cifar-tune",
+}
 
 
 END_TO_END = "# end to end"  # the first line of the README block that runs for real, in order
@@ -196,6 +203,9 @@ def sandbox(tmp_path_factory):
     for rel in ("digits/val/3/val_00013_scan0023.png", "digits/val/8/val_00020_scan0038.png"):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(home / rel)
     (home / "digits.yaml").write_text(config_yaml(TrainConfig(data_dir="digits")))
+    from cifar.models.export import ExportConfig, export  # what the README's export leaves
+
+    export(ExportConfig(run=str(home / "runs/digits"), dynamic_batch=True, check_images=4))
     torch.save(CifarQuick().state_dict(), home / "mywork_10.pth")
     import torchvision  # the README's photo section: a torchvision file, the tutorial's vgg16
 
@@ -242,6 +252,8 @@ def test_readme_command_runs_as_written(command, sandbox):
         pass  # prints, starts nothing
     elif name in ("cifar-train", "cifar-predict") or "jobs." in command:
         words = [w for w in words if w != "--dry-run"] + ["--dry-run"]
+    elif name == "cifar-export":
+        words.append("--overwrite")  # for real, over the file the sandbox already holds
     elif words[:2] == ["cifar-data", "download"]:
         words = [*words[:2], "--help"]  # downloads: needs the internet
     r = _run(words, sandbox)

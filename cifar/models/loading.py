@@ -38,7 +38,7 @@ BARE_SOURCE = "bare state_dict (tutorial preprocessing assumed)"
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: nn.Module
+    model: nn.Module  # or an OnnxModel (cifar.models.exported): called like one
     spec: ModelSpec
     meta: dict[str, Any]  # meta.json as saved (a bare file: its spec's keys)
     path: str

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifar.config import ConfigError
 from cifar.device import Compute, machine_key, resolve_compute, spec_key, step_probe
 from cifar.io.images import decode_batch
+from cifar.models.exported import OnnxModel, is_onnx
 from cifar.models.loading import LoadedModel, load_model
 from cifar.models.registry import inference_forward
 from cifar.predict.formats import prediction_columns, result_schema
@@ -30,10 +32,38 @@ def inference_compute(
     channels_last: bool | None = None,
 ) -> Compute:
     """Precision and layout to classify with; ``auto`` on a CPU: measured at ``batch`` (once
-    per machine, model shape and batch: the timings are cached)."""
+    per machine, model shape and batch: the timings are cached). An ONNX model: fp32, NCHW."""
+    if isinstance(model.model, OnnxModel):
+        return onnx_compute(device, precision)
     probe = step_probe(lambda: copy.deepcopy(model.model), model.spec, batch, train=False)
     key = f"classify|{machine_key()}|batch={batch}|{spec_key(model.spec)}"
     return resolve_compute(device, precision, channels_last, probe=probe, cache_key=key)
+
+
+def onnx_compute(device: torch.device | str, precision: str) -> Compute:
+    """How an ONNX model classifies: onnxruntime computes in the file's own precision (fp32);
+    its input is contiguous NCHW."""
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(
+            f"--precision {precision} does not apply to an ONNX model: onnxruntime computes in "
+            "the file's own precision (fp32). Drop --precision, or classify the run itself."
+        )
+    return Compute(torch.device(device), None, channels_last=False, chosen_by="onnxruntime")
+
+
+def load_for_prediction(
+    path: str,
+    device: torch.device | str = "cpu",
+    arch: str | None = None,
+    image_size: int | None = None,
+) -> LoadedModel:
+    """What ``--model`` names: an ONNX file from ``cifar-export`` (classified by onnxruntime),
+    or any source :func:`~cifar.models.loading.load_model` takes."""
+    if is_onnx(path):
+        from cifar.models.exported import load_onnx
+
+        return load_onnx(path, arch, image_size)
+    return load_model(path, device, arch, image_size)
 
 
 class Classifier:
@@ -48,8 +78,11 @@ class Classifier:
         channels_last: bool | None = None,
     ) -> None:
         self.compute = inference_compute(model, device, precision, batch, channels_last)
-        self.model = self.compute.place(model.model).eval()
-        self.forward = inference_forward(self.model, self.compute.device)
+        if isinstance(model.model, OnnxModel):  # onnxruntime places it: its providers
+            self.model = self.forward = model.model.on(self.compute.device)
+        else:
+            self.model = self.compute.place(model.model).eval()
+            self.forward = inference_forward(self.model, self.compute.device)
         self.spec = model.spec
         self.classes = model.classes
 
@@ -62,9 +95,9 @@ class Classifier:
         image_size: int | None = None,
         **kw: Any,
     ) -> Classifier:
-        """The classifier of a model source (``arch``: what a bare state_dict is;
-        ``image_size``: another size than the model's own)."""
-        return cls(load_model(path, "cpu", arch, image_size), device, **kw)
+        """The classifier of a model source, an ONNX file included (``arch``: what a bare
+        state_dict is; ``image_size``: another size than the model's own)."""
+        return cls(load_for_prediction(path, "cpu", arch, image_size), device, **kw)
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:

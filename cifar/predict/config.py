@@ -18,7 +18,7 @@ io_opt, scale_opt, output_opt = (partial(opt, group=g) for g in ("data", "scale"
 @dataclass
 class PredictConfig(Config):
     # fmt: off
-    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir or .pt/.pth file")
+    model: str | None = io_opt(None, "run dir, checkpoint dir, model/ dir, .pt/.pth file, or an .onnx file from cifar-export (classified by onnxruntime)")  # noqa: E501
     arch: str | None = io_opt(None, "what a bare .pt/.pth state_dict is: cifar10_quick (recognised by itself) or a torchvision name such as vgg16, resnet18 (its classes from the head's width); a run's model says it itself", metavar="NAME")  # noqa: E501
     image_size: int | None = io_opt(None, "classify at this size instead of the model's own (default: what the run trained at; a bare state_dict: the arch's, 32 for CIFAR10-quick, 224 for torchvision's)", metavar="PIXELS")  # noqa: E501
     input: list[str] | None = io_opt(None, "folder (recursive), file, glob or URI; repeatable", metavar="IN")  # noqa: E501, RUF009

@@ -13,7 +13,9 @@ from typing import Any
 from cifar.config import ConfigError
 from cifar.io import storage
 from cifar.io.lock import LOCK_FILE, busy, holder_of
-from cifar.models.loading import LoadedModel, load_model
+from cifar.models.exported import OnnxModel
+from cifar.models.loading import LoadedModel
+from cifar.predict.classifier import load_for_prediction, onnx_compute
 from cifar.predict.commit import check_resume, committed_paths, job_record
 from cifar.predict.config import PredictConfig
 from cifar.predict.inputs import label_from_dirs, list_inputs, streamed_input
@@ -80,7 +82,9 @@ def preflight(cfg: PredictConfig) -> Preflight:
     """Every check that needs no cluster: config, model, inputs, output. Runs before Ray starts."""
     t0 = time.perf_counter()
     cfg.validate()
-    model = load_model(cfg.model, arch=cfg.arch, image_size=cfg.image_size)
+    model = load_for_prediction(cfg.model, arch=cfg.arch, image_size=cfg.image_size)
+    if isinstance(model.model, OnnxModel):
+        onnx_compute("cpu", cfg.precision)  # refuses a precision onnxruntime cannot compute in
     stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
     listed = (None, None, None, 0) if stream else listed_inputs(cfg, model.classes)
     files, relpaths, labels, skipped = listed
@@ -122,9 +126,10 @@ def preflight_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:
         labelled = len(pre.labels) - pre.labels.null_count
         labels = f"; {labelled} of them in folders named after a class (--labels-from-dirs)"
     classes = pre.model.classes
+    onnx = " (ONNX, classified by onnxruntime)" if isinstance(pre.model.model, OnnxModel) else ""
     return [
         "[cifar] dry run: the model, inputs and output check out; nothing was started",
-        f"  model:   {pre.model.path}: {spec.arch} at {spec.input_size}x{spec.input_size}, "
+        f"  model:   {pre.model.path}: {spec.arch}{onnx} at {spec.input_size}x{spec.input_size}, "
         f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})",
         f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions){labels}"
         if pre.stream is None
