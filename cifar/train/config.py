@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -106,6 +107,7 @@ class TrainConfig(Config):
     max_failures: int = run_opt(2, "worker failures to recover from", resumable=True)
     keep_checkpoints: int = run_opt(2, "checkpoints kept (best by test accuracy, plus the latest)", resumable=True)  # noqa: E501
     log_every: int = run_opt(50, "train/loss every N steps", resumable=True)
+    mlflow_uri: str | None = run_opt(None, "also log the run to this MLflow tracking server, e.g. http://host:5000 (default: $MLFLOW_TRACKING_URI; the mlflow extra)", resumable=True, metavar="URI")  # noqa: E501
     stall_timeout: float = run_opt(STALL_TIMEOUT_S, "end the run, saying what it waited for, after this many seconds without progress (waiting for workers included; 0: wait for ever)", resumable=True)  # noqa: E501
     smoke_test: bool = run_opt(False, "tiny generated set, 1 epoch, 2 CPU workers")
     verbose: bool = run_opt(False, "also Ray Train's own INFO lines (worker group, checkpoints, reports)", resumable=True)  # noqa: E501
@@ -219,6 +221,10 @@ class TrainConfig(Config):
             (
                 self.loader_workers is None or self.loader_workers >= 0,
                 f"--loader-workers must be >= 0 (got {self.loader_workers})",
+            ),
+            (
+                not self.mlflow_uri or importlib.util.find_spec("mlflow") is not None,
+                "--mlflow-uri needs mlflow: pip install 'cifar-ray[mlflow]' (or drop the flag)",
             ),
         ]
 

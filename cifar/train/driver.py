@@ -237,6 +237,8 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     ``summary.json``. Ray must already be initialised (the job calls ``ray.init``)."""
     import ray
 
+    from cifar.train import tracking
+
     use_gpu, cpus = resolve_scale(cfg, cluster)
     p = prepare(cfg)
     cfg, data = p.cfg, p.data
@@ -249,7 +251,9 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     shared = data.arrays() if isinstance(data, ImageData) else data
     weights = ray.put(p.pretrained.state_dict) if p.pretrained is not None else None
     loader_workers = cfg.loader_workers if cfg.loader_workers is not None else cpus
-    args = WorkerArgs(cfg, p.spec, cpus, rdir, ray.put(shared), dataset, weights, loader_workers)
+    tracked = tracking.start_run(cfg, rdir, dataset)  # MLflow: with --mlflow-uri
+    args = WorkerArgs(cfg, p.spec, cpus, rdir, ray.put(shared), dataset, weights, loader_workers,
+                      tracked.ref)  # fmt: skip
     each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" + 1 GPU" if use_gpu else "")
     if cfg.elastic:
         progress.info(
@@ -261,10 +265,12 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
             cfg.resize_interval,
         )
     t0 = time.perf_counter()
-    result = fit(build_trainer(cfg, args, use_gpu), cfg, f"{workers_text(cfg.num_workers)} "
-                 f"worker(s) x {each}")  # fmt: skip
+    with tracked:  # a run that fails ends FAILED in MLflow too
+        result = fit(build_trainer(cfg, args, use_gpu), cfg, f"{workers_text(cfg.num_workers)} "
+                     f"worker(s) x {each}")  # fmt: skip
     summary = run_summary(result, cfg, data, rdir, time.perf_counter() - t0)
     storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
+    tracked.finish_run(summary)  # its files and model as artifacts
     return summary
 
 

@@ -1,6 +1,7 @@
-"""What rank 0 writes while a run trains: progress lines, TensorBoard, and the run's files
-(``metrics.csv`` every epoch; at the end ``confusion_matrix.png``, ``misclassified.png``
-and ``per_class.csv`` of the best epoch). Every other rank writes nothing."""
+"""What rank 0 writes while a run trains: progress lines, TensorBoard, MLflow's metrics (with
+``--mlflow-uri``), and the run's files (``metrics.csv`` every epoch; at the end
+``confusion_matrix.png``, ``misclassified.png`` and ``per_class.csv`` of the best epoch). Every
+other rank writes nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cifar.plots import per_class_csv
 
 if TYPE_CHECKING:
     from cifar.device import Compute
+    from cifar.train.tracking import RunRef
     from cifar.train.worker import TrainState
 
 progress = logging.getLogger("cifar.progress")
@@ -49,6 +51,8 @@ class RankZero:
         classes: Sequence[str] = (),
         purge_step: int | None = None,
         note: str = "",
+        tracking: RunRef | None = None,
+        compute: dict[str, Any] | None = None,
     ) -> None:
         self.is_writer = rank == 0
         self.run_dir = run_dir
@@ -66,6 +70,11 @@ class RankZero:
                 self._tb_remote = tb_dir
                 self._tb_local = tempfile.mkdtemp(prefix="cifar-tb-")
             self.writer = SummaryWriter(self._tb_local or tb_dir, purge_step=purge_step)
+        self.tracker = None  # MLflow's run: the metrics (and compute tags) of rank 0
+        if self.is_writer and run_dir and tracking is not None:
+            from cifar.train.tracking import Tracker
+
+            self.tracker = Tracker(tracking, run_dir, compute)
 
     def print(self, msg: str) -> None:
         """A user-facing progress line (Ray Train forwards worker logging to the driver)."""
@@ -82,6 +91,13 @@ class RankZero:
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.call(lambda w, tag=tag, value=value: w.add_scalar(tag, value, step))
+
+    def step_scalars(self, values: dict[str, float], step: int) -> None:
+        """Per-step scalars (train/loss, train/lr): TensorBoard's, and MLflow's where tracked
+        (per-epoch ones go to MLflow as metrics.csv's row, :meth:`metrics`)."""
+        self.scalars(values, step)
+        if self.tracker is not None:
+            self.tracker.step(values, step)
 
     def call(self, fn: Callable[[Any], None]) -> None:
         if self.writer is not None:
@@ -106,6 +122,8 @@ class RankZero:
         """``metrics.csv``: one row per finished epoch, rewritten whole (object stores cannot
         append), so a crashed run still has every epoch it finished."""
         self.file(METRICS_FILE, metrics_csv(history))
+        if self.tracker is not None and history:
+            self.tracker.epoch(history[-1])
 
     def best_epoch(
         self, epoch: int, confusion: list[list[int]], wrong: dict[str, Any] | None
@@ -160,6 +178,8 @@ class RankZero:
             pyarrow.fs.copy_files(self._tb_local, self._tb_remote)
 
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.flush()
         if self.writer is not None:
             self.flush()
             self.writer.close()

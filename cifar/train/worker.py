@@ -101,6 +101,7 @@ class WorkerArgs:
     dataset: dict[str, Any]  # what meta.json, summary.json and TensorBoard say about the data
     weights: Any = None  # ObjectRef of the --weights to start from (a fresh run only)
     loader_workers: int = 0  # streamed data: decoding processes per worker
+    tracking: Any = None  # the MLflow run rank 0 logs metrics to (tracking.RunRef), if any
 
     def to_config(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -138,7 +139,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # a resumed run overwrites what came after the checkpoint (its epoch ends at that step)
     purge = state.start_epoch * e.steps_per_epoch + 1 if state.start_epoch else None
     note = "GENERATED data: " if generated(args.dataset) else ""
-    out = RankZero(rank, args.run_dir, args.spec.classes, purge_step=purge, note=note)
+    out = RankZero(rank, args.run_dir, args.spec.classes, purge_step=purge, note=note,
+                   tracking=args.tracking, compute=state.compute)  # fmt: skip
     out.heartbeat(state.start_epoch, 0, force=True)  # the workers are up
     if checkpoint is not None:
         out.print(restored_line(state, cfg.epochs, world))
@@ -249,7 +251,7 @@ def run_epoch(e: Engine, epoch: int, out: RankZero, state: TrainState) -> dict[s
 
     def on_log(step: int, loss: float, images: int, seconds: float) -> None:
         lr = e.optimizer.param_groups[0]["lr"]
-        out.scalars({"train/loss": loss, "train/lr": lr}, epoch * e.steps_per_epoch + step)
+        out.step_scalars({"train/loss": loss, "train/lr": lr}, epoch * e.steps_per_epoch + step)
         out.heartbeat(epoch, step)
         rate = images * e.world / max(seconds, 1e-9)  # this rank's pace, for all of them
         out.print_now_and_then(
