@@ -316,6 +316,7 @@ def test_fine_tune_resnet18_streamed_from_a_bucket_then_classify_the_bucket(s3, 
     train += ["--name", "ft", "--arch", "resnet18", "--weights", f"{bucket}/w/resnet18.pth"]
     train += ["--image-size", "64", "--data-loading", "stream", "--freeze-backbone"]
     train += ["--epochs", "1", "--batch-size", "16", "--num-workers", "2", "--max-failures", "0"]
+    train += ["--precision", "fp32"]  # no speed probe: seconds of CI on a machine that has it
     done = _finished(train, env, tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "[cifar] data loading: streamed from the files" in done.stdout + done.stderr
@@ -332,6 +333,7 @@ def test_fine_tune_resnet18_streamed_from_a_bucket_then_classify_the_bucket(s3, 
 
     predict = ["jobs.predict", "--model", f"{bucket}/runs/ft", "--input", f"{bucket}/pets/val"]
     predict += ["--output", f"{bucket}/preds", "--num-actors", "1", "--labels-from-dirs"]
+    predict += ["--precision", "fp32"]
     pred = _finished(predict, env, tmp_path)
     assert pred.returncode == 0, (pred.stdout + pred.stderr)[-3000:]
     df = pd.read_parquet(f"{bucket}/preds")
