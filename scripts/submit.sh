@@ -3,12 +3,12 @@
 set -euo pipefail
 usage() {
   cat <<'USAGE'
-Usage: scripts/submit.sh [--no-wait] [--submission-id ID] train|predict [job args...]
+Usage: scripts/submit.sh [--no-wait] [--submission-id ID] train|predict|tune [job args...]
 
 Uploads this repository (without data, runs, venvs and caches: scripts/runtime_env.yaml) as
 the job's working directory, on top of what the cluster's nodes have installed (the image of
-the Dockerfile, or cluster-venv.yaml's venv), and runs `python -m jobs.train` or
-`python -m jobs.predict` on the cluster. Streams the log and exits nonzero if the job fails.
+the Dockerfile, or cluster-venv.yaml's venv), and runs `python -m jobs.train`,
+`python -m jobs.predict` or `python -m jobs.tune` on the cluster. Streams the log and exits nonzero if the job fails.
 RAY_ADDRESS picks the cluster (default http://127.0.0.1:8265, the one scripts/cluster-up.sh
 starts); RAY_AUTH_MODE defaults to token.
 
@@ -25,8 +25,8 @@ while [ $# -gt 0 ]; do
     --no-wait) extra+=(--no-wait); shift ;;
     --submission-id) extra+=(--submission-id "$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    train|predict) break ;;
-    *) echo "submit: expected train or predict, got '$1'" >&2; usage >&2; exit 2 ;;
+    train|predict|tune) break ;;
+    *) echo "submit: expected train, predict or tune, got '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
 [ $# -gt 0 ] || { usage >&2; exit 2; }

@@ -250,7 +250,7 @@ def test_readme_command_runs_as_written(command, sandbox):
         words = [*words[:3], "--help"]  # minutes to hours of measuring: what it takes, only
     elif "--print-config" in words:
         pass  # prints, starts nothing
-    elif name in ("cifar-train", "cifar-predict") or "jobs." in command:
+    elif name in ("cifar-train", "cifar-predict", "cifar-tune") or "jobs." in command:
         words = [w for w in words if w != "--dry-run"] + ["--dry-run"]
     elif name == "cifar-export":
         words.append("--overwrite")  # for real, over the file the sandbox already holds

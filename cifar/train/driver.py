@@ -154,17 +154,20 @@ def ray_train_env(cfg: TrainConfig) -> dict[str, str]:
     return settings
 
 
-def build_trainer(cfg: TrainConfig, args: WorkerArgs, use_gpu: bool):
-    """The TorchTrainer for a prepared config (run named, data loaded and put on the driver)."""
+def build_trainer(cfg: TrainConfig, args: WorkerArgs, use_gpu: bool, callbacks: tuple = (),
+                  cpus: float | None = None, gpus: float = 1):  # fmt: skip
+    """The TorchTrainer for a prepared config (run named, data loaded and put on the driver);
+    a sweep's trial adds Ray Train ``callbacks`` and asks for shares of a CPU or GPU per worker."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=args.to_config(),
-        scaling_config=scaling_config(cfg, use_gpu, args.threads),
+        scaling_config=scaling_config(cfg, use_gpu, args.threads if cpus is None else cpus, gpus),
         run_config=RunConfig(
             name=cfg.name,
+            callbacks=list(callbacks),
             storage_path=storage.absolute(cfg.storage_path),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             # Ray Train's own INFO lines (worker group, checkpoint written, result reported)
@@ -179,7 +182,7 @@ def build_trainer(cfg: TrainConfig, args: WorkerArgs, use_gpu: bool):
     )
 
 
-def scaling_config(cfg: TrainConfig, use_gpu: bool, cpus: int):
+def scaling_config(cfg: TrainConfig, use_gpu: bool, cpus: float, gpus: float = 1):
     """Ray Train's ScalingConfig: a fixed size, or for ``--num-workers MIN-MAX`` a (min, max)
     range that Ray Train starts with what the cluster has room for and resizes (a restart from
     the latest checkpoint) when that changes, looking every ``--resize-interval`` seconds."""
@@ -189,7 +192,7 @@ def scaling_config(cfg: TrainConfig, use_gpu: bool, cpus: int):
     return ScalingConfig(
         num_workers=(lo, hi) if cfg.elastic else lo,
         use_gpu=use_gpu,
-        resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
+        resources_per_worker={"CPU": cpus, **({"GPU": gpus} if use_gpu else {})},
         placement_strategy=cfg.placement,
         elastic_resize_monitor_interval_s=cfg.resize_interval,
     )

@@ -1,0 +1,116 @@
+"""One trial of a sweep: a training run of the project's own TorchTrainer (the worker loop of
+:mod:`cifar.train.worker`, unchanged) with the recipe settings Tune drew, its metrics passed on
+to Tune by Ray's ``TuneReportCallback`` (:mod:`cifar.tune.reclaim`). Ray's Train V2 + Tune
+pattern: Tune runs :func:`run_trial` as a function trainable, which builds and fits the
+TorchTrainer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from cifar.config import _base_type
+from cifar.data.dataset import ImageData
+from cifar.data.streamed import FileSplits
+from cifar.data.transforms import augmentation
+from cifar.io import storage
+from cifar.models.registry import ModelSpec
+from cifar.train.config import TrainConfig, resolve_recipe
+from cifar.train.driver import build_trainer, run_dir
+from cifar.tune.packing import Packing
+
+RUNS_DIR = "runs"  # <sweep>/runs/<trial id>/: each trial's run, as the training job writes one
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What the sweep's driver hands every trial (put in the object store once)."""
+
+    base: TrainConfig  # the recipe every trial starts from, resolved for the data
+    follow: tuple[str, ...]  # batch_size / lr not typed: picked for each trial's batch
+    spec: ModelSpec  # architecture, classes, size, normalisation
+    data: Any  # ObjectRef of ImageData.arrays() or of FileSplits: loaded once by the driver
+    facts: ImageData | FileSplits  # the data less its pixels: what summary.json says of it
+    dataset: dict[str, Any]  # what meta.json and TensorBoard say about the data
+    weights: Any  # ObjectRef of the --weights to start from, or None
+    runs: str  # <sweep>/runs
+    packing: Packing
+    train_env: dict[str, str]  # Ray Train settings of the training job (ray_train_env)
+
+
+def pixels_left_out(data: ImageData | FileSplits) -> ImageData | FileSplits:
+    """``data`` without its images (labels, classes and counts kept): a trial's summary needs
+    no pixels, and its workers read them from the object store."""
+    if isinstance(data, FileSplits):
+        return data
+    return dataclasses.replace(
+        data, train_images=data.train_images[:0], test_images=data.test_images[:0]
+    )
+
+
+def drawn(values: dict[str, Any]) -> dict[str, Any]:
+    """Tune's draws as the config's own types (numpy integers are not JSON)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {k: _base_type(hints[k])[0](v) for k, v in values.items()}
+
+
+def trial_config(
+    shared: Shared, values: dict[str, Any], name: str
+) -> tuple[TrainConfig, ModelSpec]:
+    """The training config and model spec of the trial ``name`` that drew ``values``: the
+    sweep's base with those settings, batch and lr picked for it where not typed, run in
+    ``<sweep>/runs/<name>``."""
+    base = shared.base
+    run = {"name": name, "storage_path": shared.runs, "resume": False}
+    drew = {k: None for k in shared.follow} | drawn(values)
+    cfg = dataclasses.replace(base, **drew, **run, num_workers=shared.packing.workers)
+    cfg = resolve_recipe(cfg, len(shared.facts.train_labels), shared.packing.workers)
+    record = dict(base.preprocess or {})
+    record["augmentation"] = augmentation(cfg.size) if cfg.augment else "none"
+    spec = shared.spec
+    if not cfg.normalize:  # the sweep computed the statistics; this trial goes without
+        record["normalize"] = None
+        spec = dataclasses.replace(spec, mean=None, std=None)
+    return dataclasses.replace(cfg, preprocess=record), spec
+
+
+def run_trial(config: dict[str, Any], shared: Shared) -> None:
+    """Tune's function trainable: the trial's training run, from start or, for a trial that a
+    stopped sweep left unfinished, from its latest checkpoint (Ray Train continues a run of
+    the same storage path and name); then its ``model/`` and ``summary.json``."""
+    import ray.tune
+
+    from cifar.train.summary import run_summary
+    from cifar.train.worker import WorkerArgs
+    from cifar.tune.reclaim import train_callbacks
+
+    # this actor is the trial's training driver: Ray Train reads its settings from here
+    for k, v in shared.train_env.items():
+        os.environ.setdefault(k, v)
+    cfg, spec = trial_config(shared, config, ray.tune.get_context().get_trial_id())
+    rdir = run_dir(cfg)
+    if storage.exists(f"{rdir}/summary.json"):  # it ended before a kill, Tune had not saved so
+        return
+    if not storage.exists(f"{rdir}/config.json"):
+        storage.write_text(f"{rdir}/config.json", json.dumps(cfg.to_dict(), indent=2))
+    pack = shared.packing
+    loaders = cfg.loader_workers if cfg.loader_workers is not None else int(pack.cpus_per_worker)
+    args = WorkerArgs(cfg, spec, pack.threads, rdir, shared.data, shared.dataset, shared.weights,
+                      loaders)  # fmt: skip
+    trainer = build_trainer(
+        cfg,
+        args,
+        pack.use_gpu,
+        callbacks=train_callbacks(),  # Ray's TuneReportCallback: each epoch's report to Tune
+        cpus=pack.cpus_per_worker,
+        gpus=pack.gpus_per_worker,
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    summary = run_summary(result, cfg, shared.facts, rdir, time.perf_counter() - t0)
+    storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
