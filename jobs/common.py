@@ -27,6 +27,7 @@ HARMLESS = re.compile(
     r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object "
     r"store and max_restarts > 0"  # ray-project/ray#53727: every actor pool and Train run
     r"|generated new fontManager"  # matplotlib, the first time it draws on a machine
+    r"|PYTHON worker processes have been started on node"  # a sweep's packed trials, by design
 )
 
 

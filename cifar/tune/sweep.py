@@ -33,6 +33,7 @@ from cifar.data.sources import check_data
 from cifar.io import storage
 from cifar.models.loading import load_pretrained
 from cifar.models.registry import ModelSpec
+from cifar.train import tracking
 from cifar.train.config import resolve_recipe
 from cifar.train.driver import TrainingError, prepare, ray_train_env, run_dir
 from cifar.train.summary import describe_data, log_data
@@ -161,15 +162,19 @@ def sweep(cfg: SweepConfig, cluster: ClusterInfo) -> dict[str, Any]:
         runs=f"{d}/{RUNS_DIR}",
         packing=packing,
         train_env=ray_train_env(cfg),
+        mlflow_parent=(parent := tracking.start_sweep(cfg.mlflow_uri, cfg.name, d, now)).ref,
     )
     for line in plan_lines(cfg, search, packing)[2:]:
         progress.info("[cifar] %s", line[2:])
     t0 = time.perf_counter()
     with Watchdog(f"sweep '{cfg.name}'", packing.text(), Heartbeats(shared.runs),
-                  placement_waiting, cfg.stall_timeout) as dog:  # fmt: skip
+                  placement_waiting, cfg.stall_timeout) as dog, parent:  # fmt: skip
         tuner_for(cfg, search, shared, d).fit()
     dog.check()
-    return finish(cfg, search, shared, d, time.perf_counter() - t0)
+    summary = finish(cfg, search, shared, d, time.perf_counter() - t0)
+    numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+    parent.finish(numbers, (SWEEP_FILE, report.TRIALS_FILE, report.PICTURE_FILE))  # MLflow
+    return summary
 
 
 def finish(cfg: SweepConfig, search: Search, shared: Shared, d: str, seconds: float) -> dict:

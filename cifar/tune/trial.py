@@ -41,6 +41,7 @@ class Shared:
     runs: str  # <sweep>/runs
     packing: Packing
     train_env: dict[str, str]  # Ray Train settings of the training job (ray_train_env)
+    mlflow_parent: Any = None  # the sweep's MLflow run (tracking.RunRef): trials are its children
 
 
 def pixels_left_out(data: ImageData | FileSplits) -> ImageData | FileSplits:
@@ -85,6 +86,7 @@ def run_trial(config: dict[str, Any], shared: Shared) -> None:
     the same storage path and name); then its ``model/`` and ``summary.json``."""
     import ray.tune
 
+    from cifar.train import tracking
     from cifar.train.summary import run_summary
     from cifar.train.worker import WorkerArgs
     from cifar.tune.reclaim import train_callbacks
@@ -100,8 +102,9 @@ def run_trial(config: dict[str, Any], shared: Shared) -> None:
         storage.write_text(f"{rdir}/config.json", json.dumps(cfg.to_dict(), indent=2))
     pack = shared.packing
     loaders = cfg.loader_workers if cfg.loader_workers is not None else int(pack.cpus_per_worker)
+    tracked = tracking.start_trial(cfg, rdir, shared.dataset, shared.mlflow_parent)
     args = WorkerArgs(cfg, spec, pack.threads, rdir, shared.data, shared.dataset, shared.weights,
-                      loaders)  # fmt: skip
+                      loaders, tracked.ref)  # fmt: skip
     trainer = build_trainer(
         cfg,
         args,
@@ -111,6 +114,8 @@ def run_trial(config: dict[str, Any], shared: Shared) -> None:
         gpus=pack.gpus_per_worker,
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    with tracked:  # a trial ASHA stops ends KILLED in MLflow, a failed one FAILED
+        result = trainer.fit()
     summary = run_summary(result, cfg, shared.facts, rdir, time.perf_counter() - t0)
     storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
+    tracked.finish_run(summary)
