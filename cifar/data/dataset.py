@@ -14,6 +14,17 @@ import numpy as np
 import torch
 
 
+def class_counts(
+    classes: list[str], train: torch.Tensor, test: torch.Tensor
+) -> dict[str, dict[str, int]]:
+    """Images per class in each split, in class-index order (in memory or streamed alike)."""
+    out = {}
+    for split, labels in (("train", train), ("test", test)):
+        counts = torch.bincount(labels, minlength=len(classes)).tolist()
+        out[split] = dict(zip(classes, counts, strict=True))
+    return out
+
+
 class DataError(RuntimeError):
     """The dataset is missing, corrupt or unsafe; the message says what and how to fix it."""
 
@@ -36,12 +47,7 @@ class ImageData:
         return channel_stats(self.train_images)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
-        """Images per class in each split, in class-index order."""
-        out = {}
-        for split, labels in (("train", self.train_labels), ("test", self.test_labels)):
-            counts = torch.bincount(labels, minlength=len(self.classes)).tolist()
-            out[split] = dict(zip(self.classes, counts, strict=True))
-        return out
+        return class_counts(self.classes, self.train_labels, self.test_labels)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The splits by name, as :func:`cifar.train.engine.build` takes them."""

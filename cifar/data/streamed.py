@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cifar.data.dataset import channel_stats
+from cifar.data.dataset import channel_stats, class_counts
 from cifar.io import storage
 from cifar.io.faults import CONNECTION_KINDS, StorageError
 from cifar.io.images import load_image_file
@@ -47,11 +47,7 @@ class FileSplits:
     info: dict[str, Any] = field(default_factory=dict)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for split, labels in (("train", self.train_labels), ("test", self.test_labels)):
-            counts = torch.bincount(labels, minlength=len(self.classes)).tolist()
-            out[split] = dict(zip(self.classes, counts, strict=True))
-        return out
+        return class_counts(self.classes, self.train_labels, self.test_labels)
 
     def channel_stats(self, n: int = STATS_SAMPLE) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of an evenly spread sample of ``n`` training files (decoded in
