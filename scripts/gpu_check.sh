@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-GPU check, under 5 minutes: training throughput of this project's loop (plain and through
 # Ray Train with --gpu) vs the tutorial's loop on the same GPU, on a CIFAR-10-sized generated
-# set (50k/10k, 3 epochs), plus Ray Data prediction with --gpus-per-actor 1, and GPU memory.
+# set (50k/10k, 3 epochs), plus Ray Data prediction with --gpus-per-actor 1, and GPU memory;
+# then ResNet-18 at 224 px streamed from image files: training (Ray Train) and prediction.
 #   scripts/gpu_check.sh [OUT_DIR]        # JSON results go to OUT_DIR (default: gpu-check/)
 # Needs only python3 with torch, torchvision, pillow, pyarrow (and ray for the Ray parts):
 # without ray it says so and runs the rest. For the device machine, carry missing wheels in
@@ -9,7 +10,7 @@
 set -uo pipefail
 case "${1:-}" in
   -h|--help) echo "Usage: scripts/gpu_check.sh [OUT_DIR]"; echo
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "gpu_check: unknown option '$1' (usage: scripts/gpu_check.sh [OUT_DIR])" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
@@ -35,5 +36,12 @@ if [ -z "$RAYFLAG" ]; then
   echo "== prediction: Ray Data job with --gpus-per-actor 1 vs one image at a time"
   $PY -m benchmarks.predict --small 20000 --large 500 --repeats 1 --gpus-per-actor 1 \
     --json "$OUT/predict.json"
+  echo "== ResNet-18 at 224 px, streamed from files: training through Ray Train, then prediction"
+  $PY -m jobs.data synthetic "$OUT/photos" --folders --classes 10 --train 5000 --test 1000
+  $PY -m jobs.train --data-dir "$OUT/photos" --arch resnet18 --image-size 224 --epochs 2 --gpu \
+    --data-loading stream --storage-path "$OUT/runs" --name resnet18-224
+  $PY -m jobs.predict --model "$OUT/runs/resnet18-224" --input "$OUT/photos/val" \
+    --output "$OUT/resnet18-preds" --labels-from-dirs --gpus-per-actor 1
+  # images/s: runs/resnet18-224/summary.json (train_images_per_s), resnet18-preds/_summary.json
 fi
 echo "gpu_check: results in $OUT/"
