@@ -347,6 +347,20 @@ def test_smoke_training_and_prediction_across_two_nodes(cluster):
     assert len(nodes) == 2, "inference actors did not use both nodes"
 
 
+def test_a_sweep_through_submit_packs_trials_across_two_nodes(cluster):
+    """`scripts/submit.sh tune` on the 2-node cluster: every trial's run and best/ in the
+    shared storage path, trials.csv one row each, several trials at once."""
+    runs = cluster["work"] / "runs"
+    r = _submit(cluster, "tune", "--smoke-test", "--cpus-per-trial", "1", "--storage-path",
+                str(runs), "--name", "sweep")  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    with open(runs / "sweep" / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    assert len(trials) == 4 and (runs / "sweep" / "best" / "model" / "model.pt").is_file()
+    results = json.loads((runs / "sweep" / "sweep.json").read_text())["results"]
+    assert results["peak_trials_at_once"] >= 2
+
+
 def test_killed_training_worker_restores_from_last_checkpoint(cluster, train_data):
     job = f"ft-{uuid.uuid4().hex[:8]}"
     r = _submit(
