@@ -273,6 +273,7 @@ def main() -> None:
     a = p.parse_args()
     info = machine()
     print(f"[{describe(info)}]", flush=True)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-resnet-") as tmp:
         root = Path(tmp)
         trees = folders(root, a.folders)
@@ -285,6 +286,7 @@ def main() -> None:
             plan.append((trees[max(a.folders)], a.sizes[0], "memory"))
         runs = [train_run(tree, s, how, runs_dir, a) for tree, s, how in plan]
         res: dict = {"batch": a.batch, "repeats": a.repeats, "cifar_train_runs": runs}
+        res["load_average_1min"] = [load, os.getloadavg()[0]]  # start, after the runs
         res["engine_training"] = training(small, a)
         (root / "quick").mkdir()
         from benchmarks.common import untrained_model
@@ -293,6 +295,7 @@ def main() -> None:
         models.update({f"resnet18@{r['size']}": r["run"] for r in runs[: len(a.sizes)]})
         res["prediction"] = prediction(models, small / "train", root, a)
         res["prediction_files"] = sum(1 for _ in (small / "train").rglob("*.jpg"))
+        res["load_average_1min"].append(os.getloadavg()[0])  # at the end
     write_json(a.json, info, res)
 
 
