@@ -265,9 +265,10 @@ def paths_in_s3(uri: str, env: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.ray
-def test_an_interrupted_training_run_names_its_last_checkpoint(world, tmp_path):
+def test_an_interrupted_training_run_names_its_last_checkpoint(world, tmp_path, ray_session):
     """Ctrl-C (SIGINT) part-way through training: exit 130, the last checkpoint named, and the
-    command that continues the run, which names it."""
+    command that continues the run, which names it. Another Ray runs on this machine meanwhile
+    (``ray_session``, as another job's would): Ray Train's clean-up must still find its own."""
     from cifar.data.synthetic import write_folders
 
     write_folders(tmp_path / "pets", 300, 60, num_classes=3, seed=1)

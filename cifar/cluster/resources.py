@@ -45,6 +45,8 @@ def connect(**init_kwargs) -> float:
     t0 = time.perf_counter()
     address = os.environ.get("RAY_ADDRESS", "")
     _probe(address)
+    if not address and init_kwargs.get("include_dashboard") is not False:
+        init_kwargs = _own_api_server(init_kwargs)
     try:
         ray.init(**init_kwargs)
     except ConnectionError as e:
@@ -59,6 +61,18 @@ def connect(**init_kwargs) -> float:
             "token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)"
         ) from e
     return time.perf_counter() - t0
+
+
+def _own_api_server(init_kwargs: dict) -> dict:
+    """Ray started here answers state queries at a dashboard port chosen now, named to every
+    process it starts. Without this, Ray's own actors that query state (Ray Train's
+    PlacementGroupCleaner) look for "the" Ray on this machine, find another job's as well and
+    print a ConnectionError traceback ("Found multiple active Ray instances")."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # Ray's processes inherit it
+    return {"dashboard_port": port, **init_kwargs}
 
 
 def _probe(address: str) -> None:
