@@ -100,6 +100,19 @@ def test_onecycle_lr_never_goes_negative():
     assert min(lrs) >= 0 and max(lrs) == pytest.approx(cfg.lr, rel=0.2)
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_a_run_of_a_few_steps_has_a_schedule(schedule, steps):
+    """180 images at batch 64 is 3 steps: OneCycleLR used to divide by zero there."""
+    cfg = TrainConfig(epochs=1, lr=0.02, schedule=schedule)
+    opt = torch.optim.SGD(CifarQuick().parameters(), lr=cfg.lr)
+    sch = make_scheduler(opt, cfg, steps)
+    for _ in range(steps):
+        opt.step()
+        sch.step()
+        assert 0 <= opt.param_groups[0]["lr"] <= cfg.lr
+
+
 # ----------------------------------------------------------------- elastic: size and batch
 
 

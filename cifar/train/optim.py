@@ -45,7 +45,9 @@ def param_groups(model: nn.Module, spec: ModelSpec, cfg: TrainConfig) -> list[di
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    total = cfg.epochs * steps_per_epoch + 1  # +1: the lr after the last step stays >= 0
+    # +1: the lr after the last step stays >= 0; at least 8: OneCycleLR's warm-up then lasts a
+    # step (a 3-step run, total 4, made it divide by zero; a short run ends before the schedule)
+    total = max(cfg.epochs * steps_per_epoch + 1, 8)
     if cfg.schedule == "onecycle":  # each parameter group peaks at its own lr
         peaks = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(
