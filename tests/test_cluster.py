@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cifar.testing.processes import wait_until
 from tests.paths import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -183,16 +184,6 @@ def _restored_epoch(cluster, summary: dict) -> int:
     hits = subprocess.run(["grep", "-rlF", line, cluster["tmp"]], capture_output=True, text=True)
     assert hits.stdout.strip(), f"no log file of the cluster says: {line}"
     return k
-
-
-def _wait_for(pred, timeout=300, what="condition"):
-    t = time.time()
-    while time.time() - t < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +364,7 @@ def test_killed_training_worker_restores_from_last_checkpoint(cluster, train_dat
     )
     assert r.returncode == 0, r.stderr
     run = cluster["work"] / "runs" / "ft"
-    _wait_for(lambda: _registered(run, 1), what="epoch 1's checkpoint registered")
+    wait_until(lambda: _registered(run, 1), 300, "epoch 1's checkpoint registered")
     workers = _worker_processes(cluster, "RayTrainWorker")
     assert len(workers) == 2, "expected 2 live training worker processes"
     workers[-1].send_signal(signal.SIGKILL)  # during epoch 2 (an epoch takes seconds)
@@ -393,7 +384,7 @@ def test_stopped_job_resumes_with_same_name(cluster, train_data):
     r = _submit(cluster, "--no-wait", "--submission-id", job, *args, timeout=120)
     assert r.returncode == 0, r.stderr
     run = cluster["work"] / "runs" / "stopped"
-    _wait_for(lambda: _registered(run, 1), what="epoch 1's checkpoint registered")
+    wait_until(lambda: _registered(run, 1), 300, "epoch 1's checkpoint registered")
     _run([RAY, "job", "stop", job], cluster["env"], timeout=120, check=True)
     assert _wait_job(cluster, job) == "STOPPED"
     assert not (run / "summary.json").exists()
@@ -446,7 +437,7 @@ def test_killed_inference_actor_loses_and_duplicates_no_rows(cluster, untrained_
     assert r.returncode == 0, r.stderr
 
     # Ray Data's actor pool workers have "MapWorker" process titles (decode tasks do not)
-    victims = _wait_for(lambda: _worker_processes(cluster, "MapWorker"), what="inference actor")
+    victims = wait_until(lambda: _worker_processes(cluster, "MapWorker"), 300, "inference actor")
     time.sleep(1.0)  # let it take batches
     victims[0].send_signal(signal.SIGKILL)
     assert _job_status(cluster, job) == "RUNNING"  # the kill landed mid-job
@@ -528,7 +519,7 @@ def test_prediction_waits_for_training_then_both_finish(cluster, train_data, unt
     args = _train_args(cluster, train_data, "busy", "--epochs", "4")
     args[args.index("--cpus-per-worker") + 1] = "2"
     _no_wait(cluster, train_job, *args)
-    _wait_for(lambda: (runs / "busy" / "heartbeat.json").exists(), what="training workers up")
+    wait_until(lambda: (runs / "busy" / "heartbeat.json").exists(), 300, "training workers up")
 
     folder = cluster["work"] / "after-training"
     files = _images(folder, 300)
@@ -567,7 +558,7 @@ def blocker(cluster):
         check=True,
     )
     try:
-        _wait_for(lambda: "HOLDING" in _job_logs(cluster, job), timeout=120, what="blocker")
+        wait_until(lambda: "HOLDING" in _job_logs(cluster, job), 120, "blocker")
         yield job
     finally:
         _run([RAY, "job", "stop", job], cluster["env"], timeout=120)
@@ -594,10 +585,10 @@ def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
         log,
     ), log[-4000:]
     assert "Traceback" not in log, log[-4000:]  # the message, not a stack
-    assert _wait_for(
+    assert wait_until(
         lambda: not _alive_job_actors(cluster, job, "BatchPredictor"),
-        timeout=60,
-        what="no inference actor of the ended job left",
+        60,
+        "no inference actor of the ended job left",
     )
 
     job = train_job
@@ -610,10 +601,10 @@ def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
         log,
     ), log[-4000:]
     assert "Traceback" not in log, log[-4000:]
-    assert _wait_for(
+    assert wait_until(
         lambda: not _alive_job_actors(cluster, job, "RayTrainWorker"),
-        timeout=60,
-        what="no training worker of the ended job left",
+        60,
+        "no training worker of the ended job left",
     )
 
 
@@ -683,10 +674,10 @@ def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_clus
     t0 = time.time()
     r = _submit(cluster, "--no-wait", "--submission-id", job, *args, timeout=120)
     assert r.returncode == 0, r.stderr
-    _wait_for(lambda: _registered(run, 1), timeout=180, what="epoch 1's checkpoint registered")
+    wait_until(lambda: _registered(run, 1), 180, "epoch 1's checkpoint registered")
     t_join = time.time()
     _add_node(cluster, num_cpus=1)
-    _wait_for(lambda: _epochs_with(run, 2), timeout=120, what="an epoch trained by 2 workers")
+    wait_until(lambda: _epochs_with(run, 2), 120, "an epoch trained by 2 workers")
     t_grown = time.time()
     assert _wait_job(cluster, job, timeout=240) == "SUCCEEDED", _job_logs(cluster, job)[-4000:]
     t_end = time.time()
@@ -724,7 +715,7 @@ def test_stopped_prediction_job_resumes_with_every_file_once(cluster, untrained_
     job = f"pstop-{uuid.uuid4().hex[:8]}"
     r = _submit(cluster, "--no-wait", "--submission-id", job, *args, timeout=120)
     assert r.returncode == 0, r.stderr
-    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2, what="2 result files")
+    wait_until(lambda: len(list(out.glob("part-*.parquet"))) >= 2, 300, "2 result files")
     _run([RAY, "job", "stop", job], cluster["env"], timeout=120, check=True)
     assert _wait_job(cluster, job) == "STOPPED"
     assert not (out / "_summary.json").exists()

@@ -28,6 +28,7 @@ from cifar.io.lock import LOCK_FILE, OutputBusy
 from cifar.testing.faultproxy import FaultProxy, Rule
 from cifar.testing.images import write_pngs
 from cifar.testing.models import save_untrained
+from cifar.testing.processes import wait_until
 from cifar.testing.s3server import free_port
 from tests.paths import ROOT
 
@@ -57,14 +58,6 @@ def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300):
 def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-
-
-def wait_for(job: subprocess.Popen, found, seconds: float = 120) -> None:
-    """Until ``found()`` returns something, while the job runs."""
-    deadline = time.monotonic() + seconds
-    while not found():
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.1)
 
 
 def end(job: subprocess.Popen, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -179,7 +172,7 @@ def test_sigterm_busy_output_resume_and_nothing_left(world, tmp_path):
     images = write_pngs(tmp_path / "many", 4000)  # enough to be part-way when the signal comes
     args = predict_args(world, str(tmp_path / "many"), out, "--batch-size", "20")
     job = start(args, world["env"], tmp_path)
-    wait_for(job, lambda: list(out.glob("part-*.parquet")))
+    wait_until(lambda: list(out.glob("part-*.parquet")), 120, "a result file", job)
     holder = json.loads((out / LOCK_FILE).read_text())
     second, took = run([*args, "--resume"], world["env"], tmp_path)
     ended_with(second, BUSY, rf"being written by another job: pid {job.pid} on ")
@@ -241,7 +234,8 @@ def test_a_store_that_goes_away_mid_job_ends_it_and_the_rows_stay(world, s3, tmp
     args = predict_args(world, str(world["root"] / "imgs"), out)  # type: ignore[arg-type]
     job = start(args, env, tmp_path)
     try:
-        wait_for(job, lambda: [k for k in server.keys(out) if k.startswith("part-")])
+        wait_until(lambda: [k for k in server.keys(out) if k.startswith("part-")], 120,
+                   "a result file", job)  # fmt: skip
         proxy.stop()
         gone = time.monotonic()
         line = ended_with(end(job, 120), STORAGE, rf"cannot connect to http://127\.0\.0\.1:{port}")
@@ -275,7 +269,8 @@ def test_an_interrupted_training_run_names_its_last_checkpoint(world, tmp_path, 
     args = ["cifar-train", "--data-dir", "pets", "--epochs", "40", "--storage-path", "runs",
             "--name", "p", "--batch-size", "32"]  # fmt: skip
     job = start(args, world["env"], tmp_path)
-    wait_for(job, lambda: list((tmp_path / "runs/p").glob("checkpoint_epoch_*/model.pt")), 180)
+    wait_until(lambda: list((tmp_path / "runs/p").glob("checkpoint_epoch_*/model.pt")), 180,
+               "a checkpoint", job)  # fmt: skip
     job.send_signal(signal.SIGINT)
     line = ended_with(end(job), INTERRUPTED, r"^interrupted \(SIGINT\)\. Run 'p': its last ")
     last = line.split("its last checkpoint is ", 1)[1].split(";")[0]

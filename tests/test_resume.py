@@ -4,11 +4,8 @@ only the same job resumed; and a real SIGKILL of the driver with its Ray part-wa
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as pds
@@ -23,6 +20,7 @@ from cifar.predict.pipeline import predict
 from cifar.predict.preflight import preflight
 from cifar.testing.images import write_pngs
 from cifar.testing.models import save_untrained
+from cifar.testing.processes import kill_group, wait_until
 
 pytestmark = pytest.mark.ray
 TWO_CPUS = ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2)
@@ -120,15 +118,11 @@ def test_sigkilled_job_resumes_with_every_file_exactly_once(tmp_path, job_env):
     with open(tmp_path / "killed.log", "wb") as log:
         killed = subprocess.Popen(cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 240
         try:
-            while len(list(out.glob("part-*.parquet"))) < 3:
-                assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no result file committed in 240s"
-                time.sleep(0.05)
+            wait_until(lambda: len(list(out.glob("part-*.parquet"))) >= 3, 240,
+                       "3 result files committed", killed, tmp_path / "killed.log")  # fmt: skip
         finally:
-            os.killpg(killed.pid, signal.SIGKILL)
-            killed.wait(30)
+            kill_group(killed)
     assert not (out / "_summary.json").exists()  # it really died part-way
     kept = len(pds.dataset(out, format="parquet").to_table(columns=["path"]))
     assert 0 < kept < len(files)

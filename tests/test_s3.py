@@ -4,8 +4,6 @@ standard AWS environment: models, inputs, training data, runs, results, and no s
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from cifar.models.loading import load_model
 from cifar.models.registry import ModelSpec
 from cifar.predict.inputs import list_inputs
 from cifar.testing.models import save_untrained
+from cifar.testing.processes import kill_group, wait_until
 from cifar.testing.s3server import SECRET_KEY
 
 
@@ -171,14 +170,6 @@ def _finished(args, env, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=300)  # fmt: skip
 
 
-def _wait_for_key(server, uri: str, key: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while key not in server.keys(uri):
-        assert proc.poll() is None, f"the job ended (rc {proc.returncode}) before {key} appeared"
-        assert time.monotonic() < deadline, f"{key} did not appear in {uri} in {timeout}s"
-        time.sleep(0.2)
-
-
 @pytest.mark.ray
 def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
     s3, synthetic_dir, tmp_path, job_env
@@ -202,12 +193,11 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
     with open(tmp_path / "train-1.log", "wb") as log:
         first = _job(train, env, tmp_path / "a", log)
         try:
-            _wait_for_key(
-                server, f"{bucket}/runs/r1", "checkpoint_epoch_0001/meta.json", first, 240
-            )
+            key = "checkpoint_epoch_0001/meta.json"
+            wait_until(lambda: key in server.keys(f"{bucket}/runs/r1"), 240, key, first,
+                       tmp_path / "train-1.log")  # fmt: skip
         finally:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(30)
+            kill_group(first)
     logs.append((tmp_path / "train-1.log").read_text())
     done = server.keys(f"{bucket}/runs/r1")
     assert "summary.json" not in done and "model/model.pt" not in done, done
