@@ -64,17 +64,22 @@ class ImageData:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of uint8 ``[N, 3, H, W]`` images on the [0, 1] scale."""
-    n = max(1, x.shape[0] * x.shape[2] * x.shape[3])
-    s = torch.zeros(3, dtype=torch.float64)
-    ss = torch.zeros(3, dtype=torch.float64)
-    for chunk in x.split(8192):
-        c = chunk.to(torch.float64) / 255.0
-        s += c.sum(dim=(0, 2, 3))
-        ss += (c * c).sum(dim=(0, 2, 3))
-    mean = s / n
-    std = (ss / n - mean * mean).clamp_min(1e-12).sqrt()
+    """Per-channel mean/std of uint8 ``[N, 3, H, W]`` images on the [0, 1] scale: exact (from
+    a count of each of the 256 values per channel), in slices of at most 64 MiB, so a set of
+    large images needs no float copy of itself."""
+    counts = torch.zeros(3, 256, dtype=torch.float64)
+    rows = max(1, STATS_SLICE_BYTES // max(1, x[0].numel())) if len(x) else 1
+    for chunk in x.split(rows):
+        for c in range(3):
+            counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256).double()
+    value = torch.arange(256, dtype=torch.float64) / 255.0
+    n = counts.sum(dim=1).clamp_min(1)
+    mean = (counts * value).sum(dim=1) / n
+    std = ((counts * value * value).sum(dim=1) / n - mean * mean).clamp_min(1e-12).sqrt()
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+STATS_SLICE_BYTES = 64 * 2**20
 
 
 def tensors_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
