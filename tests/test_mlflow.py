@@ -266,9 +266,7 @@ def test_a_server_gone_mid_run_costs_one_warning_and_the_run_finishes(server, da
     assert (tmp_path / "gone" / "summary.json").exists()
     warned = [line for line in log.splitlines() if "MLflow at" in line]
     assert len(warned) == 1 and "the run goes on without it" in warned[0], log
-    # (Ray Train's placement-group cleaner prints one where two Ray instances run on the machine,
-    # as this job's and the test session's)
-    assert not [ln for ln in log.splitlines() if "Traceback" in ln and "PlacementGroup" not in ln]
+    assert "Traceback" not in log  # (also not Ray's, with the session's Ray on the machine)
     record = json.loads((tmp_path / "gone" / "mlflow.json").read_text())
     assert record["lost"]
     run = server.client().get_run(record["run_id"])

@@ -163,9 +163,12 @@ def _killable(records: dict[str, tuple[str, int]]) -> bool:
     return len(first) == 4 and all(records[t][0] == "TERMINATED" for t in first)
 
 
+SWEPT = 6  # trials: four at once, killed once those have ended, two more on --resume
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """One sweep for every test below, as a user runs it: 8 trials x 2 epochs, half a CPU each
+    """One sweep for every test below, as a user runs it: 6 trials x 2 epochs, half a CPU each
     on 2 CPUs, SIGKILLed (with the Ray it started) once the first four have finished, then the
     same command with --resume. (Tune saves its records every 2 s: the cifar-tune job sets
     TUNE_GLOBAL_CHECKPOINT_S.)"""
@@ -178,7 +181,7 @@ def swept(tmp_path_factory):
            "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "jobs.tune", "--data-dir", str(data), "--storage-path",
-           storage.parent(d), "--name", "s", "--trials", "8", "--epochs", "2",
+           storage.parent(d), "--name", "s", "--trials", str(SWEPT), "--epochs", "2",
            "--cpus-per-trial", "0.5", "--search", "lr=loguniform:0.0003:0.5",
            "--search", "batch_size=choice:16,64",
            "--precision", "fp32"]  # as the classifier below: identical arithmetic  # fmt: skip
@@ -209,7 +212,7 @@ def test_a_sweep_writes_one_row_per_trial_stops_some_early_and_best_classifies(s
 
     data, d, out, _, _ = swept
     trials = _csv(f"{d}/trials.csv")
-    assert len(trials) == 8 and set(trials["status"]) <= {"done", "stopped early"}
+    assert len(trials) == SWEPT and set(trials["status"]) <= {"done", "stopped early"}
     assert trials["stopped_early"].sum() >= 1  # ASHA cut some after epoch 1
     assert (trials.loc[trials["stopped_early"], "epochs"] == 1).all()
     assert (trials.loc[~trials["stopped_early"], "epochs"] == 2).all()
@@ -255,10 +258,10 @@ def test_half_a_cpu_per_trial_runs_four_trials_at_once_on_two_cpus(swept):
 def test_a_killed_sweep_resumes_keeping_its_finished_trials(swept):
     _, d, out, at_kill, kept = swept
     finished = _finished(at_kill)
-    assert 0 < len(finished) < 8  # it died part-way
-    assert "[cifar] sweep done: 8 trials" in out
+    assert 0 < len(finished) < SWEPT  # it died part-way
+    assert f"[cifar] sweep done: {SWEPT} trials" in out
     after = _finished(_records(f"{d}/tune"))
-    assert len(after) == 8
+    assert len(after) == SWEPT
     for t, results in finished.items():  # not run again: no new result, the same run files
         assert after[t] == results and f"({t})" not in out
         assert storage.read_bytes(f"{d}/runs/{t}/metrics.csv") == kept[t]
