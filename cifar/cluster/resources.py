@@ -45,10 +45,11 @@ def connect(**init_kwargs) -> float:
     t0 = time.perf_counter()
     address = os.environ.get("RAY_ADDRESS", "")
     _probe(address)
-    if not address and init_kwargs.get("include_dashboard") is not False:
+    named = not address and init_kwargs.get("include_dashboard") is not False
+    if named:
         init_kwargs = _own_api_server(init_kwargs)
     try:
-        ray.init(**init_kwargs)
+        context = ray.init(**init_kwargs)
     except ConnectionError as e:
         raise RayConnectError(_unreachable(address or "auto", str(e).splitlines()[0])) from e
     except Exception as e:
@@ -60,6 +61,12 @@ def connect(**init_kwargs) -> float:
             f"{said.splitlines()[0]}. To fix: set RAY_AUTH_MODE=token and put the cluster's "
             "token in ~/.ray/auth_token (or RAY_AUTH_TOKEN)"
         ) from e
+    if named:  # ray.init may have joined a `ray start` cluster of this machine instead
+        url = getattr(context, "dashboard_url", None)
+        if url:
+            os.environ["RAY_API_SERVER_ADDRESS"] = url if "://" in url else f"http://{url}"
+        else:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     return time.perf_counter() - t0
 
 
@@ -67,7 +74,9 @@ def _own_api_server(init_kwargs: dict) -> dict:
     """Ray started here answers state queries at a dashboard port chosen now, named to every
     process it starts. Without this, Ray's own actors that query state (Ray Train's
     PlacementGroupCleaner) look for "the" Ray on this machine, find another job's as well and
-    print a ConnectionError traceback ("Found multiple active Ray instances")."""
+    print a ConnectionError traceback ("Found multiple active Ray instances"). Where
+    ``ray.init`` joins a cluster that ``ray start`` left on this machine instead, the port goes
+    unused and :func:`connect` names that cluster's dashboard to this process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
