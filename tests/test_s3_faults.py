@@ -217,6 +217,27 @@ OBSERVED = [
 ]
 
 
+def test_a_proxy_that_goes_away_cuts_the_connections_clients_keep_alive(s3):
+    """What the store-gone job tests rely on: a pooled connection that worked a moment ago
+    fails once the proxy stops, as when a host goes down (it did not: a job finished its
+    writes through connections opened before, and passed a test that expected exit 4)."""
+    import http.client
+
+    server, bucket = s3
+    proxy = FaultProxy(server.endpoint).start()
+    conn = http.client.HTTPConnection("127.0.0.1", int(proxy.endpoint.rsplit(":", 1)[1]), 10)
+    try:
+        conn.request("HEAD", f"/{bucket.removeprefix('s3://')}")
+        assert conn.getresponse().read() == b""  # kept alive (HTTP/1.1)
+        proxy.stop()
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("HEAD", f"/{bucket.removeprefix('s3://')}")
+            conn.getresponse()
+    finally:
+        conn.close()
+        proxy.stop()
+
+
 @pytest.mark.parametrize("message", OBSERVED)
 def test_every_observed_fault_message_is_transient(message):
     assert faults.is_transient(OSError(message))

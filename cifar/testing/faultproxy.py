@@ -110,6 +110,7 @@ class FaultProxy:
         self.log: list[Entry] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._open: set[socket.socket] = set()  # client connections being served
 
     @property
     def endpoint(self) -> str:
@@ -142,10 +143,18 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        """The store goes away: no new connection is accepted, and the open ones (kept alive
+        by clients' connection pools) are cut, as a host that goes down cuts them."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self.lock:
+            open_now, self._open = self._open, set()
+        for conn in open_now:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -171,6 +180,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.owner.lock:
+            self.owner._open.add(self.connection)
+
+    def finish(self) -> None:
+        with self.owner.lock:
+            self.owner._open.discard(self.connection)
+        with contextlib.suppress(OSError):  # a connection cut by stop()
+            super().finish()
 
     def _body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
