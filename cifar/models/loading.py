@@ -6,6 +6,10 @@ one is refused with what it holds and what was expected.
 A bare state_dict carries no architecture: CIFAR10-quick's are recognised by their parameter
 names, any other is named with ``--arch`` (its classes then come from the head's width:
 CIFAR-10's names for 10, ImageNet's for a torchvision 1000-way head, else ``0``..``k-1``).
+``Linear`` layers the tutorial appended to a torchvision head's ``Sequential``
+(``vgg16.classifier.add_module('cadd_linear', nn.Linear(1000, 10))``) are found in the file and
+built (their widths are all a state_dict says; see :class:`cifar.models.vision.Appended`); a
+layer added where the architecture's forward never calls it is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from cifar.models.registry import (
     ARCHS,
     ModelSpec,
     build_model,
-    head_name_of,
+    get_arch,
     head_width,
     is_torchvision,
     match_state_dict,
@@ -81,6 +85,7 @@ def bare_spec(
     classes from its head's width, the tutorial's preprocessing (``ToTensor()``, no
     normalisation), except ImageNet's mean/std for a torchvision 1000-way head: ImageNet
     weights, trained with it."""
+    appended: tuple[vision.Appended, ...] = ()
     if arch is None:
         found = match_state_dict(sd)
         if found is None:
@@ -94,13 +99,26 @@ def bare_spec(
             )
         arch, k = found
     else:
-        k = _checked(lambda: head_width(arch, sd), source)
+        appended = _appended(arch, sd, source)
+        k = appended[-1].out_features if appended else head_width(arch, sd)
         if k is None:
             two = _checked(lambda: ModelSpec.of(arch, ["a", "b"]), source)
             raise mismatch_error(sd, two, source, any_classes=True)
     imagenet = is_torchvision(arch) and k == vision.IMAGENET_CLASSES
     norm = (vision.IMAGENET_MEAN, vision.IMAGENET_STD) if imagenet else (None, None)
-    return _checked(lambda: ModelSpec.of(arch, bare_classes(k, arch), *norm, image_size), source)
+    classes = bare_classes(k, arch)
+    return _checked(lambda: ModelSpec.of(arch, classes, *norm, image_size, appended), source)
+
+
+def _appended(
+    arch: str, sd: Mapping[str, torch.Tensor], source: str
+) -> tuple[vision.Appended, ...]:
+    """The layers ``sd`` has appended to torchvision ``arch``'s head (none for this project's
+    own architectures); a CheckpointError for a layer its forward would never call."""
+    _checked(lambda: get_arch(arch), source)
+    if not is_torchvision(arch):
+        return ()
+    return _checked(lambda: vision.appended_layers(arch, sd), source)
 
 
 def bare_classes(k: int, arch: str | None = None) -> list[str]:
@@ -212,7 +230,9 @@ def _guess(sd: Mapping[str, torch.Tensor]) -> str | None:
 @dataclass(frozen=True)
 class Pretrained:
     """What fine-tuning starts from: the weights to load (the head left out unless it fits),
-    and the normalisation they were trained with."""
+    the normalisation they were trained with, and the layers the file appended to the
+    architecture's head, which the model to train has too
+    (``ModelSpec.of(..., appended=pretrained.appended)``)."""
 
     state_dict: dict[str, torch.Tensor]
     file: str  # the state_dict file (local path or URI)
@@ -222,6 +242,7 @@ class Pretrained:
     kept_head: bool
     from_run: bool  # an earlier run of this project, not a bare state_dict file
     message: str  # one line for the job's log
+    appended: tuple[vision.Appended, ...] = ()  # the file's, the last one the new head
 
     def describe(self) -> dict[str, Any]:
         """For config.json and meta.json."""
@@ -237,8 +258,10 @@ def load_pretrained(source: str, spec: ModelSpec) -> Pretrained:
     """``--weights``: a state_dict file for ``spec.arch`` (local or URI; e.g. torchvision's
     ``resnet18(weights=...).state_dict()`` or a file from torch hub's cache), or an earlier run
     of this project. Every parameter but the head's must be there with its shape; the head is
-    kept only from a run with the same classes, else dropped (and said so). Nothing is
-    downloaded from the internet: a missing file is an error."""
+    kept only from a run with the same classes, else dropped (and said so). Where the file has
+    layers appended to the head, the model keeps them and the last one is the head (sized for
+    ``spec``'s classes): :attr:`Pretrained.appended`. Nothing is downloaded from the internet:
+    a missing file is an error."""
     sd_path, meta = resolve_model(source)
     sd, sha256 = read_state_dict(sd_path)
     run = spec_of(meta, sd_path) if meta is not None else None
@@ -247,11 +270,16 @@ def load_pretrained(source: str, spec: ModelSpec) -> Pretrained:
             f"--weights {source} is a {run.arch} model (an earlier run); this run's --arch is "
             f"{spec.arch}. Pass --arch {run.arch} to fine-tune it."
         )
+    where = f"--weights {sd_path}"
+    found = run.appended if run is not None else _appended(spec.arch, sd, where)
+    if found:  # the last appended layer is the head: as wide as this run's classes
+        last = replace(found[-1], out_features=spec.num_classes)
+        spec = replace(spec, appended=(*found[:-1], last))
     want = build_model(spec).state_dict()
-    head = frozenset(k for k in want if k.startswith(head_name_of(spec.arch) + "."))
+    head = frozenset(k for k in want if k.startswith(spec.head + "."))
     body_ok = all(k in sd and sd[k].shape == want[k].shape for k in want if k not in head)
     if not body_ok or any(k not in want for k in sd):
-        raise mismatch_error(sd, spec, f"--weights {sd_path}", want, free=head)
+        raise mismatch_error(sd, spec, where, want, free=head)
     head_fits = all(k in sd and sd[k].shape == want[k].shape for k in head)
     keep = head_fits and run is not None and run.classes == spec.classes
     body = {k: v for k, v in sd.items() if keep or k not in head}
@@ -261,12 +289,12 @@ def load_pretrained(source: str, spec: ModelSpec) -> Pretrained:
         mean, std = vision.IMAGENET_MEAN, vision.IMAGENET_STD
     else:
         mean = std = None
-    k = head_width(spec.arch, sd)
+    k = found[-1].out_features if found else head_width(spec.arch, sd)
+    of = f"{spec.arch} + {', '.join(f'{a.to}.{a.name}' for a in found)}" if found else spec.arch
     if keep:
         fate = "head kept (same classes)"
     else:
         fate = f"its {k}-way head dropped for a new {spec.num_classes}-way one"
-    message = (
-        f"[cifar] fine-tuning from {sd_path}: {len(body)} tensors of {spec.arch} loaded, {fate}"
-    )
-    return Pretrained(body, sd_path, sha256, mean, std, keep, run is not None, message)
+    message = f"[cifar] fine-tuning from {sd_path}: {len(body)} tensors of {of} loaded, {fate}"
+    from_run = run is not None
+    return Pretrained(body, sd_path, sha256, mean, std, keep, from_run, message, spec.appended)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -87,14 +88,17 @@ def is_torchvision(arch: str) -> bool:
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is and what it is fed: architecture, classes (index = output), the side of
-    the square input, and the per-channel normalisation on the [0, 1] scale (None: ``x / 255``,
-    the tutorial's ``ToTensor()``)."""
+    the square input, the per-channel normalisation on the [0, 1] scale (None: ``x / 255``,
+    the tutorial's ``ToTensor()``), and the ``Linear`` layers appended after a torchvision
+    head (the tutorial's ``vgg16.classifier.add_module(...)``; the last one's width is the
+    number of classes)."""
 
     arch: str
     classes: tuple[str, ...]
     input_size: int
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    appended: tuple[vision.Appended, ...] = ()
 
     @classmethod
     def of(
@@ -104,6 +108,7 @@ class ModelSpec:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         input_size: int | None = None,
+        appended: Sequence[vision.Appended] = (),
     ) -> ModelSpec:
         """A spec with the architecture's own input size unless one is given."""
         a = get_arch(arch)
@@ -115,23 +120,33 @@ class ModelSpec:
             )
         if size < MIN_SIZE:
             raise ConfigError(f"--image-size {size} is too small: {MIN_SIZE} pixels at least.")
+        _check_appended(arch, len(classes), appended)
         return cls(
             arch,
             tuple(classes),
             size,
             tuple(mean) if mean is not None else None,
             tuple(std) if std is not None else None,
+            tuple(appended),
         )
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def head(self) -> str:
+        """The module that produces the logits: the last appended layer, else the
+        architecture's head (what fine-tuning replaces and ``--freeze-backbone`` trains)."""
+        if self.appended:
+            return f"{self.appended[-1].to}.{self.appended[-1].name}"
+        return head_name_of(self.arch)
+
     def to_meta(self) -> dict[str, Any]:
         """The spec as ``meta.json`` keys (``relu`` and ``image_size`` as earlier versions
-        wrote them)."""
+        wrote them; ``appended`` only where there are such layers)."""
         norm = {"mean": list(self.mean), "std": list(self.std)} if self.mean else None
-        return {
+        meta = {
             "arch": self.arch,
             "relu": self.arch == "cifar10_quick_relu",
             "num_classes": self.num_classes,
@@ -139,18 +154,43 @@ class ModelSpec:
             "normalize": norm,
             "image_size": self.input_size,
         }
+        if self.appended:
+            meta["appended"] = [a.to_meta() for a in self.appended]
+        return meta
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> ModelSpec:
         """The spec a ``meta.json`` describes, including those earlier versions wrote
-        (``arch: cifar10_quick`` with ``relu: true``)."""
+        (``arch: cifar10_quick`` with ``relu: true``; no ``appended``)."""
         arch = meta.get("arch") or DEFAULT_ARCH
         if arch == "cifar10_quick" and meta.get("relu"):
             arch = "cifar10_quick_relu"
         k = int(meta.get("num_classes") or len(meta.get("classes") or CIFAR10_CLASSES))
         classes = meta.get("classes") or [str(i) for i in range(k)]
         norm = meta.get("normalize") or {}
-        return cls.of(arch, classes, norm.get("mean"), norm.get("std"), meta.get("image_size"))
+        appended = [vision.Appended.from_meta(d) for d in meta.get("appended") or ()]
+        size = meta.get("image_size")
+        return cls.of(arch, classes, norm.get("mean"), norm.get("std"), size, appended)
+
+
+def _check_appended(arch: str, classes: int, appended: Sequence[vision.Appended]) -> None:
+    """Appended layers fit a torchvision architecture, each other, and the classes."""
+    if not appended:
+        return
+    if not is_torchvision(arch):
+        raise ConfigError(f"{arch} takes no appended layers: only torchvision's architectures.")
+    for a, b in itertools.pairwise(appended):
+        if b.in_features != a.out_features:
+            raise ConfigError(
+                f"{b.to}.{b.name} takes {b.in_features} inputs, {a.to}.{a.name} before it "
+                f"gives {a.out_features}."
+            )
+    last = appended[-1]
+    if last.out_features != classes:
+        raise ConfigError(
+            f"{classes} classes, but the last appended layer {last.to}.{last.name} has "
+            f"{last.out_features} outputs."
+        )
 
 
 @functools.cache
@@ -174,8 +214,12 @@ def head_width(arch: str, sd: Mapping[str, torch.Tensor]) -> int | None:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised model for ``spec`` (pure: on the CPU, in fp32)."""
-    return get_arch(spec.arch).build(spec.num_classes)
+    """A freshly initialised model for ``spec`` (pure: on the CPU, in fp32): the
+    architecture's head as wide as the first appended layer takes, where there are such."""
+    if not spec.appended:
+        return get_arch(spec.arch).build(spec.num_classes)
+    model = get_arch(spec.arch).build(spec.appended[0].in_features)
+    return vision.append(model, spec.appended)
 
 
 def inference_forward(model: nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
