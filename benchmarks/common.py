@@ -142,7 +142,7 @@ def write_photos(
 def untrained_model(work: Path) -> Path:
     """An untrained CIFAR10-quick saved as a run saves its model, in ``work/model``: prediction
     costs the same whatever the weights."""
-    from cifar.testing.models import save_untrained
+    from tests.helpers.models import save_untrained
 
     return save_untrained(work / "model")
 

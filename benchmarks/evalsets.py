@@ -61,10 +61,31 @@ import numpy as np
 
 from benchmarks.realpixels import Jitter, write_digits, write_textures
 
-TEXTURES10 = ("brick", "grass", "gravel", "moon", "coins", "coffee", "chelsea", "astronaut",
-              "rocket", "flower")  # fmt: skip
-TEXTURES20 = (*TEXTURES10, "camera", "cell", "clock", "page", "text", "immunohistochemistry",
-              "hubble_deep_field", "retina", "stereo_motorcycle", "china")  # fmt: skip
+TEXTURES10 = (
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "coins",
+    "coffee",
+    "chelsea",
+    "astronaut",
+    "rocket",
+    "flower",
+)
+TEXTURES20 = (
+    *TEXTURES10,
+    "camera",
+    "cell",
+    "clock",
+    "page",
+    "text",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "stereo_motorcycle",
+    "china",
+)
 
 
 def _balanced(n: int, k: int) -> list[int]:

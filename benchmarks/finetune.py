@@ -85,12 +85,12 @@ def train_run(tree: str, overrides: dict, save: str | None = None) -> dict:
 
     torch.set_num_threads(1)
     cfg = TrainConfig(data_dir=tree, download=False, data_loading="memory", **overrides)
-    data, loading = load_training_data(tree, False, cfg.val_fraction, None, cfg.size, "memory")
+    data, loading = load_training_data(cfg.data_request())
     cfg = resolve_recipe(cfg, len(data.train_labels), 1)
     spec, pretrained, _ = model_setup(cfg, data, loading)
     compute = job_compute(cfg, spec, torch.device("cpu"))
     initial = pretrained.state_dict if pretrained is not None else None
-    e = build(cfg, data.tensors(), spec, compute, initial=initial)
+    e = build(cfg, data.splits(), spec, compute, initial=initial)
     t0, accs = time.perf_counter(), []
     for epoch in range(cfg.epochs):
         train_one_epoch(e, epoch)
@@ -211,8 +211,9 @@ def prepare(a) -> tuple[Path, dict[str, Path]]:
     root, work = Path(a.root), Path(a.work)
     for name in (a.source, *a.targets):
         if not (root / name).is_dir():
-            raise SystemExit(f"{name}: not in {root} (python -m benchmarks.evalsets {root} "
-                             f"--only {name})")  # fmt: skip
+            raise SystemExit(
+                f"{name}: not in {root} (python -m benchmarks.evalsets {root} --only {name})"
+            )
     test_k = {"val": a.test_per_class}
     source = subsample(root / a.source, work / a.source, {"train": a.source_per_class, **test_k})
     trees = {}
@@ -242,11 +243,16 @@ def main() -> None:
         jobs = [(r, pool.submit(train_run, str(r["tree"]), o)) for r, o in scratch]
         source = source_job.result() if source_job else {"run": source_run}
         if source_job:
-            print(f"  source {a.source}: {source['train_images']} train images, best "
-                  f"{source['best']:.3f} last {source['last']:.3f} ({source['seconds']:.0f}s) "
-                  f"-> {source_run}", flush=True)  # fmt: skip
-        tuned = sorted((ro for ro in runs if "weights" in ro[1]), key=lambda ro: ro[1].get(
-            "batch_size") is not None)  # the slow small-batch check first  # fmt: skip
+            print(
+                f"  source {a.source}: {source['train_images']} train images, best "
+                f"{source['best']:.3f} last {source['last']:.3f} ({source['seconds']:.0f}s) "
+                f"-> {source_run}",
+                flush=True,
+            )
+        tuned = sorted(
+            (ro for ro in runs if "weights" in ro[1]),
+            key=lambda ro: ro[1].get("batch_size") is not None,
+        )  # the slow small-batch check first
         jobs += [(r, pool.submit(train_run, str(r["tree"]), o)) for r, o in tuned]
         rows = []
         for r, job in jobs:
@@ -257,13 +263,28 @@ def main() -> None:
     print(f"\nmean best test accuracy over seeds (vs scratch), {time.perf_counter() - t0:.0f}s")
     for s in table:
         each = " ".join(f"{b:.3f}" for b in s["best_each_seed"])
-        print(f"  {s['set']:16s} {s['setting']:22s} {s['mean_best']:.3f} ({s['vs_scratch']:+.3f})"
-              f"  seeds {s['seeds']}: {each}")  # fmt: skip
-    settings = {k: getattr(a, k) for k in ("source", "source_per_class", "source_epochs",
-                "train_images", "test_per_class", "epochs", "batch", "image_size", "precision",
-                "parallel")}  # fmt: skip
-    write_json(a.json, info, {"settings": settings, "source": source, "rows": rows,
-                              "summary": table})  # fmt: skip
+        print(
+            f"  {s['set']:16s} {s['setting']:22s} {s['mean_best']:.3f} ({s['vs_scratch']:+.3f})"
+            f"  seeds {s['seeds']}: {each}"
+        )
+    settings = {
+        k: getattr(a, k)
+        for k in (
+            "source",
+            "source_per_class",
+            "source_epochs",
+            "train_images",
+            "test_per_class",
+            "epochs",
+            "batch",
+            "image_size",
+            "precision",
+            "parallel",
+        )
+    }
+    write_json(
+        a.json, info, {"settings": settings, "source": source, "rows": rows, "summary": table}
+    )
 
 
 if __name__ == "__main__":

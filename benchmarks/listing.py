@@ -21,7 +21,7 @@ subprocess (benchmarks.listing_methods), so that each peak RSS is that method's 
 The streamed order is checked against sorted() of the paths (Python's order, which is the job's):
 folders sort by ``name + "/"`` so the walk's order equals that of the full path strings.
 
-With S3 (moto's server on loopback, cifar.testing.s3server): uploads ``--s3-objects`` tiny
+With S3 (moto's server on loopback, tests.helpers.s3server): uploads ``--s3-objects`` tiny
 objects (boto3, 8 threads), then lists the prefix with pyarrow's FileSelector(recursive=True),
 with boto3's list_objects_v2 paginator (1000 keys a page) and with list_inputs, at half and at
 the full count (does the rate hold?), each in a fresh subprocess; 1M keys is extrapolated from
@@ -45,8 +45,15 @@ from benchmarks.listing_methods import walk_sorted
 
 PER_DIR = 1000
 CONTENT = b"x" * 100
-LOCAL_METHODS = ("a_list_inputs", "a_list_inputs_uri", "b_pyarrow_selector", "c_stream",
-                 "d_stream_keep", "e_is_in_arrow", "e_is_in_pyset")  # fmt: skip
+LOCAL_METHODS = (
+    "a_list_inputs",
+    "a_list_inputs_uri",
+    "b_pyarrow_selector",
+    "c_stream",
+    "d_stream_keep",
+    "e_is_in_arrow",
+    "e_is_in_pyset",
+)
 S3_METHODS = ("s3_pyarrow_selector", "s3_boto3_paginator", "s3_list_inputs")
 
 
@@ -124,7 +131,7 @@ def in_child(method: str, target: str, env: dict | None = None) -> dict:
 def s3_bench(n: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from cifar.testing.s3server import start
+    from tests.helpers.s3server import start
 
     server = start()
     try:

@@ -13,7 +13,7 @@ of PNGs (32-64 px noise, as benchmarks.predict) with
   onnx         the exported model.onnx through onnxruntime (CPUExecutionProvider).
 Each round runs the three in turn (a change in the machine's load hits them alike); the first
 round also starts Ray Data's helpers. Also timed, without Ray: the model alone on one batch of
---batch-size decoded images (Classifier.probabilities), best of 20. Prints images/s and the
+--batch-size decoded images (Predictor.probabilities), best of 20. Prints images/s and the
 ratios onnx / pytorch; writes the figures as JSON with --json.
 """
 
@@ -58,13 +58,13 @@ def model_alone(models: dict[str, tuple[str, str]], batch_size: int) -> dict[str
     import numpy as np
     import torch
 
-    from cifar.predict.classifier import Classifier
+    from cifar.predict.predictor import Predictor
 
     torch.set_num_threads(1)  # what an actor of 1 CPU (the job's default) computes with
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, 3, 32, 32), dtype=np.uint8)
     rates = {}
     for name, (path, precision) in models.items():
-        c = Classifier.from_path(path, precision=precision, batch=batch_size)
+        c = Predictor.from_path(path, precision=precision, batch_size=batch_size)
         c.probabilities(pixels)
         best = float("inf")
         for _ in range(20):
@@ -83,7 +83,7 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
-    from cifar.models.export import ExportConfig, export
+    from cifar.export import ExportConfig, export
 
     info = machine()
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:

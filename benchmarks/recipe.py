@@ -59,7 +59,7 @@ def _train(rank: int, world: int, port: int, root: str, overrides: dict, epochs:
     spec = ModelSpec.of(cfg.arch, data.classes, mean, std)
     compute = job_compute(cfg, spec, torch.device("cpu"), world, world)
     wrap = DistributedDataParallel if world > 1 else None
-    e = build(cfg, data.tensors(), spec, compute, rank, world, wrap)
+    e = build(cfg, data.splits(), spec, compute, rank, world, wrap)
     t0, accs = time.perf_counter(), []
     for epoch in range(epochs):
         train_one_epoch(e, epoch)

@@ -176,6 +176,7 @@ def engines(tree: Path, a) -> dict:
     """CIFAR10-quick at 32 px and ResNet-18 at each size, as a worker builds them."""
     import torch
 
+    from cifar.data.dataset import TensorSplits
     from cifar.data.folders import load_folders
     from cifar.models.registry import ModelSpec
     from cifar.train.config import TrainConfig, resolve_recipe
@@ -191,7 +192,7 @@ def engines(tree: Path, a) -> dict:
         cfg = resolve_recipe(cfg, a.train_images, 1)
         spec = ModelSpec.of(arch, data.classes, *data.channel_stats(), input_size=size)
         compute = job_compute(cfg, spec, torch.device("cpu"))
-        out[f"{arch}@{size}"] = build(cfg, tensors, spec, compute)
+        out[f"{arch}@{size}"] = build(cfg, TensorSplits(tensors), spec, compute)
     return out
 
 

@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=10000, help="generated training images")
     p.add_argument("--test", type=int, default=1000, help="generated test images")
     a = p.parse_args()
-    from cifar.testing import s3server
+    from tests.helpers import s3server
 
     info = machine()
     print(f"machine: {describe(info)}", flush=True)

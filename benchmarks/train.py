@@ -103,7 +103,7 @@ def project_loop(data, device, epochs):
     mean, std = data.channel_stats() if cfg.normalize else (None, None)
     spec = ModelSpec.of(cfg.arch, data.classes, mean, std)
     compute = job_compute(cfg, spec, device)
-    e = build(cfg, data.tensors(), spec, compute)
+    e = build(cfg, data.splits(), spec, compute)
     hist, spent, wall = [], 0.0, time.perf_counter()
     for epoch in range(epochs):
         st = train_one_epoch(e, epoch)

@@ -32,10 +32,20 @@ from benchmarks.common import describe, job_env, machine, parser, run_module, wr
 def sweep(data: Path, runs: Path, name: str, args, *flags: object) -> dict:
     """One ``python -m jobs.tune`` run: its summary, its trials and its process's wall time."""
     _, wall = run_module(
-        "jobs.tune", "--data-dir", data, "--storage-path", runs, "--name", name,
-        "--trials", args.trials, "--epochs", args.epochs, *flags,
+        "jobs.tune",
+        "--data-dir",
+        data,
+        "--storage-path",
+        runs,
+        "--name",
+        name,
+        "--trials",
+        args.trials,
+        "--epochs",
+        args.epochs,
+        *flags,
         env=job_env(CIFAR_RAY_CACHE=str(runs / "cache")),
-    )  # fmt: skip
+    )
     d = runs / name
     results = json.loads((d / "sweep.json").read_text())["results"]
     trials = pd.read_csv(d / "trials.csv")
@@ -76,12 +86,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         data, runs = Path(tmp) / "digits", Path(tmp) / "runs"
         write_digits(data, np.random.default_rng(0), args.train, args.test)
-        alone = sweep(data, runs, "one-after-another", args, "--no-early-stop",
-                      "--max-concurrent", 1, "--cpus-per-trial", cpus)  # fmt: skip
-        packed = sweep(data, runs, "packed", args, "--no-early-stop",
-                       "--cpus-per-trial", args.cpus_per_trial)  # fmt: skip
-        asha = sweep(data, runs, "packed-asha", args, "--cpus-per-trial", args.cpus_per_trial) \
-            if args.asha else None  # fmt: skip
+        alone = sweep(
+            data,
+            runs,
+            "one-after-another",
+            args,
+            "--no-early-stop",
+            "--max-concurrent",
+            1,
+            "--cpus-per-trial",
+            cpus,
+        )
+        packed = sweep(
+            data, runs, "packed", args, "--no-early-stop", "--cpus-per-trial", args.cpus_per_trial
+        )
+        asha = (
+            sweep(data, runs, "packed-asha", args, "--cpus-per-trial", args.cpus_per_trial)
+            if args.asha
+            else None
+        )
     same = [(r["lr"], r["batch_size"]) for r in alone["settings"]] == [
         (r["lr"], r["batch_size"]) for r in packed["settings"]
     ]

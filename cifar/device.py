@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-from cifar.data.transforms import model_input
-from cifar.models.registry import ModelSpec, inference_forward
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES: dict[str, torch.dtype | None] = {
@@ -80,39 +77,38 @@ class Compute:
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         return model.to(self.device, memory_format=fmt)
 
-    def inputs(
-        self,
-        images: torch.Tensor,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        size: int | None = None,
-    ) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` -> model input ``[B, 3, size, size]`` on the device: moved,
-        augmented there, resized where ``size`` (default: the images' own) differs, normalized,
-        in the memory format (:func:`cifar.data.transforms.model_input`)."""
-        images = images.to(self.device, non_blocking=True)
-        x = model_input(images, size or images.shape[-1], mean, std, augment, generator)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+@dataclass(frozen=True)
+class Work:
+    """What a precision measurement is for, so that its cost stays a small share of it: the
+    ``items`` (images) the process will compute at ``batch`` a step (inference: the files;
+    training: epochs x this rank's images)."""
+
+    items: int
+    batch: int
+    share: float = 0.1  # measuring may cost at most this share of the work's estimated time
+    budget_s: float = 30.0  # and never more than this, whatever the work
 
 
 def resolve_compute(
     device: torch.device | str,
     precision: str = "auto",
     channels_last: bool | None = None,
-    probe: Callable[[Compute], Callable[[], None]] | None = None,
+    probe: Callable[..., Callable[[], None]] | None = None,
     reduce: Callable[[list[float]], list[float]] | None = None,
     cache_key: str | None = None,
+    work: Work | None = None,
 ) -> Compute:
     """The Compute for ``precision``/``channels_last`` as typed (``None``: not typed).
 
     ``auto`` on a GPU is bf16 (tensor cores; no measurement needed). On a CPU, with ``probe``
-    (``probe(compute)`` returns one step of the real work in that setting), every candidate is
-    timed and the fastest kept; without one, fp32. ``reduce`` combines the timings of several
-    processes (training ranks: the slowest rank's time per candidate), so all choose alike.
-    ``cache_key`` names the work and the machine: timings measured once are kept in this
-    node's cache folder and reused (delete ``compute-timings.json`` there to measure again)."""
+    (``probe(compute[, batch])`` returns one step of the real work in that setting), every
+    candidate is timed and the fastest kept; without one, fp32. ``work`` bounds what the
+    measurement costs (:func:`measure_bounded`): where the work is smaller than measuring it,
+    fp32 is used unmeasured and the reason recorded. ``reduce`` combines the timings of several
+    processes (training ranks: the slowest rank's), so all choose alike. ``cache_key`` names
+    the work and the machine: timings measured once are kept in this node's cache folder and
+    reused (delete ``compute-timings.json`` there to measure again)."""
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -129,7 +125,12 @@ def resolve_compute(
     times = _cached_times(key) if key else None
     how = "measured earlier on this node" if times else "measured"
     if times is None:
-        times = measure(candidates, probe)
+        if work is None:
+            times = measure(candidates, probe)
+        else:
+            times, skipped = measure_bounded(candidates, probe, work, reduce)
+            if times is None:
+                return Compute(device, None, layouts[0], chosen_by=f"not measured: {skipped}")
         if key:
             _store_times(key, times)
     if reduce is not None:
@@ -140,63 +141,50 @@ def resolve_compute(
     return Compute(chosen.device, chosen.amp_dtype, chosen.channels_last, how, figures)
 
 
+def measure_bounded(
+    candidates: list[Compute],
+    probe: Callable[..., Callable[[], None]],
+    work: Work,
+    reduce: Callable[[list[float]], list[float]] | None = None,
+    rounds: int = 3,
+) -> tuple[list[float] | None, str]:
+    """:func:`measure` at a batch no larger than the work (nor than ``work.batch``), costing at
+    most ``work.share`` of the work's estimated time and ``work.budget_s``: two steps of a few
+    images estimate the time an image takes; the batch is halved until measuring fits; work
+    too small for even a small measurement is not measured: (None, why). Returns each
+    candidate's seconds per step of ``work.batch`` images (scaled from the batch measured)."""
+    small = max(1, min(SMALL_BATCH, work.batch, work.items))
+    step = probe(candidates[0], small)
+    step()  # builds the kernels
+    t0 = time.perf_counter()
+    step()
+    per_item = (time.perf_counter() - t0) / small
+    if reduce is not None:  # every rank decides alike: on the slowest rank's estimate
+        (per_item,) = reduce([per_item])
+    allowed = min(work.share * per_item * work.items, work.budget_s)
+    steps_needed = len(candidates) * (rounds + 1)
+    batch = max(1, min(work.batch, work.items))
+    while batch > small and steps_needed * per_item * batch > allowed:
+        batch //= 2
+    if steps_needed * per_item * batch > allowed:
+        return None, (
+            f"the work ({work.items} images, about {per_item * work.items:.1f} s) is smaller "
+            f"than measuring {len(candidates)} settings would cost"
+        )
+    times = measure(candidates, lambda c: probe(c, batch), rounds, early_stop=reduce is None)
+    return [t / batch * work.batch for t in times], f"at batch {batch}"
+
+
+SMALL_BATCH = 4  # images a step of the first estimate takes
+
+
 def gpu_has_bf16(device: torch.device) -> bool:
     """True on GPUs with native bf16 (compute capability 8.0 on); T4 and V100 have none."""
     with torch.cuda.device(device):
         return torch.cuda.is_bf16_supported()
 
 
-def step_probe(
-    make_model: Callable[[], nn.Module],
-    spec: ModelSpec,
-    batch: int,
-    train: bool,
-    augment: bool = False,
-    momentum: float = 0.0,
-) -> Callable[[Compute], Callable[[], None]]:
-    """For :func:`resolve_compute`: one step of the real work in a given Compute, on random
-    uint8 images of the spec's size, touching no RNG state. ``train``: a forward, backward and
-    SGD step at this batch (with the run's augmentation); else classifying one batch, with the
-    forward prediction uses (:func:`~cifar.models.registry.inference_forward`)."""
-
-    def probe(c: Compute) -> Callable[[], None]:
-        with torch.random.fork_rng(devices=[]):
-            model = c.place(make_model())
-        g = torch.Generator().manual_seed(0)
-        side = spec.input_size
-        images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=g)
-        labels = torch.randint(0, spec.num_classes, (batch,), generator=g).to(c.device)
-        mean, std = spec.mean, spec.std
-        if not train:
-            forward = inference_forward(model.eval(), c.device)
-
-            @torch.inference_mode()
-            def classify() -> None:
-                with c.autocast():
-                    forward(c.inputs(images, mean, std, size=side))
-                _sync(c.device)
-
-            return classify
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=momentum)
-        loss_fn = nn.CrossEntropyLoss()
-        aug = torch.Generator(device=c.device).manual_seed(0)
-
-        def step() -> None:
-            x = c.inputs(images, mean, std, augment, aug, side)
-            with c.autocast():
-                logits = model(x)
-            loss = loss_fn(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _sync(c.device)
-
-        return step
-
-    return probe
-
-
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -205,10 +193,12 @@ def measure(
     candidates: list[Compute],
     probe: Callable[[Compute], Callable[[], None]],
     rounds: int = 3,
+    early_stop: bool = False,
 ) -> list[float]:
     """Seconds per step of ``probe(c)`` for each candidate: one warm-up step each (it builds
     the kernels), then ``rounds`` rounds of one step of every candidate in turn (so a change in
-    the machine's load hits all alike), keeping each candidate's fastest step."""
+    the machine's load hits all alike), keeping each candidate's fastest step. ``early_stop``:
+    no more rounds once one candidate is clearly ahead (every other at least 1.5x slower)."""
     steps = [probe(c) for c in candidates]
     for step in steps:
         step()
@@ -218,12 +208,13 @@ def measure(
             t0 = time.perf_counter()
             step()
             best[i] = min(best[i], time.perf_counter() - t0)
+        ordered = sorted(best)
+        if early_stop and len(ordered) > 1 and ordered[1] > CLEARLY_AHEAD * ordered[0]:
+            break
     return best
 
 
-def spec_key(spec: ModelSpec) -> str:
-    """The model's shape, for cache keys of timings: what it computes, not its weights."""
-    return f"arch={spec.arch}|size={spec.input_size}|classes={spec.num_classes}"
+CLEARLY_AHEAD = 1.5
 
 
 def machine_key() -> str:

@@ -17,7 +17,7 @@ from cifar import __version__
 from cifar.config import Parser
 from cifar.device import PRECISIONS
 from cifar.models.checkpoint import CheckpointError
-from cifar.predict.classifier import Classifier, classify_files
+from cifar.predict.predictor import Predictor, PredictorSettings
 
 from .common import Boundary
 
@@ -55,20 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.top_k < 1:
         p.error(f"--top-k must be at least 1 (got {a.top_k})")
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    classifier = Classifier.from_path(a.model, device, a.arch, a.image_size, precision=a.precision)
+    settings = PredictorSettings(
+        a.model, a.arch, a.image_size, precision=a.precision, top_k=a.top_k, work=len(a.images)
+    )
     failed = 0
-    for r in classify_files(classifier, a.images, a.top_k):
+    for r in Predictor(settings).classify_files(a.images):
         failed += r.error is not None
-        if a.json:
-            top = [{"class": c, "prob": round(q, 6)} for c, q in r.top or []]
-            line = {"path": r.path, "class": r.class_name, "class_index": r.class_index}
-            line.update(confidence=r.confidence, top=top, error=r.error)
-            print(json.dumps(line, ensure_ascii=False))
+        if a.json:  # the object cifar-serve answers with
+            print(json.dumps(r.to_dict(), ensure_ascii=False))
         elif r.error is None:
-            rest = "".join(f"\t{c}\t{q:.4f}" for c, q in (r.top or [])[1:])
+            rest = "".join(f"\t{t['class_name']}\t{t['prob']:.4f}" for t in r.top_k[1:])
             print(f"{r.path}\t{r.class_name}\t{r.confidence:.4f}{rest}")
         else:
             print(f"{r.path}: {r.error}", file=sys.stderr)

@@ -32,8 +32,8 @@ from cifar.config import (
     parse_explicit,
     read_config_file,
 )
+from cifar.export import ExportConfig, Exported, ExportError, export, prepare
 from cifar.models.checkpoint import CheckpointError
-from cifar.models.export import ExportConfig, Exported, ExportError, export, prepare
 
 from .common import Boundary, configure_logging, exit_codes_text
 

@@ -37,8 +37,14 @@ PROGRESS_EVERY_S = 10.0  # a log that is not a terminal: one progress line this 
 
 
 def main(boundary: Boundary, argv: list[str]) -> int:
-    asked = parse(PredictConfig, PROGRAM, "Classify images in bulk with Ray Data.", __doc__,
-                  argv, lambda typed, saved: make_config(PredictConfig, saved, typed))  # fmt: skip
+    asked = parse(
+        PredictConfig,
+        PROGRAM,
+        "Classify images in bulk with Ray Data.",
+        __doc__,
+        argv,
+        lambda typed, saved: make_config(PredictConfig, saved, typed),
+    )
     cfg = asked.cfg
     if asked.print_config:
         print(config_yaml(cfg, leave_out=("resume", "overwrite")), end="")

@@ -39,8 +39,14 @@ PROGRAM = "cifar-train"
 
 
 def main(boundary: Boundary, argv: list[str]) -> int:
-    asked = parse(TrainConfig, PROGRAM, "Train an image classifier on Ray Train.", __doc__, argv,
-                  resolve_config)  # fmt: skip
+    asked = parse(
+        TrainConfig,
+        PROGRAM,
+        "Train an image classifier on Ray Train.",
+        __doc__,
+        argv,
+        resolve_config,
+    )
     cfg = asked.cfg
     if asked.print_config:
         print(config_yaml(cfg, leave_out=("name", "resume")), end="")

@@ -41,8 +41,14 @@ TUNE_ENV = {
 
 
 def main(boundary: Boundary, argv: list[str]) -> int:
-    asked = parse(SweepConfig, PROGRAM, "Search the training recipe with Ray Tune.", __doc__,
-                  argv, resolve_sweep)  # fmt: skip
+    asked = parse(
+        SweepConfig,
+        PROGRAM,
+        "Search the training recipe with Ray Tune.",
+        __doc__,
+        argv,
+        resolve_sweep,
+    )
     cfg = asked.cfg
     if asked.print_config:
         print(config_yaml(cfg, leave_out=("name", "resume")), end="")

@@ -26,5 +26,5 @@ if [ -f "$TMP/cluster.env" ]; then
   . "$TMP/cluster.env"
   GCS=$GCS_ADDRESS
 fi
-.venv/bin/python -m cifar.cluster.local down --temp-dir "$TMP" --address "$GCS"
+.venv/bin/python -m jobs.local_cluster down --temp-dir "$TMP" --address "$GCS"
 rm -f "$TMP/cluster.env"

@@ -60,14 +60,14 @@ Ray cluster is up: head $GCS_ADDRESS + $WORKER_NODES worker node(s), token authe
 INFO
 }
 
-if [ -f "$STATE" ] && .venv/bin/python -m cifar.cluster.local count --temp-dir "$TMP" \
+if [ -f "$STATE" ] && .venv/bin/python -m jobs.local_cluster count --temp-dir "$TMP" \
     --address "$GCS" | grep -qv '^0$' && \
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 timeout 30 ray status --address "$GCS" >/dev/null 2>&1; then
   echo "cluster-up: already running (state in $STATE)"
   print_usage
   exit 0
 fi
-if ! busy=$(.venv/bin/python -m cifar.cluster.local ports-free "$PORT" "$DASH" "$CLIENT"); then
+if ! busy=$(.venv/bin/python -m jobs.local_cluster ports-free "$PORT" "$DASH" "$CLIENT"); then
   echo "cluster-up: port(s) $busy on 127.0.0.1 are in use by another program, not by a cluster" \
     "this script started. Stop that program, or pick free ports with --port/--dashboard-port/" \
     "--client-port." >&2
@@ -99,7 +99,7 @@ if [ "$EXPOSE" = 1 ]; then
   LISTEN="all interfaces"
 else
   # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use 127.0.0.1 as the head's address, and a
-  # node whose address is 127.0.0.1 binds its servers to loopback (see cifar/cluster/local.py).
+  # node whose address is 127.0.0.1 binds its servers to loopback (see jobs/local_cluster.py).
   # Each node its own cache ($CIFAR_RAY_CACHE: model copies, decoded folders), as separate
   # machines have, unless the caller set one for all.
   CIFAR_RAY_CACHE="${CIFAR_RAY_CACHE:-$TMP/cache}" \
@@ -114,7 +114,7 @@ else
     # Each node its own temp dir: nodes sharing one would unpack job working dirs into the
     # same folder and delete it from under each other's running jobs.
     CIFAR_RAY_CACHE="${CIFAR_RAY_CACHE:-$TMP/node$i/cache}" \
-    .venv/bin/python -m cifar.cluster.local worker "${wargs[@]}" --temp-dir "$TMP/node$i" \
+    .venv/bin/python -m jobs.local_cluster worker "${wargs[@]}" --temp-dir "$TMP/node$i" \
       >>"$TMP/workers.log" 2>&1 \
       || { cat "$TMP/workers.log" >&2; exit 1; }
   done

@@ -49,7 +49,7 @@ def job_env(tmp_path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-protocol server (moto) on loopback for the whole session."""
-    from cifar.testing import s3server
+    from tests.helpers import s3server
 
     server = s3server.start(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server

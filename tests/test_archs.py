@@ -10,11 +10,12 @@ from PIL import Image
 from torch import nn
 
 from cifar.config import ConfigError
+from cifar.data.dataset import TensorSplits
 from cifar.device import resolve_compute
 from cifar.models.checkpoint import CheckpointError, model_meta, save_checkpoint
 from cifar.models.loading import load_model, load_pretrained
 from cifar.models.registry import ModelSpec, build_model, get_arch, head_name_of
-from cifar.predict.classifier import Classifier, classify_files
+from cifar.predict.predictor import Predictor, PredictorSettings
 from cifar.train.config import TrainConfig, resolve_recipe
 from cifar.train.engine import build, train_one_epoch
 
@@ -23,16 +24,18 @@ CLASSES = ["ant", "bee", "wasp"]
 FP32 = resolve_compute("cpu", "fp32", False)
 
 
-def _data(n: int = 6, side: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+def _data(n: int = 6, side: int = 40, seed: int = 0) -> TensorSplits:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % len(CLASSES)
-    return {
-        "train_images": images,
-        "train_labels": labels,
-        "test_images": images[:3],
-        "test_labels": labels[:3],
-    }
+    return TensorSplits(
+        {
+            "train_images": images,
+            "train_labels": labels,
+            "test_images": images[:3],
+            "test_labels": labels[:3],
+        }
+    )
 
 
 def _cfg(arch: str, **kw) -> TrainConfig:
@@ -59,10 +62,11 @@ def test_arch_swaps_its_head_trains_a_step_and_round_trips_to_prediction(arch, t
     save_checkpoint(tmp_path, e.raw, model_meta(spec, epoch=1))
     loaded = load_model(tmp_path)
     assert loaded.spec == spec and loaded.classes == CLASSES
-    images = _data(4, 32, seed=1)["train_images"]
+    images = _data(4, 32, seed=1).parts["train_images"]
     with torch.inference_mode():
         want = torch.softmax(e.raw.eval()(images.float() / 255), 1).numpy()
-    got = Classifier(loaded, precision="fp32", channels_last=False).probabilities(images.numpy())
+    settings = PredictorSettings("", device="cpu", precision="fp32", channels_last=False)
+    got = Predictor(settings, loaded).probabilities(images.numpy())
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -151,9 +155,9 @@ def test_tutorial_vgg16_state_dict_classifies_like_the_tutorial(tmp_path):
         files.append(str(f))
     with pytest.raises(CheckpointError, match=r"bare state_dict of vgg16 .*Pass --arch vgg16"):
         load_model(path)
-    classifier = Classifier.from_path(str(path), arch="vgg16", image_size=32, precision="fp32")
+    classifier = Predictor.from_path(str(path), arch="vgg16", image_size=32, precision="fp32")
     assert classifier.classes[0] == "airplane" and classifier.spec.mean is None  # ToTensor()
-    results = classify_files(classifier, files, top_k=1)
+    results = classifier.classify_files(files, top_k=1)
 
     to_tensor = torchvision.transforms.Compose(  # the tutorial's test.py preprocessing
         [torchvision.transforms.Resize((32, 32)), torchvision.transforms.ToTensor()]

@@ -10,7 +10,7 @@ from torch import nn
 from cifar.models import checkpoint as C
 from cifar.models.cifar_quick import CifarQuick
 from cifar.models.loading import load_model
-from cifar.testing.tutorial import MyNetwork
+from tests.helpers.tutorial import MyNetwork
 
 
 def test_round_trip_restores_identical_outputs_and_meta(tmp_path):

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cifar.testing.processes import wait_until
+from tests.helpers.processes import wait_until
 from tests.paths import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -84,7 +84,7 @@ def cluster(tmp_path_factory, s3_server):
             [
                 sys.executable,
                 "-m",
-                "cifar.cluster.local",
+                "jobs.local_cluster",
                 "count",
                 "--temp-dir",
                 tmp,
@@ -162,7 +162,7 @@ def _registered(run: Path, epoch: int) -> bool:
 
 def _worker_processes(cluster, title: str):
     """Live processes of this cluster whose process title (ray::Class.method) names ``title``."""
-    from cifar.cluster.local import cluster_processes
+    from jobs.local_cluster import cluster_processes
 
     found = []
     for p in cluster_processes(cluster["tmp"], GCS):
@@ -245,7 +245,7 @@ def _images(folder: Path, n: int, bad: int = 0) -> list[Path]:
 def test_every_server_listens_on_loopback_only(cluster):
     import psutil
 
-    from cifar.cluster.local import cluster_processes
+    from jobs.local_cluster import cluster_processes
 
     pids = {p.pid for p in cluster_processes(cluster["tmp"], GCS)}
     assert len(pids) > 5
@@ -301,8 +301,17 @@ def smoke_run(cluster) -> dict:
     the nodes its Ray Train workers ran on."""
     runs = cluster["work"] / "runs"
     before = {a["actor_id"] for a in _actors(cluster, "RayTrainWorker")}
-    r = _submit(cluster, "train", "--smoke-test", "--placement", "STRICT_SPREAD",
-                "--storage-path", str(runs), "--name", "smoke")  # fmt: skip
+    r = _submit(
+        cluster,
+        "train",
+        "--smoke-test",
+        "--placement",
+        "STRICT_SPREAD",
+        "--storage-path",
+        str(runs),
+        "--name",
+        "smoke",
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "succeeded" in (r.stdout + r.stderr)
     workers = [a for a in _actors(cluster, "RayTrainWorker") if a["actor_id"] not in before]
@@ -319,9 +328,22 @@ def test_smoke_training_and_prediction_across_two_nodes(cluster, smoke_run):
     files = _images(cluster["work"] / "imgs", 60, bad=2)
     out = cluster["work"] / "preds"
     before = {a["actor_id"] for a in _actors(cluster, "BatchPredictor")}
-    r = _submit(cluster, "predict", "--model", str(smoke_run["run"]), "--input",
-                str(cluster["work"] / "imgs"), "--output", str(out), "--num-actors", "2",
-                "--batch-size", "8", "--files-per-block", "8")  # fmt: skip
+    r = _submit(
+        cluster,
+        "predict",
+        "--model",
+        str(smoke_run["run"]),
+        "--input",
+        str(cluster["work"] / "imgs"),
+        "--output",
+        str(out),
+        "--num-actors",
+        "2",
+        "--batch-size",
+        "8",
+        "--files-per-block",
+        "8",
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     table = pq.read_table(sorted(out.glob("*.parquet")))
     assert sorted(table.column("path").to_pylist()) == sorted(str(p) for p in files)
@@ -336,9 +358,20 @@ def test_spread_run_equals_single_node_run(cluster, smoke_run):
     spread = smoke_run["summary"]
     runs, compute = cluster["work"] / "runs", spread["compute"]
     layout = "--channels-last" if compute["channels_last"] else "--no-channels-last"
-    r = _submit(cluster, "train", "--smoke-test", "--placement", "PACK", "--storage-path",
-                str(runs), "--name", "packed", "--precision", compute["precision"],
-                layout)  # fmt: skip
+    r = _submit(
+        cluster,
+        "train",
+        "--smoke-test",
+        "--placement",
+        "PACK",
+        "--storage-path",
+        str(runs),
+        "--name",
+        "packed",
+        "--precision",
+        compute["precision"],
+        layout,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     packed = json.loads((runs / "packed" / "summary.json").read_text())
     keys = ("train_loss", "test_loss", "test_accuracy")
@@ -351,8 +384,19 @@ def test_a_sweep_through_submit_packs_trials_across_two_nodes(cluster):
     """`scripts/submit.sh tune` on the 2-node cluster: every trial's run and best/ in the
     shared storage path, trials.csv one row each, both trials at once."""
     runs = cluster["work"] / "runs"
-    r = _submit(cluster, "tune", "--smoke-test", "--trials", "2", "--cpus-per-trial", "1",
-                "--storage-path", str(runs), "--name", "sweep")  # fmt: skip
+    r = _submit(
+        cluster,
+        "tune",
+        "--smoke-test",
+        "--trials",
+        "2",
+        "--cpus-per-trial",
+        "1",
+        "--storage-path",
+        str(runs),
+        "--name",
+        "sweep",
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     with open(runs / "sweep" / "trials.csv") as f:
         trials = list(csv.DictReader(f))
@@ -400,7 +444,7 @@ def test_a_killed_worker_restarts_and_a_stopped_run_resumes_with_the_same_name(c
 @pytest.fixture(scope="module")
 def untrained_model(cluster) -> Path:
     """A model directory to predict with (the job does not care whether it learned)."""
-    from cifar.testing.models import save_untrained
+    from tests.helpers.models import save_untrained
 
     d = cluster["work"] / "untrained-model"
     save_untrained(d)
@@ -606,7 +650,7 @@ def one_node_cluster(tmp_path):
         yield {"env": env, "tmp": tmp, "gcs": gcs, "work": tmp_path}
     finally:
         _run(["scripts/cluster-down.sh", "--port", str(ELASTIC_PORT)], env, timeout=120)
-        count = [sys.executable, "-m", "cifar.cluster.local", "count", "--temp-dir", tmp]
+        count = [sys.executable, "-m", "jobs.local_cluster", "count", "--temp-dir", tmp]
         left = _run([*count, "--address", gcs], env, timeout=60).stdout.strip()
         assert left == "0", f"{left} Ray processes left behind"
         shutil.rmtree(tmp, ignore_errors=True)  # its logs: the test has read them
@@ -615,7 +659,7 @@ def one_node_cluster(tmp_path):
 def _add_node(cluster, num_cpus: int) -> None:
     """Another node joins the running cluster, as scripts/cluster-up.sh starts its workers."""
     node = f"{cluster['tmp']}/node{uuid.uuid4().hex[:6]}"
-    worker = [sys.executable, "-m", "cifar.cluster.local", "worker", "--address", cluster["gcs"]]
+    worker = [sys.executable, "-m", "jobs.local_cluster", "worker", "--address", cluster["gcs"]]
     env = {"CIFAR_RAY_CACHE": f"{node}/cache", **cluster["env"]}  # its own cache, as a machine
     _run([*worker, "--temp-dir", node, "--num-cpus", str(num_cpus)], env, 120, True)
 
@@ -689,7 +733,7 @@ def test_object_storage_is_the_only_place_the_nodes_share(cluster, tmp_path, mon
 
     from cifar.data.synthetic import write_folders
     from cifar.io import storage
-    from cifar.testing.s3server import SECRET_KEY
+    from tests.helpers.s3server import SECRET_KEY
 
     server = cluster["s3"]
     bucket = server.create_bucket("cluster-s3")
@@ -721,8 +765,10 @@ def test_object_storage_is_the_only_place_the_nodes_share(cluster, tmp_path, mon
     assert out["labelled"] == len(val) and out["errors"] == 0
     # each node fetched the model into its own cache; no node read another's
     tmp = Path(cluster["tmp"])
-    copies = {d: list((d / "cifar-ray" / "objects").glob("*/model.pt")) for d in
-              (tmp / "cache", tmp / "node1" / "cache")}  # fmt: skip
+    copies = {
+        d: list((d / "cifar-ray" / "objects").glob("*/model.pt"))
+        for d in (tmp / "cache", tmp / "node1" / "cache")
+    }
     assert any(copies.values()), copies
     assert not (Path.home() / "ray_results" / "c1").exists()
     assert SECRET_KEY not in log

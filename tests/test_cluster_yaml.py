@@ -26,9 +26,14 @@ from tests.paths import ROOT
 
 CLUSTER_FILES = ("cluster.yaml", "cluster-venv.yaml")
 NODE_SETUP = {  # the keys in which the two cluster files may differ
-    "docker", "file_mounts", "rsync_exclude", "initialization_commands", "setup_commands",
-    "head_start_ray_commands", "worker_start_ray_commands",
-}  # fmt: skip
+    "docker",
+    "file_mounts",
+    "rsync_exclude",
+    "initialization_commands",
+    "setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+}
 # vCPUs and GPUs of the instance types the cluster files may use
 INSTANCE_TYPES = {
     "m6i.xlarge": (4, 0),
@@ -43,9 +48,20 @@ RAY_TAG = re.compile(
     r"^(?P<ray>\d+\.\d+\.\d+)-py(?P<py>3)(?P<minor>\d+)-(?P<platform>cpu|gpu|cu\d+)$"
 )
 # what scripts/submit.sh excluded from a job's upload before scripts/runtime_env.yaml, as paths
-WAS_EXCLUDED = [".git", ".venv", "data", "runs", ".cluster", "cifar/io/__pycache__",
-                ".pytest_cache", ".ruff_cache", "cifar_ray.egg-info", "model.pt", "exports/w.pth",
-                "cifar-10-python.tar.gz"]  # fmt: skip
+WAS_EXCLUDED = [
+    ".git",
+    ".venv",
+    "data",
+    "runs",
+    ".cluster",
+    "cifar/io/__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "cifar_ray.egg-info",
+    "model.pt",
+    "exports/w.pth",
+    "cifar-10-python.tar.gz",
+]
 
 
 def _schema() -> dict:
@@ -147,8 +163,10 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, rest) of a Dockerfile, continuation lines joined, comments dropped."""
     lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
     joined = re.sub(r"\\\n", "", "\n".join(lines))
-    return [(w.upper(), rest.strip()) for w, _, rest in
-            (ln.strip().partition(" ") for ln in joined.splitlines() if ln.strip())]  # fmt: skip
+    return [
+        (w.upper(), rest.strip())
+        for w, _, rest in (ln.strip().partition(" ") for ln in joined.splitlines() if ln.strip())
+    ]
 
 
 def _base_image(**build_args: str) -> str:
@@ -209,8 +227,9 @@ def test_the_requirements_step_gives_pip_what_pyproject_says(project):
     takes from PyTorch's CPU index for the CPU image."""
     run = next(rest for word, rest in _instructions(ROOT / "Dockerfile") if "tomllib" in rest)
     code = re.search(r'python -c "(.*?)" > /tmp/requirements.txt', run)[1]
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.splitlines()  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert out == project["dependencies"] + project["optional-dependencies"]["s3"]
     torch_lines = re.search(r"grep -E '([^']+)' /tmp/requirements.txt", run)[1]
     names = {Requirement(ln).name for ln in out if re.search(torch_lines, ln)}
@@ -218,11 +237,19 @@ def test_the_requirements_step_gives_pip_what_pyproject_says(project):
 
 
 def test_the_build_context_is_exactly_what_the_dockerfile_copies(project):
-    ignore = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines()
-              if ln.strip() and not ln.startswith("#")]  # fmt: skip
+    ignore = [
+        ln
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert ignore[0] == "*"  # everything out, then back in by name
-    copied = {src for word, rest in _instructions(ROOT / "Dockerfile") if word == "COPY"
-              for src in rest.split()[1:-1] if not src.startswith("--")}  # fmt: skip
+    copied = {
+        src
+        for word, rest in _instructions(ROOT / "Dockerfile")
+        if word == "COPY"
+        for src in rest.split()[1:-1]
+        if not src.startswith("--")
+    }
     assert copied == {ln[1:] for ln in ignore if ln.startswith("!")}
     needed = {"pyproject.toml", project["readme"], *project["license-files"], "cifar", "jobs"}
     assert needed <= copied
@@ -283,6 +310,10 @@ def test_the_upload_keeps_out_what_it_did_and_keeps_every_package_file():
     assert [p for p in WAS_EXCLUDED if not excluded(ROOT / p)] == []
     # the uploaded code runs ahead of the installed project: a package folder missing from the
     # upload (a bare "data" pattern dropped cifar/data) breaks every job on the image's nodes
-    sources = {p.relative_to(ROOT).as_posix() for top in ("cifar", "jobs")
-               for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}  # fmt: skip
+    sources = {
+        p.relative_to(ROOT).as_posix()
+        for top in ("cifar", "jobs")
+        for p in (ROOT / top).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert sources - _uploaded(excludes) == set()

@@ -26,8 +26,9 @@ def _child(verbose: bool) -> subprocess.CompletedProcess:
         "os.write(2, b'error: and a real one\\n'); "
         "print(os.environ.get('RAY_COLOR_PREFIX'))"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_quiet_log_leaves_out_ray_s_harmless_lines_only():

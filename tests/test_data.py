@@ -14,7 +14,7 @@ import torch
 from cifar.data import cifar10 as C
 from cifar.data import loaders as D
 from cifar.data import transforms as T
-from cifar.data.dataset import DataError
+from cifar.data.dataset import DataError, TensorImageDataset
 from cifar.data.synthetic import write_synthetic
 
 
@@ -160,7 +160,7 @@ def test_offline_download_error_explains_how_to_provide_the_data(tmp_path):
 
 def _dataset(n=103):
     imgs = torch.arange(n, dtype=torch.int64).view(n, 1, 1, 1).expand(n, 3, 32, 32) % 256
-    return D.TensorImageDataset(imgs.to(torch.uint8).contiguous(), torch.arange(n))
+    return TensorImageDataset(imgs.to(torch.uint8).contiguous(), torch.arange(n))
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

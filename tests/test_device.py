@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from cifar.data.cifar10 import load_cifar10
-from cifar.device import resolve_compute, step_probe
+from cifar.data.dataset import TensorSplits
+from cifar.device import Work, resolve_compute
+from cifar.models.probe import step_probe
 from cifar.models.registry import ModelSpec, build_model
-from cifar.train.config import TrainConfig
+from cifar.train.config import TrainConfig, resolve_recipe
 from cifar.train.engine import build, evaluate, train_one_epoch
 
 CFG = TrainConfig(batch_size=32)
@@ -86,8 +88,9 @@ def test_flags_and_gpus_need_no_measurement(monkeypatch):
 
 def test_timings_are_measured_once_per_machine_and_work(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_RAY_CACHE", str(tmp_path))
-    first = resolve_compute("cpu", "auto", probe=_slowed(lambda c: c.precision == "bf16"),
-                            cache_key="k1")  # fmt: skip
+    first = resolve_compute(
+        "cpu", "auto", probe=_slowed(lambda c: c.precision == "bf16"), cache_key="k1"
+    )
     assert first.chosen_by == "measured" and first.precision == "fp32"
 
     def never(c):
@@ -96,9 +99,52 @@ def test_timings_are_measured_once_per_machine_and_work(tmp_path, monkeypatch):
     again = resolve_compute("cpu", "auto", probe=never, cache_key="k1")
     assert again.chosen_by == "measured earlier on this node"
     assert (again.name, again.ms_per_step) == (first.name, first.ms_per_step)
-    other = resolve_compute("cpu", "auto", probe=_slowed(lambda c: c.precision == "fp32"),
-                            cache_key="k2")  # fmt: skip
+    other = resolve_compute(
+        "cpu", "auto", probe=_slowed(lambda c: c.precision == "fp32"), cache_key="k2"
+    )
     assert other.chosen_by == "measured" and other.precision == "bf16"
+
+
+def _counting(slow=lambda c: False):
+    """The real inference probe of CIFAR10-quick, recording the batch of every step it makes;
+    steps of the settings ``slow`` picks run 20 times over."""
+    spec = ModelSpec.of(mean=[0.5] * 3, std=[0.25] * 3)
+    real = step_probe(lambda: build_model(spec), spec, 64, train=False)
+    asked: list[int] = []
+
+    def probe(c, n=64):
+        step = real(c, n)
+
+        def counted():
+            asked.append(n)
+            for _ in range(20 if slow(c) else 1):
+                step()
+
+        return counted
+
+    return probe, asked
+
+
+def test_work_smaller_than_measuring_it_is_not_measured():
+    """Two images to classify: an estimate of two tiny steps, then fp32 and the reason."""
+    probe, asked = _counting()
+    c = resolve_compute("cpu", "auto", None, probe=probe, work=Work(items=2, batch=256))
+    assert asked == [2, 2]  # the estimate alone, at no more images than the work has
+    assert c.precision == "fp32" and c.ms_per_step == {}
+    assert c.chosen_by.startswith("not measured: the work (2 images, about ")
+
+
+def test_measuring_stays_within_its_share_of_the_work_and_stops_when_one_is_ahead():
+    """Large work: measured, at no larger a batch than the work needs; every other setting 20x
+    slower: one round is enough (1 estimate + 4 warm-ups + 4 timed steps, not 4 rounds)."""
+    probe, asked = _counting(slow=lambda c: c.name != "fp32")
+    c = resolve_compute("cpu", "auto", None, probe=probe, work=Work(items=10**6, batch=32))
+    assert c.chosen_by == "measured" and c.name == "fp32" and len(c.ms_per_step) == 4
+    assert len(asked) == 2 + 4 + 4 and max(asked) <= 32
+    probe, asked = _counting()
+    budget = Work(items=2000, batch=512, share=0.1, budget_s=0.5)
+    resolve_compute("cpu", "auto", None, probe=probe, work=budget)
+    assert max(asked) < 512  # 512 images x 16 steps would cost far more than half a second
 
 
 def test_accuracy_per_epoch_does_not_depend_on_the_precision(synthetic_dir):
@@ -106,12 +152,12 @@ def test_accuracy_per_epoch_does_not_depend_on_the_precision(synthetic_dir):
     epoch within 0.03 (600 test images: 18 images)."""
     data = load_cifar10(synthetic_dir)
     mean, std = data.channel_stats()
-    cfg = TrainConfig(epochs=2, batch_size=64)
+    cfg = resolve_recipe(TrainConfig(epochs=2, batch_size=64), len(data.train_labels), 1)
     curves = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         spec = ModelSpec.of(classes=data.classes, mean=mean, std=std)
-        e = build(cfg, data.tensors(), spec, resolve_compute("cpu", precision))
+        e = build(cfg, data.splits(), spec, resolve_compute("cpu", precision))
         curves[precision] = []
         for epoch in range(cfg.epochs):
             train_one_epoch(e, epoch)
@@ -138,8 +184,8 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_its_scale(synthetic_dir)
     data = load_cifar10(synthetic_dir)
     mean, std = data.channel_stats()
     spec = ModelSpec.of(classes=data.classes, mean=mean, std=std)
-    cfg = TrainConfig(epochs=1, batch_size=32)
-    small = {k: v[:192] for k, v in data.tensors().items()}  # fp16 on a CPU is slow: a taste
+    cfg = resolve_recipe(TrainConfig(epochs=1, batch_size=32), 192, 1)
+    small = TensorSplits({k: v[:192] for k, v in data.tensors().items()})  # fp16 is slow here
     e = build(cfg, small, spec, resolve_compute("cpu", "fp16", False))
     assert e.scaler.is_enabled() and e.scaler.get_scale() == 65536.0
     before = [p.detach().clone() for p in e.raw.parameters()]

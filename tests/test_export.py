@@ -17,16 +17,16 @@ import pytest
 import torch
 
 from cifar.config import ConfigError
+from cifar.export import ExportConfig, compare, export, model_inputs
 from cifar.io.images import decode_batch
 from cifar.models.checkpoint import CheckpointError, model_meta, save_checkpoint
-from cifar.models.export import ExportConfig, compare, export, model_inputs
 from cifar.models.exported import load_torchscript
 from cifar.models.loading import load_model
 from cifar.models.registry import ModelSpec, build_model
-from cifar.predict.classifier import Classifier
 from cifar.predict.config import PredictConfig
 from cifar.predict.pipeline import predict
-from cifar.testing.images import make_class_tree, make_image_tree, write_pngs
+from cifar.predict.predictor import Predictor
+from tests.helpers.images import make_class_tree, make_image_tree, write_pngs
 from tests.paths import ROOT
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -115,8 +115,8 @@ def test_a_fixed_batch_old_opset_file_from_the_command_line(images, tmp_path):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
     _, good, _ = images
     pixels = decode_batch({"path": np.array(good[:10], dtype=object)}, 32)["image"]
-    fixed = Classifier.from_path(str(out)).probabilities(pixels)  # 10 images: 4 + 4 + 2 padded
-    torch_probs = Classifier.from_path(str(run), precision="fp32").probabilities(pixels)
+    fixed = Predictor.from_path(str(out)).probabilities(pixels)  # 10 images: 4 + 4 + 2 padded
+    torch_probs = Predictor.from_path(str(run), precision="fp32").probabilities(pixels)
     assert np.abs(fixed - torch_probs).max() < 1e-5
     again = subprocess.run([*cmd, "--output", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert (
@@ -140,12 +140,12 @@ def test_what_cannot_be_exported_or_classified_is_refused_clearly(tmp_path):
     model = build_model(ModelSpec.of()).eval()
     torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), str(plain), dynamo=False)
     with pytest.raises(CheckpointError, match="not written by cifar-export"):
-        Classifier.from_path(str(plain))
+        Predictor.from_path(str(plain))
     done = export(ExportConfig(run=str(run)))
     with pytest.raises(ConfigError, match="--precision bf16 does not apply to an ONNX model"):
-        Classifier.from_path(done.path, precision="bf16")
+        Predictor.from_path(done.path, precision="bf16")
     with pytest.raises(ConfigError, match="--arch does not apply"):
-        Classifier.from_path(done.path, arch="resnet18")
+        Predictor.from_path(done.path, arch="resnet18")
 
 
 def test_the_check_refuses_a_model_that_computes_something_else(images, tmp_path):
@@ -171,8 +171,15 @@ def test_predict_with_the_onnx_file_gives_the_pytorch_rows(ray_session, images, 
     for name, model, precision in (("torch", run, "fp32"), ("onnx", onnx_file, "auto")):
         out = str(tmp_path / name)
         # top 5 of 5 classes: every probability, each in a column of its own
-        cfg = PredictConfig(model=str(model), input=[str(root)], output=out, num_actors="1",
-                            batch_size=16, top_k=5, precision=precision)  # fmt: skip
+        cfg = PredictConfig(
+            model=str(model),
+            input=[str(root)],
+            output=out,
+            num_actors="1",
+            batch_size=16,
+            top_k=5,
+            precision=precision,
+        )
         summary = predict(cfg, ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2))
         assert summary["files"] == len(good) + len(bad) == 51
         rows[name] = pd.read_parquet(out).sort_values("path").reset_index(drop=True)

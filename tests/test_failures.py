@@ -25,11 +25,11 @@ from cifar.cluster.watchdog import StallError
 from cifar.failures import BUSY, DISK, INTERRUPTED, RAY, STORAGE, explain
 from cifar.io.faults import StorageError
 from cifar.io.lock import LOCK_FILE, OutputBusy
-from cifar.testing.faultproxy import FaultProxy, Rule
-from cifar.testing.images import write_pngs
-from cifar.testing.models import save_untrained
-from cifar.testing.processes import wait_until
-from cifar.testing.s3server import free_port
+from tests.helpers.faultproxy import FaultProxy, Rule
+from tests.helpers.images import write_pngs
+from tests.helpers.models import save_untrained
+from tests.helpers.processes import wait_until
+from tests.helpers.s3server import free_port
 from tests.paths import ROOT
 
 BIN = Path(sys.executable).parent
@@ -50,14 +50,26 @@ def world(tmp_path_factory):
 def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300):
     """(the finished command, its seconds)."""
     t0 = time.monotonic()
-    r = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, cwd=cwd, capture_output=True,
-                       text=True, timeout=timeout)  # fmt: skip
+    r = subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return r, time.monotonic() - t0
 
 
 def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]],
+        env=env,
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def end(job: subprocess.Popen, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -85,9 +97,24 @@ def ended_with(r, code: int, pattern: str) -> str:
 
 
 def predict_args(world, inputs: str, out: Path, *more: str) -> list[str]:
-    return ["cifar-predict", "--model", str(world["model"]), "--input", inputs, "--output",
-            str(out), "--num-actors", "1", "--rows-per-file", "100", "--files-per-block", "100",
-            "--batch-size", "50", *more]  # fmt: skip
+    return [
+        "cifar-predict",
+        "--model",
+        str(world["model"]),
+        "--input",
+        inputs,
+        "--output",
+        str(out),
+        "--num-actors",
+        "1",
+        "--rows-per-file",
+        "100",
+        "--files-per-block",
+        "100",
+        "--batch-size",
+        "50",
+        *more,
+    ]
 
 
 def paths_in(out: Path) -> list[str]:
@@ -134,8 +161,16 @@ def test_what_cannot_be_reached_is_said_in_one_line_in_seconds(
 ):
     server, bucket = s3
     env = {**world["env"], **server.env()}
-    args = ["cifar-train", "--data-dir", f"{bucket}/pets", "--storage-path", f"{bucket}/runs",
-            "--name", "pets", "--dry-run"]  # fmt: skip
+    args = [
+        "cifar-train",
+        "--data-dir",
+        f"{bucket}/pets",
+        "--storage-path",
+        f"{bucket}/runs",
+        "--name",
+        "pets",
+        "--dry-run",
+    ]
     proxy = None
     if case == "unresolvable host":
         env["AWS_ENDPOINT_URL"] = "http://no-such-host.invalid:9000"
@@ -234,8 +269,12 @@ def test_a_store_that_goes_away_mid_job_ends_it_and_the_rows_stay(world, s3, tmp
     args = predict_args(world, str(world["root"] / "imgs"), out)  # type: ignore[arg-type]
     job = start(args, env, tmp_path)
     try:
-        wait_until(lambda: [k for k in server.keys(out) if k.startswith("part-")], 120,
-                   "a result file", job)  # fmt: skip
+        wait_until(
+            lambda: [k for k in server.keys(out) if k.startswith("part-")],
+            120,
+            "a result file",
+            job,
+        )
         proxy.stop()
         gone = time.monotonic()
         line = ended_with(end(job, 120), STORAGE, rf"cannot connect to http://127\.0\.0\.1:{port}")
@@ -252,9 +291,17 @@ def test_a_store_that_goes_away_mid_job_ends_it_and_the_rows_stay(world, s3, tmp
 
 
 def paths_in_s3(uri: str, env: dict[str, str]) -> list[str]:
-    r = subprocess.run([sys.executable, "-c", "import sys, pandas as pd; "
-                        f"print('\\n'.join(pd.read_parquet({uri!r}).path))"],
-                       env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, pandas as pd; print('\\n'.join(pd.read_parquet({uri!r}).path))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return r.stdout.split()
 
 
@@ -266,11 +313,26 @@ def test_an_interrupted_training_run_names_its_last_checkpoint(world, tmp_path, 
     from cifar.data.synthetic import write_folders
 
     write_folders(tmp_path / "pets", 300, 60, num_classes=3, seed=1)
-    args = ["cifar-train", "--data-dir", "pets", "--epochs", "40", "--storage-path", "runs",
-            "--name", "p", "--batch-size", "32"]  # fmt: skip
+    args = [
+        "cifar-train",
+        "--data-dir",
+        "pets",
+        "--epochs",
+        "40",
+        "--storage-path",
+        "runs",
+        "--name",
+        "p",
+        "--batch-size",
+        "32",
+    ]
     job = start(args, world["env"], tmp_path)
-    wait_until(lambda: list((tmp_path / "runs/p").glob("checkpoint_epoch_*/model.pt")), 180,
-               "a checkpoint", job)  # fmt: skip
+    wait_until(
+        lambda: list((tmp_path / "runs/p").glob("checkpoint_epoch_*/model.pt")),
+        180,
+        "a checkpoint",
+        job,
+    )
     job.send_signal(signal.SIGINT)
     line = ended_with(end(job), INTERRUPTED, r"^interrupted \(SIGINT\)\. Run 'p': its last ")
     last = line.split("its last checkpoint is ", 1)[1].split(";")[0]

@@ -15,7 +15,7 @@ from cifar.data.sources import load_data
 from cifar.data.synthetic import write_folders
 from cifar.io.images import load_image_file
 from cifar.predict.inputs import label_from_dirs
-from cifar.testing.images import make_class_tree
+from tests.helpers.images import make_class_tree
 
 
 @pytest.fixture()
@@ -235,14 +235,15 @@ def test_prediction_labels_follow_the_training_layout(path, root, want):
 def test_resume_refuses_data_with_other_classes(tmp_path):
     from cifar.config import ConfigError
     from cifar.train.config import TrainConfig
-    from cifar.train.driver import check_classes
+    from cifar.train.driver import check_classes, prepare_run
 
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"classes": ["ants", "bees"]}))
-    data = load_data(str(write_folders(tmp_path / "d", 20, 4, 3)))
     cfg = TrainConfig(storage_path=str(tmp_path / "runs"), name="r1", resume=True)
+    saved = {**cfg.to_dict(), "classes": ["ants", "bees"]}  # what the run started with
+    (run / "config.json").write_text(json.dumps(saved))
+    data = load_data(str(write_folders(tmp_path / "d", 20, 4, 3)))
     with pytest.raises(ConfigError, match=r"classes changed \(\['ants', 'bees'\] ->"):
-        check_classes(cfg, data)
+        check_classes(prepare_run(cfg), data)
     fresh = check_classes(TrainConfig(storage_path=str(tmp_path / "runs"), name="r2"), data)
     assert fresh.classes == ["airplane", "automobile", "bird"]

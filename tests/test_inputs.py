@@ -14,8 +14,18 @@ def _touch(root, rels):
 
 
 def test_the_walk_yields_sorted_paths_in_chunks(tmp_path):
-    rels = ["a.txt", "a/b.png", "a-b/c.png", "a b/d.png", "é/e.png", ".hidden/f.png", "Z.png",
-            "a/.DS_Store", "a/x/y/z.png", "b.png"]  # fmt: skip
+    rels = [
+        "a.txt",
+        "a/b.png",
+        "a-b/c.png",
+        "a b/d.png",
+        "é/e.png",
+        ".hidden/f.png",
+        "Z.png",
+        "a/.DS_Store",
+        "a/x/y/z.png",
+        "b.png",
+    ]
     _touch(tmp_path, rels)
     (tmp_path / "empty").mkdir()
     chunks = list(walk_sorted(str(tmp_path), chunk=3))

@@ -1,6 +1,8 @@
-"""The shape of the code, as docs/design.md states it: imports read top-down (prediction never
-imports training; the library never imports the jobs, tests or benchmarks), no sys.path tricks,
-and modules and functions small enough to read."""
+"""The shape of the code, as docs/design.md states it: imports read top-down (no cycle between
+cifar's packages and top-level modules, nor between two modules; prediction never imports
+training; ``cifar.device`` at the bottom; the library never imports the jobs, tests or
+benchmarks), no sys.path tricks, no formatter opt-outs, and modules and functions small enough
+to read."""
 
 from __future__ import annotations
 
@@ -46,6 +48,66 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def _unit(module: str) -> str:
+    """The room a module lives in: its package below ``cifar`` (``cifar.data``), or itself for a
+    top-level module (``cifar.device``)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                found.append(sorted(scc))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_between_packages_or_modules():
+    """Lazy imports (inside functions) count: a cycle is a cycle whenever it is taken."""
+    graph = _graph()
+    units: dict[str, set[str]] = {}
+    for m, targets in graph.items():
+        if m == "cifar":
+            continue
+        units.setdefault(_unit(m), set()).update(
+            _unit(t) for t in targets if t != "cifar" and _unit(t) != _unit(m)
+        )
+    assert not _cycles(units), f"cycles between cifar's packages: {_cycles(units)}"
+    assert not _cycles(graph), f"cycles between modules: {_cycles(graph)}"
+
+
+def test_device_is_the_bottom_layer():
+    """``cifar.device`` (precision, memory format, timings) imports only the environment."""
+    graph = _graph()
+    reached = {_unit(m) for m in _reachable(graph, "cifar.device")} - {"cifar"}
+    assert reached <= {"cifar.env"}, reached
+
+
 def test_prediction_never_imports_training():
     graph = _graph()
     for m in graph:
@@ -72,11 +134,23 @@ def test_no_sys_path_tricks():
 
 
 def test_modules_and_functions_stay_readable():
-    """No module of the library or the jobs over 350 lines, no function over 60."""
+    """No module of the library or the jobs over 400 lines, no function over 60: smoke alarms
+    for a module or function doing two jobs, not targets (nothing is hand-wrapped to meet them:
+    see test_the_formatter_is_never_told_to_look_away)."""
     for p in [*LIBRARY.rglob("*.py"), *(ROOT / "jobs").glob("*.py")]:
         source = p.read_text()
-        assert len(source.splitlines()) <= 350, p.relative_to(ROOT)
+        assert len(source.splitlines()) <= 400, p.relative_to(ROOT)
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 lines = node.end_lineno - node.lineno + 1
                 assert lines <= 60, f"{p.relative_to(ROOT)}:{node.lineno} {node.name}()"
+
+
+def test_the_formatter_is_never_told_to_look_away():
+    """No per-line formatter opt-out anywhere: code is formatted as ruff formats it (``# fmt:
+    off`` stays around the config dataclasses, where every setting is one line)."""
+    marker = "# fmt: " + "skip"
+    for folder in ("cifar", "jobs", "tests", "benchmarks"):
+        for p in (ROOT / folder).rglob("*.py"):
+            for n, line in enumerate(p.read_text().splitlines(), 1):
+                assert marker not in line, f"{p.relative_to(ROOT)}:{n}"

@@ -1,5 +1,5 @@
 """MLflow tracking (``--mlflow-uri``): a real ``mlflow server`` on loopback
-(:mod:`cifar.testing.mlflowserver`) receives a 2-worker training run, read back through MLflow's
+(:mod:`tests.helpers.mlflowserver`) receives a 2-worker training run, read back through MLflow's
 client as a user reads it; a server that goes away mid-run, or is not there, costs one warning
 line. Resuming, failing and sweeps (a parent run, a child per trial) through the tracking API."""
 
@@ -14,11 +14,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar.cluster.resources import ClusterInfo
-from cifar.testing import mlflowserver
-from cifar.testing.faultproxy import FaultProxy, Rule
-from cifar.testing.s3server import free_port
 from cifar.train import tracking
 from cifar.train.config import TrainConfig
+from tests.helpers import mlflowserver
+from tests.helpers.faultproxy import FaultProxy, Rule
+from tests.helpers.s3server import free_port
 from tests.paths import ROOT
 
 EPOCHS = 2
@@ -50,9 +50,20 @@ def data(tmp_path_factory):
 
 
 def flags(data, storage, name: str) -> dict:
-    return dict(data_dir=str(data), download=False, epochs=EPOCHS, batch_size=50, num_workers=2,
-                use_gpu=False, cpus_per_worker=1, storage_path=str(storage), name=name,
-                log_every=LOG_EVERY, max_failures=0, precision="fp32")  # fmt: skip
+    return dict(
+        data_dir=str(data),
+        download=False,
+        epochs=EPOCHS,
+        batch_size=50,
+        num_workers=2,
+        use_gpu=False,
+        cpus_per_worker=1,
+        storage_path=str(storage),
+        name=name,
+        log_every=LOG_EVERY,
+        max_failures=0,
+        precision="fp32",
+    )
 
 
 def run_dir(tmp_path: Path, name: str) -> str:
@@ -81,8 +92,9 @@ assert tracked.ref is None
 print(sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")))
 """
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
@@ -143,8 +155,9 @@ def test_the_run_has_its_config_as_params_and_what_it_is_as_tags(tracked):
     assert t["channels_last"] == str(compute["channels_last"])
     assert t["run_dir"] == str(tracked.run_dir) and t["mlflow.source.name"] == "cifar-train"
     if (ROOT / ".git").exists():
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         assert t["mlflow.source.git.commit"] == head and t["git_dirty"] in ("true", "false")
 
 
@@ -174,11 +187,20 @@ def test_pictures_files_and_model_are_artifacts(tracked, tmp_path):
 
     c, run_id = tracked.client, tracked.run_id
     top = {a.path for a in c.list_artifacts(run_id)}
-    assert top == {"config.json", "summary.json", "metrics.csv", "per_class.csv",
-                   "confusion_matrix.png", "misclassified.png", "model"}  # fmt: skip
+    assert top == {
+        "config.json",
+        "summary.json",
+        "metrics.csv",
+        "per_class.csv",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "model",
+    }
     assert {a.path for a in c.list_artifacts(run_id, "model")} == {
-        "model/model.pt", "model/meta.json", "model/model.onnx"
-    }  # fmt: skip
+        "model/model.pt",
+        "model/meta.json",
+        "model/model.onnx",
+    }
     got = c.download_artifacts(run_id, "", str(tmp_path))
     for name in ("confusion_matrix.png", "summary.json", "model/model.pt", "model/meta.json"):
         assert (tmp_path / name).read_bytes() == (tracked.run_dir / name).read_bytes(), name
@@ -222,8 +244,9 @@ def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial(server, tmp_path):
     sweep.finish({"best_test_accuracy": 0.5})
     c, parent = server.client(), sweep.ref
     assert json.loads(c.get_run(parent.run_id).data.params["space"]) == space
-    children = c.search_runs([parent.experiment_id],
-                             f"tags.`mlflow.parentRunId` = '{parent.run_id}'")  # fmt: skip
+    children = c.search_runs(
+        [parent.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
+    )
     assert {r.info.run_name for r in children} == {"trial_1", "trial_2"}
     assert {r.info.run_id for r in children} == {t.run_id for t in trials}
     assert all(r.info.status == "FINISHED" and r.data.params["lr"] == "0.1" for r in children)
@@ -250,17 +273,40 @@ class GoneAfter(Rule):
 
 
 @pytest.mark.ray
-def test_a_server_gone_mid_run_costs_one_warning_and_the_run_finishes(server, data, tmp_path,
-                                                                     job_env):  # fmt: skip
+def test_a_server_gone_mid_run_costs_one_warning_and_the_run_finishes(
+    server, data, tmp_path, job_env
+):
     rule = GoneAfter(".", mode="reset")
     with FaultProxy(server.uri, [rule]) as proxy:
-        cmd = [sys.executable, "-m", "jobs.train", "--data-dir", str(data), "--no-download",
-               "--epochs", str(EPOCHS), "--batch-size", "50", "--num-workers", "2",
-               "--cpus-per-worker", "1", "--log-every", str(LOG_EVERY), "--max-failures", "0",
-               "--precision", "fp32", "--storage-path", str(tmp_path), "--name", "gone",
-               "--mlflow-uri", proxy.endpoint]  # fmt: skip
-        r = subprocess.run(cmd, cwd=ROOT, env=job_env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            "--data-dir",
+            str(data),
+            "--no-download",
+            "--epochs",
+            str(EPOCHS),
+            "--batch-size",
+            "50",
+            "--num-workers",
+            "2",
+            "--cpus-per-worker",
+            "1",
+            "--log-every",
+            str(LOG_EVERY),
+            "--max-failures",
+            "0",
+            "--precision",
+            "fp32",
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "gone",
+            "--mlflow-uri",
+            proxy.endpoint,
+        ]
+        r = subprocess.run(cmd, cwd=ROOT, env=job_env, capture_output=True, text=True, timeout=600)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log
     assert (tmp_path / "gone" / "summary.json").exists()

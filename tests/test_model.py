@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from cifar.models.cifar_quick import CIFAR10_CLASSES, CifarQuick, max_pool_2x2
+from cifar.data.cifar10 import CIFAR10_CLASSES
+from cifar.models.cifar_quick import CifarQuick, max_pool_2x2
 from cifar.models.registry import match_state_dict
-from cifar.testing.tutorial import MyNetwork
+from tests.helpers.tutorial import MyNetwork
 
 
 def test_output_shape_matches_tutorial():

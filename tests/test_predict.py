@@ -1,6 +1,7 @@
 """Decoding and single-image prediction (no Ray)."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -9,12 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar.data.examples import write_digits
 from cifar.io.images import decode_image, load_image_file
 from cifar.models.checkpoint import save_checkpoint
 from cifar.models.cifar_quick import CifarQuick
 from cifar.models.loading import load_model
-from cifar.predict.classifier import Classifier, classify_files
-from cifar.testing.images import make_image_tree
+from cifar.predict.config import PredictConfig
+from cifar.predict.predictor import Predictor
+from cifar.predict.preflight import preflight
+from tests.helpers.images import make_image_tree
 from tests.paths import ROOT
 
 
@@ -96,8 +100,8 @@ def test_tutorial_state_dict_predicts_like_the_tutorials_test_py(tmp_path, tutor
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(
         tmp_path / "dog.png"
     )
-    clf = Classifier.from_path(str(tutorial_state_dict))
-    [r] = classify_files(clf, [str(tmp_path / "dog.png")])
+    clf = Predictor.from_path(str(tutorial_state_dict))
+    [r] = clf.classify_files([str(tmp_path / "dog.png")])
     # the tutorial's test.py, step by step
     image = Image.open(tmp_path / "dog.png").convert("RGB")
     image = torchvision.transforms.Compose(
@@ -122,7 +126,7 @@ def test_trained_meta_normalization_is_applied(tmp_path):
         "normalize": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]},
     }
     save_checkpoint(tmp_path / "ck", m, meta)
-    clf = Classifier.from_path(str(tmp_path / "ck"))
+    clf = Predictor.from_path(str(tmp_path / "ck"))
     x = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
     t = torch.from_numpy(x).float() / 255
     t = (t - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(
@@ -155,17 +159,55 @@ def test_single_image_cli_prints_lines_and_fails_on_bad_images(tmp_path, tutoria
         cwd=ROOT,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    as_json = subprocess.run([*args, "--top-k", "3", "--json", str(good[0]), str(bad[0])],
-                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    as_json = subprocess.run(
+        [*args, "--top-k", "3", "--json", str(good[0]), str(bad[0])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     first, second = (json.loads(line) for line in as_json.stdout.splitlines())
     assert as_json.returncode == 1 and first["path"] == str(good[0]) and first["error"] is None
-    assert first["top"][0]["class"] == first["class"] and len(first["top"]) == 3
-    assert first["top"][0]["prob"] >= first["top"][1]["prob"] >= first["top"][2]["prob"]
-    assert second["class"] is None and "empty file" in second["error"]
-    tabbed = subprocess.run([*args, "--top-k", "2", str(good[0])], capture_output=True,
-                            text=True, cwd=ROOT)  # fmt: skip
+    top = first["top_k"]
+    assert top[0]["class_name"] == first["class_name"] and len(top) == 3
+    assert top[0]["class_index"] == first["class_index"]
+    assert top[0]["prob"] == first["confidence"] >= top[1]["prob"] >= top[2]["prob"]
+    assert second["class_name"] is None and "empty file" in second["error"]
+    tabbed = subprocess.run(
+        [*args, "--top-k", "2", str(good[0])], capture_output=True, text=True, cwd=ROOT
+    )
     path, c1, p1, c2, p2 = tabbed.stdout.strip().split("\t")
-    assert (path, c1) == (str(good[0]), first["class"]) and float(p1) >= float(p2) and c2 != c1
+    assert (path, c1) == (str(good[0]), first["class_name"]) and float(p1) >= float(p2) and c2 != c1
+
+
+def test_labels_from_dirs_that_name_no_class_stop_before_ray_and_say_why(
+    tmp_path, tutorial_state_dict, caplog
+):
+    """The digits' ``zero``..``nine`` folders with a model of CIFAR-10's classes: an evaluation
+    was asked for and none is possible (exit 2, the classes and the folders named); where some
+    folders match, one line says how many files got a label and which folders did not."""
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    write_digits(tmp_path / "digits", np.random.default_rng(0), n_train=10, names=words)
+    args = [sys.executable, "-m", "jobs.predict", "--model", str(tutorial_state_dict)]
+    args += ["--input", str(tmp_path / "digits" / "val"), "--output", str(tmp_path / "o")]
+    r = subprocess.run([*args, "--labels-from-dirs"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "no folder below the input names one of the model's classes" in r.stderr
+    assert "airplane, automobile, bird" in r.stderr and "eight, five, four" in r.stderr
+    assert not (tmp_path / "o").exists()  # nothing started, nothing written
+    (tmp_path / "digits" / "val" / "five").rename(tmp_path / "digits" / "val" / "cat")
+    cfg = PredictConfig(
+        model=str(tutorial_state_dict),
+        input=[str(tmp_path / "digits" / "val")],
+        output=str(tmp_path / "o"),
+        labels_from_dirs=True,
+    )
+    with caplog.at_level(logging.WARNING):
+        pre = preflight(cfg)
+    cats = len(list((tmp_path / "digits" / "val" / "cat").iterdir()))
+    assert len(pre.labels) - pre.labels.null_count == cats > 0
+    [line] = [r.getMessage() for r in caplog.records if "--labels-from-dirs" in r.getMessage()]
+    assert f"{cats} of {len(pre.labels)} files got a label" in line
+    assert "eight, four, nine, one, seven, six, three, two, zero" in line
 
 
 def test_decode_module_does_not_import_torch():

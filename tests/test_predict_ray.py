@@ -21,14 +21,14 @@ from cifar.device import resolve_compute
 from cifar.models.checkpoint import CheckpointError, model_meta, save_checkpoint
 from cifar.models.cifar_quick import CifarQuick
 from cifar.models.registry import DEFAULT_ARCH, ModelSpec
-from cifar.predict.classifier import Classifier, classify_files
 from cifar.predict.config import PredictConfig
 from cifar.predict.formats import FORMATS, read_results, result_schema
 from cifar.predict.pipeline import predict
+from cifar.predict.predictor import Predictor
 from cifar.predict.preflight import preflight
-from cifar.testing.images import make_image_tree
-from cifar.train.config import TrainConfig
+from cifar.train.config import TrainConfig, resolve_recipe
 from cifar.train.engine import build, train_one_epoch
+from tests.helpers.images import make_image_tree
 from tests.paths import ROOT
 
 pytestmark = pytest.mark.ray
@@ -45,7 +45,8 @@ def trained(synthetic_dir, tmp_path_factory):
         epochs=3, batch_size=64, lr=0.02, augment=False, label_smoothing=0.0, grad_clip=0.0
     )
     spec = ModelSpec.of(classes=data.classes, mean=mean, std=std)
-    e = build(cfg, data.tensors(), spec, resolve_compute("cpu", "fp32", False))
+    cfg = resolve_recipe(cfg, len(data.train_labels), 1)
+    e = build(cfg, data.splits(), spec, resolve_compute("cpu", "fp32", False))
     for epoch in range(cfg.epochs):
         train_one_epoch(e, epoch)
     d = tmp_path_factory.mktemp("model") / "model"
@@ -106,14 +107,11 @@ def test_every_file_gets_exactly_one_row_and_rows_equal_single_image_path(
     assert sum(summary["class_histogram"].values()) == len(good)
     single = {
         r.path: r
-        for r in classify_files(
-            Classifier.from_path(  # what the job's actors computed in (auto: measured)
-                str(model_dir),
-                precision=summary["compute"]["precision"],
-                channels_last=summary["compute"]["channels_last"],
-            ),
-            [str(p.resolve()) for p in good + bad],
-        )
+        for r in Predictor.from_path(  # what the job's actors computed in (auto: measured)
+            str(model_dir),
+            precision=summary["compute"]["precision"],
+            channels_last=summary["compute"]["channels_last"],
+        ).classify_files([str(p.resolve()) for p in good + bad])
     }
     for r in rows:
         s = single[r["path"]]
@@ -293,8 +291,8 @@ def test_bf16_inference_agrees_with_fp32(trained):
     """precision=auto may run in bf16: its classes must match the fp32 (tutorial) arithmetic."""
     model_dir, data = trained
     images = data.test_images[:500].numpy()
-    fp32 = Classifier.from_path(str(model_dir), precision="fp32").probabilities(images)
-    bf16 = Classifier.from_path(str(model_dir), precision="bf16").probabilities(images)
+    fp32 = Predictor.from_path(str(model_dir), precision="fp32").probabilities(images)
+    bf16 = Predictor.from_path(str(model_dir), precision="bf16").probabilities(images)
     agree = (fp32.argmax(1) == bf16.argmax(1)).mean()
     assert agree >= 0.98
     assert np.abs(fp32 - bf16).max() < 0.05

@@ -135,8 +135,9 @@ def test_the_end_to_end_example_runs_as_written(tmp_path):
     for command in readme_commands(end_to_end=True):
         words = shlex.split(command)
         words[0] = sys.executable if words[0] == "python" else str(BIN / words[0])
-        r = subprocess.run(words, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
+        r = subprocess.run(
+            words, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         logs[Path(words[0]).name] = r
     train = logs["cifar-train"]
@@ -171,8 +172,8 @@ def sandbox(tmp_path_factory):
     from cifar.data.examples import write_digits
     from cifar.data.synthetic import write_folders, write_synthetic
     from cifar.models.cifar_quick import CifarQuick
-    from cifar.testing.models import save_untrained
     from cifar.train.config import TrainConfig
+    from tests.helpers.models import save_untrained
 
     home = tmp_path_factory.mktemp("home")
     write_synthetic(home / "data", 50, 10, seed=0)
@@ -203,7 +204,7 @@ def sandbox(tmp_path_factory):
     for rel in ("digits/val/3/val_00013_scan0023.png", "digits/val/8/val_00020_scan0038.png"):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(home / rel)
     (home / "digits.yaml").write_text(config_yaml(TrainConfig(data_dir="digits")))
-    from cifar.models.export import ExportConfig, export  # what the README's export leaves
+    from cifar.export import ExportConfig, export  # what the README's export leaves
 
     export(ExportConfig(run=str(home / "runs/digits"), dynamic_batch=True, check_images=4))
     torch.save(CifarQuick().state_dict(), home / "mywork_10.pth")
@@ -264,18 +265,31 @@ def test_readme_command_runs_as_written(command, sandbox):
 
 def test_scripts_answer_help_without_side_effects(tmp_path):
     for script in ("quickstart.sh", "gpu_check.sh", "test.sh", "submit.sh", "cluster-up.sh"):
-        r = subprocess.run([str(ROOT / "scripts" / script), "--help"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        r = subprocess.run(
+            [str(ROOT / "scripts" / script), "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 0 and "usage" in r.stdout.lower(), (script, r.stderr)
     assert list(tmp_path.iterdir()) == [] and not (ROOT / "gpu-check").exists()
 
 
 def test_offline_download_says_so_in_one_paragraph(tmp_path):
     r = subprocess.run(
-        [str(BIN / "cifar-data"), "download", str(tmp_path / "d"), "--url",
-         "http://127.0.0.1:9/cifar-10-python.tar.gz"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            str(BIN / "cifar-data"),
+            "download",
+            str(tmp_path / "d"),
+            "--url",
+            "http://127.0.0.1:9/cifar-10-python.tar.gz",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: could not download CIFAR-10")
     assert "cifar-data synthetic" in r.stderr
@@ -289,8 +303,13 @@ def test_a_tree_that_cannot_train_exits_2_before_anything_starts(tmp_path):
     for p in (tmp_path / "one" / "train" / "automobile").iterdir():
         p.unlink()
     (tmp_path / "one" / "train" / "automobile").rmdir()
-    r = subprocess.run([str(BIN / "cifar-train"), "--data-dir", "one", "--dry-run"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [str(BIN / "cifar-train"), "--data-dir", "one", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "at least two" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -306,8 +325,8 @@ def test_object_storage_commands_run_against_an_s3_server(sandbox, s3_server, tm
     prediction and the pandas line for real."""
     import tempfile
 
-    from cifar.testing.models import save_untrained
     from cifar.train.config import resolve_config
+    from tests.helpers.models import save_untrained
 
     home, env = sandbox
     env = {**env, **s3_server.env(), "PYTHONPATH": str(ROOT)}
@@ -324,17 +343,29 @@ def test_object_storage_commands_run_against_an_s3_server(sandbox, s3_server, tm
         if words[0] == "cifar-train":
             words.append("--dry-run")
         if "--resume" in words:  # what the first command leaves in the bucket
-            cfg = resolve_config({"data_dir": "s3://my-bucket/pets", "name": "pets",
-                                  "storage_path": "s3://my-bucket/runs"})  # fmt: skip
+            cfg = resolve_config(
+                {
+                    "data_dir": "s3://my-bucket/pets",
+                    "name": "pets",
+                    "storage_path": "s3://my-bucket/runs",
+                }
+            )
             run = tmp_path / "pets-run"
             save_untrained(run / "model", classes=("airplane", "automobile", "bird"))
             (run / "config.json").write_text(json.dumps(cfg.to_dict()))
             s3_server.upload_dir(run, "s3://my-bucket/runs/pets")
-        r = subprocess.run([str(BIN / words[0]), *words[1:]], cwd=home, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        r = subprocess.run(
+            [str(BIN / words[0]), *words[1:]],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, f"{command}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-    r = subprocess.run(shlex.split(readers[0]), cwd=home, env=env, capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        shlex.split(readers[0]), cwd=home, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     n = len(list((home / "pets/val").glob("*/*.png")))
     assert f"[{n} rows x 12 columns]" in r.stdout  # one row per file

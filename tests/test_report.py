@@ -69,7 +69,7 @@ def test_pictures_of_generated_images_say_so_in_their_title(tmp_path):
     from cifar.data.synthetic import write_folders
     from cifar.predict.preflight import preflight
     from cifar.predict.report import generated_note
-    from cifar.testing.models import save_untrained
+    from tests.helpers.models import save_untrained
 
     write_folders(tmp_path / "gen", 6, 3, num_classes=2, seed=0)
     model = save_untrained(tmp_path / "m", classes=("airplane", "automobile"))

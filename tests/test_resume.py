@@ -18,9 +18,9 @@ from cifar.predict.commit import JOB_FILE, TMP_DIR
 from cifar.predict.config import PredictConfig
 from cifar.predict.pipeline import predict
 from cifar.predict.preflight import preflight
-from cifar.testing.images import write_pngs
-from cifar.testing.models import save_untrained
-from cifar.testing.processes import kill_group, wait_until
+from tests.helpers.images import write_pngs
+from tests.helpers.models import save_untrained
+from tests.helpers.processes import kill_group, wait_until
 
 pytestmark = pytest.mark.ray
 TWO_CPUS = ClusterInfo(cpus=2, gpus=0, largest_node_cpus=2)
@@ -116,19 +116,26 @@ def test_sigkilled_job_resumes_with_every_file_exactly_once(tmp_path, job_env):
     cmd += [str(tmp_path / "in"), "--output", str(out), "--rows-per-file", "1000"]
     cmd += ["--num-actors", "1", "--files-per-block", "250"]
     with open(tmp_path / "killed.log", "wb") as log:
-        killed = subprocess.Popen(cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # fmt: skip
+        killed = subprocess.Popen(
+            cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            wait_until(lambda: len(list(out.glob("part-*.parquet"))) >= 3, 240,
-                       "3 result files committed", killed, tmp_path / "killed.log")  # fmt: skip
+            wait_until(
+                lambda: len(list(out.glob("part-*.parquet"))) >= 3,
+                240,
+                "3 result files committed",
+                killed,
+                tmp_path / "killed.log",
+            )
         finally:
             kill_group(killed)
     assert not (out / "_summary.json").exists()  # it really died part-way
     kept = len(pds.dataset(out, format="parquet").to_table(columns=["path"]))
     assert 0 < kept < len(files)
 
-    resumed = subprocess.run([*cmd, "--resume"], env=job_env, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*cmd, "--resume"], env=job_env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"classified 20000 files ({kept} of them kept from the stopped run)" in resumed.stdout
     assert "took over the lock of a job that is gone: pid" in resumed.stdout  # the SIGKILLed one

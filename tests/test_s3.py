@@ -15,18 +15,18 @@ import pytest
 import torch
 
 from cifar.config import ConfigError
-from cifar.data.cifar10 import load_cifar10
+from cifar.data.cifar10 import CIFAR10_CLASSES, load_cifar10
 from cifar.data.dataset import DataError
 from cifar.data.sources import load_data
 from cifar.io import storage
 from cifar.models.checkpoint import CheckpointError, model_meta, save_checkpoint
-from cifar.models.cifar_quick import CIFAR10_CLASSES, CifarQuick
+from cifar.models.cifar_quick import CifarQuick
 from cifar.models.loading import load_model
 from cifar.models.registry import ModelSpec
 from cifar.predict.inputs import list_inputs
-from cifar.testing.models import save_untrained
-from cifar.testing.processes import kill_group, wait_until
-from cifar.testing.s3server import SECRET_KEY
+from tests.helpers.models import save_untrained
+from tests.helpers.processes import kill_group, wait_until
+from tests.helpers.s3server import SECRET_KEY
 
 
 def _weights_equal(model, sd) -> bool:
@@ -166,8 +166,9 @@ def _job(args, env, cwd, log, **kw) -> subprocess.Popen:
 
 def _finished(args, env, cwd) -> subprocess.CompletedProcess:
     """``python -m ARGS`` run to its end (bounded), output captured."""
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.ray
@@ -180,7 +181,7 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
     server, bucket = s3
     server.upload_dir(synthetic_dir, f"{bucket}/data")
     images = tmp_path / "images"
-    from cifar.testing.images import make_image_tree
+    from tests.helpers.images import make_image_tree
 
     good, bad = make_image_tree(images)
     server.upload_dir(images, f"{bucket}/images")
@@ -194,8 +195,13 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
         first = _job(train, env, tmp_path / "a", log)
         try:
             key = "checkpoint_epoch_0001/meta.json"
-            wait_until(lambda: key in server.keys(f"{bucket}/runs/r1"), 240, key, first,
-                       tmp_path / "train-1.log")  # fmt: skip
+            wait_until(
+                lambda: key in server.keys(f"{bucket}/runs/r1"),
+                240,
+                key,
+                first,
+                tmp_path / "train-1.log",
+            )
         finally:
             kill_group(first)
     logs.append((tmp_path / "train-1.log").read_text())
@@ -256,7 +262,7 @@ def test_train_on_s3_killed_resumed_elsewhere_then_predict_s3_to_s3(
 def test_prediction_from_a_prefix_resumes_in_the_bucket(s3, tmp_path, job_env):
     """A prefix listed while classifying, results committed object by object to S3; some lost
     as a crash would lose them; --resume: every key exactly once, the rest kept."""
-    from cifar.testing.images import make_class_tree
+    from tests.helpers.images import make_class_tree
 
     server, bucket = s3
     tree = make_class_tree(tmp_path / "tree", val=False)
@@ -276,8 +282,9 @@ def test_prediction_from_a_prefix_resumes_in_the_bucket(s3, tmp_path, job_env):
     for k in parts[::2]:
         c.delete_object(Bucket=bucket[5:], Key=f"preds/{k}")
     kept = len(pd.read_parquet(f"{bucket}/preds"))
-    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     df = pd.read_parquet(f"{bucket}/preds")
     assert df["path"].is_unique and len(df) == n

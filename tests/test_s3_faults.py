@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from cifar.io import faults, storage
-from cifar.testing.faultproxy import FaultProxy, Rule
+from tests.helpers.faultproxy import FaultProxy, Rule
 
 
 @pytest.fixture()
@@ -162,7 +162,7 @@ def test_a_store_that_cannot_be_reached_is_no_file_s_fault(s3, monkeypatch, sdk_
     keep those rows): the read fails as a StorageError naming the endpoint, and the job ends."""
     from cifar.io.faults import StorageError
     from cifar.io.images import decode_batch
-    from cifar.testing.s3server import free_port
+    from tests.helpers.s3server import free_port
 
     monkeypatch.setattr(faults, "RETRY_ATTEMPTS", 1)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
@@ -273,7 +273,7 @@ def test_prediction_job_s3_to_s3_through_faults(s3, tmp_path, job_env):
 
     import pyarrow.dataset as pds
 
-    from cifar.testing.models import save_untrained
+    from tests.helpers.models import save_untrained
 
     server, bucket = s3
     name = bucket.removeprefix("s3://")
@@ -300,9 +300,13 @@ def test_prediction_job_s3_to_s3_through_faults(s3, tmp_path, job_env):
         t = time.monotonic()
         with open(tmp_path / "job.log", "wb") as out:
             job = subprocess.Popen(
-                cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: the driver and its Ray
-            )  # fmt: skip
+            )
             try:
                 rc = job.wait(timeout=240)
             except subprocess.TimeoutExpired:

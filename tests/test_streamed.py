@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from cifar.data import folders
-from cifar.data.dataset import DataError
+from cifar.data.dataset import DataError, DataRequest
 from cifar.data.loaders import shard_loaders
-from cifar.data.sources import choose_loading, load_training_data
+from cifar.data.loading import choose_loading
+from cifar.data.sources import load_training_data
 from cifar.data.streamed import FileSplits
 from cifar.data.synthetic import write_folders
 from cifar.data.transforms import model_input, normalize, random_crop_flip
@@ -26,8 +27,8 @@ def tree(tmp_path_factory):
 
 
 def test_streamed_splits_labels_and_pixels_equal_the_in_memory_ones(tree):
-    memory, how = load_training_data(str(tree), size=48, loading="memory")
-    streamed, how_s = load_training_data(str(tree), size=48, loading="stream")
+    memory, how = load_training_data(DataRequest(str(tree), size=48, loading="memory"))
+    streamed, how_s = load_training_data(DataRequest(str(tree), size=48, loading="stream"))
     assert isinstance(streamed, FileSplits) and (how.how, how_s.how) == ("memory", "stream")
     assert "270 files" not in how_s.why and "120 files decoded at 48x48" in how_s.why
     assert streamed.classes == memory.classes
@@ -42,7 +43,7 @@ def test_streamed_splits_labels_and_pixels_equal_the_in_memory_ones(tree):
 def test_a_bad_file_is_dropped_from_its_batch_and_named(tree, tmp_path):
     (tree / "train" / "bird" / "zz_bad.png").write_bytes(b"not an image")
     try:
-        splits, _ = load_training_data(str(tree), size=32, loading="stream")
+        splits, _ = load_training_data(DataRequest(str(tree), size=32, loading="stream"))
         bad = splits.train_paths.index(str(tree / "train" / "bird" / "zz_bad.png"))
         images, labels, skipped = splits.dataset("train").__getitems__([0, bad, 1])
     finally:
@@ -53,19 +54,20 @@ def test_a_bad_file_is_dropped_from_its_batch_and_named(tree, tmp_path):
 
 def test_auto_streams_only_over_the_memory_budget_and_says_why(tree):
     scanned = folders.scan(str(tree), 224)  # 120 files x 150 KiB = 17.6 MiB decoded
-    small = choose_loading(scanned, "auto", budget_mb=10)
-    large = choose_loading(scanned, "auto", budget_mb=100)
+    n = len(scanned.files)
+    small = choose_loading(n, 224, "auto", budget_mb=10)
+    large = choose_loading(n, 224, "auto", budget_mb=100)
     assert small.how == "stream" and "over the memory budget of 10.0 MiB" in small.why
     assert "--data-memory-mb 10" in small.why and "--data-loading memory" in small.why
     assert large.how == "memory" and "within the memory budget of 100.0 MiB" in large.why
     assert "17.2 MiB" in large.why
-    assert choose_loading(scanned, "memory", budget_mb=1).how == "memory"
+    assert choose_loading(n, 224, "memory", budget_mb=1).how == "memory"
     with pytest.raises(DataError, match="CIFAR-format files are read into memory"):
-        choose_loading(None, "stream")
+        load_training_data(DataRequest(str(tree), synthetic=[64, 32, 0], loading="stream"))
 
 
 def test_two_ranks_with_loader_processes_see_every_file_once_per_epoch(tree):
-    splits, _ = load_training_data(str(tree), size=32, loading="stream")
+    splits, _ = load_training_data(DataRequest(str(tree), size=32, loading="stream"))
     seen, evaluated = [], []
     for rank in (0, 1):
         train, test = shard_loaders(splits, 8, False, 0, 32, rank, 2, CPU, loader_workers=2)

@@ -10,10 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cifar.data.cifar10 import load_cifar10
+from cifar.data.dataset import TensorSplits
 from cifar.device import resolve_compute
 from cifar.models.cifar_quick import CifarQuick
 from cifar.models.registry import ModelSpec
-from cifar.train.config import TrainConfig
+from cifar.train.config import TrainConfig, resolve_recipe
 from cifar.train.engine import build, evaluate, make_scheduler, train_one_epoch
 
 CPU = resolve_compute("cpu", "fp32", channels_last=False)
@@ -31,7 +32,14 @@ def _eval_worker(rank, world, port, root, weights, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     data = load_cifar10(root)
-    e = build(TrainConfig(), data.tensors(), SPEC, CPU, rank, world)
+    e = build(
+        resolve_recipe(TrainConfig(), data.splits().n_train, world),
+        data.splits(),
+        SPEC,
+        CPU,
+        rank,
+        world,
+    )
     e.raw.load_state_dict(weights)
     metrics = evaluate(e)
     if rank == 0:
@@ -64,10 +72,10 @@ def test_one_epoch_learns_and_restarting_mid_run_matches_an_uninterrupted_run(sy
     """Three epochs straight == two epochs, save state, fresh objects, epoch 3 (a resume)."""
     data = load_cifar10(synthetic_dir)
     mean, std = data.channel_stats()
-    cfg = TrainConfig(epochs=3, batch_size=64)
+    cfg = resolve_recipe(TrainConfig(epochs=3, batch_size=64), len(data.train_labels), 1)
 
     def fresh():
-        return build(cfg, data.tensors(), ModelSpec.of(mean=mean, std=std), CPU)
+        return build(cfg, data.splits(), ModelSpec.of(mean=mean, std=std), CPU)
 
     e = fresh()
     before = evaluate(e)["test_accuracy"]
@@ -156,7 +164,8 @@ def test_an_elastic_run_keeps_the_recipe_batch_and_takes_a_node_per_worker():
 
 
 def test_every_world_size_takes_the_same_global_batches():
-    from cifar.data.loaders import GlobalBatchSampler, TensorImageDataset, train_loader
+    from cifar.data.dataset import TensorImageDataset
+    from cifar.data.loaders import GlobalBatchSampler, train_loader
 
     def epoch(n, batch, rank, world, seed=7, e=2):
         s = GlobalBatchSampler(n, batch, rank, world, seed)
@@ -184,9 +193,10 @@ def test_every_world_size_takes_the_same_global_batches():
 def _one_epoch(root, rank=0, world=1):
     """Weights (numpy) and steps after epoch 0 on 194 images, global batch 64."""
     torch.set_num_threads(1)
-    data = {k: v[:194] for k, v in load_cifar10(root).tensors().items()}  # last batch: 2 images
+    data = TensorSplits({k: v[:194] for k, v in load_cifar10(root).tensors().items()})  # 2 last
     # an elastic run (1-3 workers): global batches; augmentation off, it draws per rank
     cfg = TrainConfig(epochs=2, batch_size=64, augment=False, num_workers=[1, 3])
+    cfg = resolve_recipe(cfg, data.n_train, 3)
 
     def ddp(m):
         return torch.nn.parallel.DistributedDataParallel(m) if world > 1 else m

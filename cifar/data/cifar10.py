@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from cifar.data.dataset import DataError, ImageData
+from cifar.data.dataset import DataError, DataRequest, ImageData, Loading
+from cifar.data.loading import memory_only
+from cifar.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,18 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 BATCH_DIR = "cifar-10-batches-py"
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 SIDE = 32  # CIFAR rows are 3 x 32 x 32 pixels
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -250,3 +264,44 @@ def prepare_data(data_dir: str | os.PathLike, download: bool) -> ImageData:
     if download and not has_cifar10(data_dir):
         download_cifar10(data_dir)
     return load_cifar10(data_dir)
+
+
+class CifarSource:
+    """``--data-dir`` holding (or to hold) CIFAR-format python files: a local folder (CIFAR-10
+    downloaded into it when missing and allowed) or a URI (copied to this node's cache once)."""
+
+    def __init__(self, request: DataRequest) -> None:
+        self.request = request
+        self.uri = storage.is_uri(request.data_dir)
+
+    def describe(self) -> tuple[str, int | None]:
+        d = self.request.data_dir
+        if self.uri:
+            batches = self._batches()
+            return f"CIFAR-format files in {batches} (copied to this node's cache)", 50000
+        if has_cifar10(d):
+            return f"CIFAR-format files in {batch_dir(d)}", 50000
+        if self.request.download:
+            return f"CIFAR-10 will be downloaded into {d} ({CIFAR10_URL})", 50000
+        load_cifar10(d)  # raises the not-found error that says what to do
+        raise AssertionError("unreachable")
+
+    def load(self) -> tuple[ImageData, Loading]:
+        how = memory_only(self.request.loading, "CIFAR-format files")
+        if self.uri:
+            return load_cifar10(storage.local_tree(self._batches()).parent), how
+        return prepare_data(self.request.data_dir, self.request.download), how
+
+    def _batches(self) -> str:
+        """``<data_dir>/cifar-10-batches-py`` in object storage, or the error naming what to
+        upload there."""
+        d = self.request.data_dir
+        batches = storage.join(d, BATCH_DIR)
+        if not storage.is_dir(batches):
+            storage.check_bucket(d)
+            raise DataError(
+                f"--data-dir {d} holds neither image folders (train/<class>/...) nor "
+                f"CIFAR-format files ({BATCH_DIR}/). Upload one of them there, e.g. `aws s3 "
+                f"sync data/{BATCH_DIR} {batches}`."
+            )
+        return batches

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ import torch
 from filelock import FileLock
 
 from cifar.data.cifar10 import SIDE
-from cifar.data.dataset import DataError, ImageData
-from cifar.data.streamed import FileSplits
+from cifar.data.dataset import DataError, DataRequest, ImageData, Loading
+from cifar.data.loading import choose_loading
+from cifar.data.streamed import FileSplits, decode_files
 from cifar.env import cache_root
 from cifar.io import storage
-from cifar.io.images import decode_batch
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
@@ -46,7 +45,6 @@ EVAL_DIRS = ("val", "test")  # the first one present is evaluated
 CACHE_DIR = ".cifar-ray-cache"
 GENERATED_MARKER = ".cifar-ray-generated"  # written by cifar.data.synthetic.write_folders
 _CACHE_VERSION = 1  # bump when decoding changes what pixels a file gives
-_CHUNK = 256  # files per decode task
 _LISTED_SKIPS = 1000  # skipped files listed by name in summary.json (all are counted)
 
 
@@ -111,41 +109,6 @@ def scan(root: str, size: int = SIDE) -> Tree:
 
 
 # --------------------------------------------------------------------------- decoding + cache
-
-
-def decode_files(paths: list[str], size: int) -> tuple[np.ndarray, list[str]]:
-    """uint8 ``[N, 3, size, size]`` pixels and one error per file (``""`` when it decoded).
-
-    In parallel Ray tasks (one CPU each, a chunk of files per task) when this process is
-    connected to Ray, else in this process."""
-    images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-    errors = [""] * len(paths)
-    starts = list(range(0, len(paths), _CHUNK))
-
-    def put(start: int, out: dict[str, np.ndarray]) -> None:
-        images[start : start + len(out["image"])] = out["image"]
-        errors[start : start + len(out["error"])] = [str(e) for e in out["error"]]
-
-    def chunk(start: int) -> dict[str, np.ndarray]:
-        return {"path": np.array(paths[start : start + _CHUNK], dtype=object)}
-
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized() or len(starts) < 2:
-        for s in starts:
-            put(s, decode_batch(chunk(s), size))
-        return images, errors
-    task = ray.remote(num_cpus=1)(decode_batch)
-    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # bounded memory
-    pending: dict[Any, int] = {}
-    queue = list(starts)
-    while queue or pending:
-        while queue and len(pending) < window:
-            s = queue.pop(0)
-            pending[task.remote(chunk(s), size)] = s
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            put(pending.pop(ref), ray.get(ref))
-    return images, errors
 
 
 def _cache_dir(root: str) -> Path:
@@ -337,4 +300,37 @@ def load_tree(tree: Tree, val_fraction: float = 0.1) -> ImageData:
         kind="folder",
         root=root,
         info={**_info(tree, val_fraction, skipped), "decode": decode},
+        resize="files",
     )
+
+
+class FolderSource:
+    """``--data-dir`` holding ``train/<class>/...``: decoded into memory (cached) while the
+    pixels fit the memory budget, else streamed by every worker (:func:`choose_loading`)."""
+
+    def __init__(self, request: DataRequest) -> None:
+        self.request = request
+        self.tree = scan(request.data_dir, request.size)
+
+    def loading(self) -> Loading:
+        r = self.request
+        return choose_loading(len(self.tree.files), self.tree.size, r.loading, r.budget_mb)
+
+    def describe(self) -> tuple[str, int | None]:
+        tree = self.tree
+        n_train = sum(f.rel.startswith(f"{TRAIN_DIR}/") for f in tree.files)
+        split = tree.eval_dir + "/" if tree.eval_dir else "a hash split of train/"
+        how = self.loading()
+        state = "cached" if cached(tree) else "not decoded yet"
+        state = f"{how.how}: {how.why}" if how.how == "stream" else f"in memory, {state}"
+        names = ", ".join(tree.classes[:8]) + (", ..." if len(tree.classes) > 8 else "")
+        return (
+            f"image folders {tree.root}: {len(tree.classes)} classes ({names}), {n_train} "
+            f"training files, evaluated on {split} ({state})",
+            n_train,
+        )
+
+    def load(self) -> tuple[ImageData | FileSplits, Loading]:
+        how = self.loading()
+        load = list_tree if how.how == "stream" else load_tree
+        return load(self.tree, self.request.val_fraction), how

@@ -11,68 +11,15 @@ run per batch on the worker's device (:mod:`cifar.data.transforms`). Training sh
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from cifar.data.streamed import FileSplits, loader_context
-
-
-class TensorImageDataset(Dataset):
-    """Images held as one uint8 tensor; a whole batch is one index operation.
-
-    ``images`` may live on the GPU: then batches come out on the GPU too.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        assert images.shape[0] == labels.shape[0]
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
-
-
-def _keep_batch(batch):
-    """collate_fn: ``__getitems__`` already returns a stacked batch."""
-    return batch
+from cifar.data.dataset import Fetch, Splits
 
 
 def first_images(dataset: Dataset, n: int) -> torch.Tensor:
     """The first ``n`` images of an in-memory or streamed dataset (uint8)."""
     return dataset.__getitems__(list(range(min(n, len(dataset)))))[0]
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """How a loader fetches: in this process (``workers=0``, an in-memory set) or in
-    ``workers`` loader processes started by ``context`` (a streamed set), and whether batches
-    are pinned for a GPU."""
-
-    workers: int = 0
-    context: str | None = None
-    pin_memory: bool = False
-
-    def kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"collate_fn": _keep_batch, "pin_memory": self.pin_memory}
-        if self.workers:
-            kw.update(
-                num_workers=self.workers,
-                multiprocessing_context=self.context,
-                persistent_workers=True,  # started once per run, not once per epoch
-                prefetch_factor=2,
-            )
-        return kw
 
 
 class ShardSampler(Sampler[int]):
@@ -90,7 +37,7 @@ class ShardSampler(Sampler[int]):
 
 
 def train_loader(
-    dataset: TensorImageDataset,
+    dataset: Dataset,
     batch_size: int,
     rank: int,
     world_size: int,
@@ -138,7 +85,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 
 def global_batch_loader(
-    dataset: TensorImageDataset,
+    dataset: Dataset,
     batch: int,
     rank: int,
     world: int,
@@ -151,7 +98,7 @@ def global_batch_loader(
 
 
 def eval_loader(
-    dataset: TensorImageDataset,
+    dataset: Dataset,
     batch_size: int,
     rank: int,
     world_size: int,
@@ -172,7 +119,7 @@ def eval_batch(size: int) -> int:
 
 
 def shard_loaders(
-    data: dict[str, torch.Tensor] | FileSplits,
+    data: Splits,
     batch: int,
     elastic: bool,
     seed: int,
@@ -182,21 +129,12 @@ def shard_loaders(
     device: torch.device,
     loader_workers: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
-    """This rank's training and evaluation loaders, over tensors in memory (kept on the GPU,
-    where there is one: they are small) or over files streamed by ``loader_workers``
-    processes. ``batch`` is global: a fixed world splits it evenly, an elastic one
-    (:class:`GlobalBatchSampler`) takes every rank's share of the same global batches."""
-    cuda = device.type == "cuda"
-    if isinstance(data, FileSplits):
-        how = Fetch(loader_workers, loader_context(data), pin_memory=cuda)
-        train, test = data.dataset("train"), data.dataset("test")
-    else:
-        how = Fetch()
-        store = device if cuda else torch.device("cpu")
-        train, test = (
-            TensorImageDataset(data[f"{s}_images"].to(store), data[f"{s}_labels"].to(store))
-            for s in ("train", "test")
-        )
+    """This rank's training and evaluation loaders over ``data`` (in memory, or files streamed
+    by ``loader_workers`` processes: ``data.fetch`` says how). ``batch`` is global: a fixed
+    world splits it evenly, an elastic one (:class:`GlobalBatchSampler`) takes every rank's
+    share of the same global batches."""
+    train, test = data.datasets(device)
+    how = data.fetch(loader_workers, device)
     if elastic:
         tl = global_batch_loader(train, batch, rank, world, seed, how)
     else:

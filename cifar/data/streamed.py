@@ -14,6 +14,7 @@ and counted (the batch says which), never fatal; a store that cannot be reached 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cifar.data.dataset import channel_stats, class_counts
+from cifar.data.dataset import Fetch, channel_stats, class_counts
 from cifar.io import storage
 from cifar.io.faults import CONNECTION_KINDS, StorageError
-from cifar.io.images import load_image_file
+from cifar.io.images import decode_batch, load_image_file
 
 STATS_SAMPLE = 512  # training files decoded on the driver for the mean/std
+_CHUNK = 256  # files per decode task
 
 
 @dataclass
@@ -45,15 +47,34 @@ class FileSplits:
     kind: str = "folder"
     root: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    resize: str = "files"
+    stats_from: str = f"a sample of {STATS_SAMPLE} training images"
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_labels)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         return class_counts(self.classes, self.train_labels, self.test_labels)
 
+    def for_workers(self) -> FileSplits:
+        return self  # file lists: every worker decodes its own shard
+
+    def facts(self) -> FileSplits:
+        return self
+
+    def datasets(self, device: torch.device) -> tuple[Dataset, Dataset]:
+        return self.dataset("train"), self.dataset("test")
+
+    def fetch(self, loader_workers: int, device: torch.device) -> Fetch:
+        """``loader_workers`` processes: ``fork`` for local files (instant), ``spawn`` for
+        object storage (the S3 client is not safe to fork)."""
+        context = "spawn" if storage.is_uri(self.root) else None
+        return Fetch(loader_workers, context, pin_memory=device.type == "cuda")
+
     def channel_stats(self, n: int = STATS_SAMPLE) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of an evenly spread sample of ``n`` training files (decoded in
         Ray tasks when Ray is up); unreadable ones are left out."""
-        from cifar.data.folders import decode_files
-
         step = max(1, len(self.train_paths) // n)
         paths = self.train_paths[::step][:n]
         images, errors = decode_files(paths, self.size)
@@ -105,7 +126,36 @@ class FileDataset(Dataset):
         return batch, torch.tensor(labels, dtype=torch.int64), skipped
 
 
-def loader_context(splits: FileSplits) -> str | None:
-    """How loader processes start: ``fork`` for local files (instant), ``spawn`` for object
-    storage (the S3 client is not safe to fork)."""
-    return "spawn" if storage.is_uri(splits.root) else None
+def decode_files(paths: list[str], size: int) -> tuple[np.ndarray, list[str]]:
+    """uint8 ``[N, 3, size, size]`` pixels and one error per file (``""`` when it decoded).
+
+    In parallel Ray tasks (one CPU each, a chunk of files per task) when this process is
+    connected to Ray, else in this process."""
+    images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    errors = [""] * len(paths)
+    starts = list(range(0, len(paths), _CHUNK))
+
+    def put(start: int, out: dict[str, np.ndarray]) -> None:
+        images[start : start + len(out["image"])] = out["image"]
+        errors[start : start + len(out["error"])] = [str(e) for e in out["error"]]
+
+    def chunk(start: int) -> dict[str, np.ndarray]:
+        return {"path": np.array(paths[start : start + _CHUNK], dtype=object)}
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or len(starts) < 2:
+        for s in starts:
+            put(s, decode_batch(chunk(s), size))
+        return images, errors
+    task = ray.remote(num_cpus=1)(decode_batch)
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # bounded memory
+    pending: dict[Any, int] = {}
+    queue = list(starts)
+    while queue or pending:
+        while queue and len(pending) < window:
+            s = queue.pop(0)
+            pending[task.remote(chunk(s), size)] = s
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            put(pending.pop(ref), ray.get(ref))
+    return images, errors

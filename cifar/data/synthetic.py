@@ -19,9 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar.data.cifar10 import BATCH_DIR, META_FILE, SYNTHETIC_MARKER, TEST_FILE, TRAIN_FILES
+from cifar.data.cifar10 import (
+    BATCH_DIR,
+    CIFAR10_CLASSES,
+    META_FILE,
+    SYNTHETIC_MARKER,
+    TEST_FILE,
+    TRAIN_FILES,
+    has_cifar10,
+    load_cifar10,
+)
+from cifar.data.dataset import DataRequest, ImageData, Loading
+from cifar.data.loading import memory_only
 from cifar.env import cache_root
-from cifar.models.cifar_quick import CIFAR10_CLASSES
 
 
 def _prototypes(rng: np.random.Generator, num_classes: int) -> np.ndarray:
@@ -147,8 +157,6 @@ def ensure_synthetic(n_train: int, n_test: int, seed: int, root: str | None = No
     asks for the same sizes and seed gets the same files). Returns its data_dir."""
     from filelock import FileLock
 
-    from cifar.data.cifar10 import has_cifar10
-
     base = Path(root) if root else cache_root()
     d = base / f"synthetic-{n_train}-{n_test}-seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
@@ -156,3 +164,19 @@ def ensure_synthetic(n_train: int, n_test: int, seed: int, root: str | None = No
         if not has_cifar10(d):
             write_synthetic(d, n_train, n_test, seed)
     return d
+
+
+class GeneratedSource:
+    """A generated CIFAR-format set (``--smoke-test``): made once per node, then read."""
+
+    def __init__(self, request: DataRequest) -> None:
+        self.request = request
+        self.n_train, self.n_test, self.seed = request.synthetic
+
+    def describe(self) -> tuple[str, int | None]:
+        line = f"a generated CIFAR-format set ({self.n_train} train / {self.n_test} test)"
+        return line, self.n_train
+
+    def load(self) -> tuple[ImageData, Loading]:
+        how = memory_only(self.request.loading, "a generated CIFAR-format set")
+        return load_cifar10(ensure_synthetic(self.n_train, self.n_test, self.seed)), how

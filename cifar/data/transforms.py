@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from cifar.device import Compute
+
 PHOTO_SIZE = 64  # from this side on, images are photos: random-resized-crop augmentation
 RRC_SCALE = (0.25, 1.0)  # share of the image a random resized crop keeps
 RRC_RATIO = (3 / 4, 4 / 3)  # its aspect ratios
@@ -42,6 +44,23 @@ def model_input(
     if tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
     return x
+
+
+def model_batch(
+    compute: Compute,
+    images: torch.Tensor,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+    size: int | None = None,
+) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> model input ``[B, 3, size, size]`` on ``compute``'s device:
+    moved, augmented there, resized where ``size`` (default: the images' own) differs,
+    normalized (:func:`model_input`), in its memory format."""
+    images = images.to(compute.device, non_blocking=True)
+    x = model_input(images, size or images.shape[-1], mean, std, augment, generator)
+    return x.contiguous(memory_format=torch.channels_last) if compute.channels_last else x
 
 
 def random_resized_crop_flip(

@@ -12,18 +12,6 @@ import torch
 from torch import nn
 
 INPUT_SIZE = 32  # the 64 x 4 x 4 flatten below holds only at 32x32
-CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 
 
 class CifarQuick(nn.Module):
@@ -32,7 +20,7 @@ class CifarQuick(nn.Module):
     Input: float images ``[B, 3, 32, 32]``. Output: logits ``[B, num_classes]``.
     """
 
-    def __init__(self, num_classes: int = len(CIFAR10_CLASSES), relu: bool = False) -> None:
+    def __init__(self, num_classes: int = 10, relu: bool = False) -> None:
         super().__init__()
         self.relu = relu
         act = [nn.ReLU(inplace=True)] if relu else []

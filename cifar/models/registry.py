@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from cifar.config import ConfigError
+from cifar.data.cifar10 import CIFAR10_CLASSES
 from cifar.models import vision
-from cifar.models.cifar_quick import CIFAR10_CLASSES, INPUT_SIZE, CifarQuick
+from cifar.models.cifar_quick import INPUT_SIZE, CifarQuick
 
 DEFAULT_ARCH = "cifar10_quick"
 MIN_SIZE = 16

@@ -1,6 +1,10 @@
-"""What a prediction job's ``--input`` names: every file once, sorted, with the input root it
-was found under (labels are read below that root). Local files, folders (recursive), globs and
-URIs (a prefix, a file or a glob)."""
+"""What a prediction job's ``--input`` names: every item once, sorted, with the input root it
+was found under (labels are read below that root).
+
+One table, :data:`INPUT_KINDS`, says what an ``--input`` is: a URI (a prefix, an object or a
+glob), a local file, a local folder (recursive) or a local glob. Each kind lists its items as
+(keys, root): a key is a path the decode stage reads (a shard's samples, next, are keys of their
+own). A new kind of input is a function that lists it and a row of the table."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import fnmatch
 import glob
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,22 +92,54 @@ def walk_sorted(root: str, chunk: int = 10_000):
     return _walk(root.rstrip("/") or "/", _local_entries, chunk)
 
 
-def _list_local(spec: str):
-    """(files as a pyarrow string array, root) for a local file, folder (recursive) or glob."""
+def _list_local_file(spec: str):
     import pyarrow as pa
 
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return pa.array([str(p.resolve())], pa.string()), str(p.resolve().parent.parent)
-    if p.is_dir():
-        root = str(p.resolve())
-        return _concat(list(walk_sorted(root))), root
-    if _magic_at(spec) >= 0:
-        head = spec[: _magic_at(spec)]
-        root = Path(head).expanduser() if head.endswith("/") else Path(head).expanduser().parent
-        # a set: one glob can name a file twice ('**/**', links)
-        found = sorted({str(Path(f).resolve()) for f in glob.glob(str(p), recursive=True)})
-        return pa.array([f for f in found if Path(f).is_file()], pa.string()), str(root.resolve())
+    p = Path(spec).expanduser().resolve()
+    return pa.array([str(p)], pa.string()), str(p.parent.parent)
+
+
+def _list_local_folder(spec: str):
+    root = str(Path(spec).expanduser().resolve())
+    return _concat(list(walk_sorted(root))), root
+
+
+def _list_local_glob(spec: str):
+    import pyarrow as pa
+
+    head = spec[: _magic_at(spec)]
+    root = Path(head).expanduser() if head.endswith("/") else Path(head).expanduser().parent
+    # a set: one glob can name a file twice ('**/**', links)
+    found = sorted(
+        {str(Path(f).resolve()) for f in glob.glob(str(Path(spec).expanduser()), recursive=True)}
+    )
+    return pa.array([f for f in found if Path(f).is_file()], pa.string()), str(root.resolve())
+
+
+def _list_uri_items(spec: str):
+    import pyarrow as pa
+
+    found, root = _list_uri(spec)
+    return pa.array(found, pa.string()), root
+
+
+# (what it is, does the --input name one, how its items are listed: -> (keys, root)); the first
+# row that matches is used. Nothing matches a local path that does not exist: no items.
+INPUT_KINDS: list[tuple[str, Callable[[str], bool], Callable[[str], tuple[Any, str]]]] = [
+    ("a URI: object, prefix or glob", storage.is_uri, _list_uri_items),
+    ("a local file", lambda s: Path(s).expanduser().is_file(), _list_local_file),
+    ("a local folder", lambda s: Path(s).expanduser().is_dir(), _list_local_folder),
+    ("a local glob", lambda s: _magic_at(s) >= 0, _list_local_glob),
+]
+
+
+def list_input(spec: str):
+    """(keys as a pyarrow string array, root) of one ``--input``, by its row of INPUT_KINDS."""
+    import pyarrow as pa
+
+    for _, matches, lister in INPUT_KINDS:
+        if matches(spec):
+            return lister(spec)
     return pa.array([], pa.string()), ""
 
 
@@ -190,9 +226,11 @@ def relative(files, roots: Sequence[str], root_of=None):
     for i, root in enumerate(roots):
         cut = len(root.rstrip("/")) + 1 if root.strip("/") else len(root)
         below = pc.utf8_slice_codeunits(files, cut)
-        out = below if root_of is None or len(roots) == 1 else pc.if_else(
-            pc.equal(root_of, i), below, out
-        )  # fmt: skip
+        out = (
+            below
+            if root_of is None or len(roots) == 1
+            else pc.if_else(pc.equal(root_of, i), below, out)
+        )
     return out
 
 
@@ -203,11 +241,7 @@ def list_inputs(inputs: list[str], extensions: str | None) -> Inputs:
 
     parts, roots, missing = [], [], []
     for spec in inputs:
-        if storage.is_uri(spec):
-            found, root = _list_uri(spec)
-            found = pa.array(found, pa.string())
-        else:
-            found, root = _list_local(spec)
+        found, root = list_input(spec)
         if len(found) == 0:
             missing.append(spec)
         parts.append(pa.table({"path": found, "root": pa.repeat(len(roots), len(found))}))

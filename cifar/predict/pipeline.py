@@ -17,11 +17,11 @@ from cifar.cluster.watchdog import StallError, Watchdog
 from cifar.io import storage
 from cifar.io.images import decode_batch
 from cifar.io.lock import FolderLock
-from cifar.predict.classifier import BatchPredictor
 from cifar.predict.commit import JOB_FILE, finish, make_sink, start
 from cifar.predict.config import PredictConfig
 from cifar.predict.formats import read_results, result_schema
 from cifar.predict.plan import Plan, plan_resources, with_compute
+from cifar.predict.predictor import BatchPredictor, PredictorSettings
 from cifar.predict.preflight import Preflight, preflight
 from cifar.predict.report import (
     RowProgress,
@@ -67,7 +67,7 @@ def predict(
     pre = pre or preflight(cfg)
     todo = pre.remaining()  # the columns of the files to classify; None: listed as it goes
     total = None if todo is None else len(todo["path"])
-    plan = with_compute(cfg, plan_resources(cfg, cluster, total), pre.model)
+    plan = with_compute(cfg, plan_resources(cfg, cluster, total), pre.model, total)
     with hold(cfg):
         start(cfg.output, pre.record, pre.resuming)
         lister = start_lister(cfg, pre) if pre.stream is not None else None
@@ -279,16 +279,8 @@ def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
     return ds.map_batches(
         BatchPredictor,
         fn_constructor_kwargs={
-            "model_path": pre.model.file,  # the file the driver resolved and fingerprinted
-            "arch": cfg.arch,
-            "image_size": cfg.image_size,
-            "device": plan.device,
-            "top_k": cfg.top_k,
-            "threads": max(1, int(plan.actor_cpus)),
+            "settings": predictor_settings(cfg, plan, pre),
             "label_dirs": cfg.labels_from_dirs,
-            "precision": plan.compute.precision,
-            "channels_last": plan.compute.channels_last,
-            "batch_size": cfg.batch_size,
             "probs": cfg.probs,
         },
         batch_size=cfg.batch_size,
@@ -298,6 +290,22 @@ def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
         num_gpus=plan.gpus_per_actor,
         # Ray Data's actor pools already restart dead actors and retry their tasks
         # (max_restarts=-1, max_task_retries=-1), so a killed actor loses no rows.
+    )
+
+
+def predictor_settings(cfg: PredictConfig, plan: Plan, pre: Preflight) -> PredictorSettings:
+    """What every inference actor builds its predictor from: the model file the driver resolved
+    and fingerprinted, in the precision and layout the plan measured once."""
+    return PredictorSettings(
+        model=pre.model.file,
+        arch=cfg.arch,
+        image_size=cfg.image_size,
+        device=plan.device,
+        precision=plan.compute.precision,
+        channels_last=plan.compute.channels_last,
+        batch_size=cfg.batch_size,
+        threads=max(1, int(plan.actor_cpus)),
+        top_k=cfg.top_k,
     )
 
 

@@ -11,10 +11,10 @@ import torch
 
 from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
-from cifar.device import Compute
+from cifar.device import Compute, Work
 from cifar.models.loading import LoadedModel
-from cifar.predict.classifier import inference_compute
 from cifar.predict.config import PredictConfig, parse_actors
+from cifar.predict.predictor import UNKNOWN_WORK, inference_compute
 
 # Decode and write tasks ask Ray for no CPU. A job whose inference actors held every CPU it could
 # get while its decode tasks waited for one was the deadlock of several jobs on one cluster (each
@@ -83,14 +83,19 @@ def plan_resources(cfg: PredictConfig, cluster: ClusterInfo, files: int | None =
     )
 
 
-def with_compute(cfg: PredictConfig, plan: Plan, model: LoadedModel) -> Plan:
+def with_compute(
+    cfg: PredictConfig, plan: Plan, model: LoadedModel, files: int | None = None
+) -> Plan:
     """``plan`` with what every actor classifies in. ``auto`` on CPU actors: measured here, with
     the actors' threads and batch size, on the driver's node (CPU clusters are taken to be
-    uniform), so all actors compute alike and _summary.json can say what they did."""
+    uniform), so all actors compute alike and _summary.json can say what they did. What the
+    measurement costs is bounded by the work: ``files`` to classify (None: not known yet, a
+    prefix listed as it is classified)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(plan.actor_cpus)))
+    work = Work(files if files is not None else UNKNOWN_WORK, cfg.batch_size)
     try:
-        compute = inference_compute(model, plan.device, cfg.precision, cfg.batch_size)
+        compute = inference_compute(model, plan.device, cfg.precision, cfg.batch_size, work=work)
     finally:
         torch.set_num_threads(threads)
     return dataclasses.replace(plan, compute=compute)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ from cifar.io import storage
 from cifar.io.lock import LOCK_FILE, busy, holder_of
 from cifar.models.exported import OnnxModel
 from cifar.models.loading import LoadedModel
-from cifar.predict.classifier import load_for_prediction, onnx_compute
 from cifar.predict.commit import check_resume, committed_paths, job_record
 from cifar.predict.config import PredictConfig
 from cifar.predict.inputs import label_from_dirs, list_inputs, streamed_input
+from cifar.predict.predictor import load_for_prediction, onnx_compute
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,41 @@ def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, Any
     import pyarrow as pa
 
     found = list_inputs(cfg.input, cfg.extensions)
+    relpaths = found.relpaths()
     labels = None
     if cfg.labels_from_dirs:
         pairs = zip(found.files.to_pylist(), found.root_list(), strict=True)
         labels = pa.array([label_from_dirs(f, r, classes) for f, r in pairs], pa.string())
-    return found.files, found.relpaths(), labels, found.skipped
+        check_labels(labels, relpaths, classes)
+    return found.files, relpaths, labels, found.skipped
+
+
+def check_labels(labels, relpaths, classes: list[str]) -> None:
+    """``--labels-from-dirs`` asked for an evaluation: none at all (no folder names a class of
+    the model) is an error before Ray starts; a partial one is said in one line."""
+    unlabelled = [
+        r
+        for r, label in zip(relpaths.to_pylist(), labels.to_pylist(), strict=True)
+        if label is None
+    ]
+    if not unlabelled:
+        return
+    folders = sorted({r.split("/")[0] for r in unlabelled if "/" in r})
+    named = ", ".join(folders[:12]) + (", ..." if len(folders) > 12 else "") or "none"
+    if len(unlabelled) == len(labels):
+        raise ConfigError(
+            f"--labels-from-dirs: no folder below the input names one of the model's classes, so "
+            f"no file has a label. The model's classes: {', '.join(classes[:20])}"
+            f"{', ...' if len(classes) > 20 else ''}; the folders found: {named}. Name the "
+            "folders after the classes, or drop --labels-from-dirs."
+        )
+    log.warning(
+        "--labels-from-dirs: %d of %d files got a label; the folders that name no class of the "
+        "model: %s (their files have no label and count in no accuracy)",
+        len(labels) - len(unlabelled),
+        len(labels),
+        named,
+    )
 
 
 def preflight(cfg: PredictConfig) -> Preflight:

@@ -11,7 +11,8 @@ from functools import partial
 from typing import Any
 
 from cifar.config import STALL_TIMEOUT_S, Config, ConfigError, fields_where, make_config, opt
-from cifar.data.sources import LOADINGS
+from cifar.data.dataset import DataRequest
+from cifar.data.loading import LOADINGS
 from cifar.device import PRECISIONS, parse_precision
 from cifar.models.registry import DEFAULT_ARCH, MIN_SIZE, get_arch, is_torchvision
 
@@ -125,6 +126,18 @@ class TrainConfig(Config):
     def size(self) -> int:
         """The side of the images the model sees: ``--image-size``, else the arch's own."""
         return self.image_size or get_arch(self.arch).input_size
+
+    def data_request(self) -> DataRequest:
+        """What this run asks of its data (:mod:`cifar.data.sources`)."""
+        return DataRequest(
+            self.data_dir,
+            self.download,
+            self.val_fraction,
+            self.size,
+            self.data_loading,
+            self.data_memory_mb,
+            self.synthetic,
+        )
 
     @property
     def worker_range(self) -> tuple[int, int]:

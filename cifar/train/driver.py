@@ -19,9 +19,8 @@ from cifar.cluster.resources import ClusterInfo
 from cifar.cluster.state import placement_waiting
 from cifar.cluster.watchdog import Watchdog
 from cifar.config import ConfigError
-from cifar.data.dataset import ImageData
+from cifar.data.dataset import TrainingData
 from cifar.data.sources import load_training_data
-from cifar.data.streamed import FileSplits
 from cifar.io import storage
 from cifar.models.loading import Pretrained
 from cifar.models.registry import ModelSpec
@@ -56,16 +55,21 @@ def named(cfg: TrainConfig) -> TrainConfig:
 def last_checkpoint(cfg: TrainConfig) -> str | None:
     """The run's newest checkpoint folder (what ``--resume`` continues from), if any."""
     rdir = run_dir(cfg)
-    found = [
-        d
-        for d in storage.list_dirs(rdir)
-        if d.startswith("checkpoint_epoch_") and storage.is_file(f"{rdir}/{d}/model.pt")
-    ] if storage.is_dir(rdir) else []  # fmt: skip
+    found = (
+        [
+            d
+            for d in storage.list_dirs(rdir)
+            if d.startswith("checkpoint_epoch_") and storage.is_file(f"{rdir}/{d}/model.pt")
+        ]
+        if storage.is_dir(rdir)
+        else []
+    )
     return f"{rdir}/{max(found)}" if found else None
 
 
 def prepare_run(cfg: TrainConfig) -> TrainConfig:
-    """Name the run, and on --resume reload its saved config (flags may only change scale)."""
+    """Name the run, and on --resume reload its saved config, read once (flags may only change
+    scale; the classes it recorded come back in ``cfg.classes`` for :func:`check_classes`)."""
     cfg = named(cfg)
     rdir = run_dir(cfg)
     config_file = f"{rdir}/config.json"
@@ -78,7 +82,7 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
         saved = json.loads(storage.read_text(config_file))
         # what the recipe chose for the run (not typed now) is what it continues with
         chosen = {k: saved[k] for k in RECIPE_CHOSEN if getattr(cfg, k) is None and k in saved}
-        cfg = dataclasses.replace(cfg, **chosen)
+        cfg = dataclasses.replace(cfg, **chosen, classes=saved.get("classes"))
         current = cfg.to_dict()
         changed = [
             f"--{k.replace('_', '-')} {saved.get(k)!r} -> {current[k]!r}"
@@ -122,12 +126,12 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
     return use_gpu, cpus
 
 
-def check_classes(cfg: TrainConfig, data: ImageData) -> TrainConfig:
+def check_classes(cfg: TrainConfig, data: TrainingData) -> TrainConfig:
     """Record the data's classes in the config; a resumed run must see the classes it began with
-    (its model has one output per class)."""
+    (its model has one output per class; :func:`prepare_run` put them in ``cfg.classes``)."""
     classes = list(data.classes)
     if cfg.resume:
-        saved = json.loads(storage.read_text(f"{run_dir(cfg)}/config.json")).get("classes")
+        saved = cfg.classes
         if saved is not None and saved != classes:
             raise ConfigError(
                 f"--resume of '{cfg.name}': the data's classes changed ({saved} -> {classes}). "
@@ -154,8 +158,14 @@ def ray_train_env(cfg: TrainConfig) -> dict[str, str]:
     return settings
 
 
-def build_trainer(cfg: TrainConfig, args: WorkerArgs, use_gpu: bool, callbacks: tuple = (),
-                  cpus: float | None = None, gpus: float = 1):  # fmt: skip
+def build_trainer(
+    cfg: TrainConfig,
+    args: WorkerArgs,
+    use_gpu: bool,
+    callbacks: tuple = (),
+    cpus: float | None = None,
+    gpus: float = 1,
+):
     """The TorchTrainer for a prepared config (run named, data loaded and put on the driver);
     a sweep's trial adds Ray Train ``callbacks`` and asks for shares of a CPU or GPU per worker."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
@@ -203,7 +213,7 @@ class Prepared:
     """A run ready to start: its config resolved, its data, model and starting weights."""
 
     cfg: TrainConfig
-    data: ImageData | FileSplits
+    data: TrainingData
     spec: ModelSpec
     pretrained: Pretrained | None
 
@@ -215,15 +225,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if not storage.is_uri(cfg.data_dir):  # recorded in config.json: make it absolute
         cfg = dataclasses.replace(cfg, data_dir=storage.absolute(cfg.data_dir))
     cfg = prepare_run(cfg)
-    data, loading = load_training_data(
-        cfg.data_dir,
-        cfg.download,
-        cfg.val_fraction,
-        cfg.synthetic,
-        cfg.size,
-        cfg.data_loading,
-        cfg.data_memory_mb,
-    )
+    data, loading = load_training_data(cfg.data_request())
     progress.info(loading.line())
     cfg = check_classes(cfg, data)
     # one global batch and schedule for the whole run: an elastic one's for its largest size
@@ -251,12 +253,13 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     # the data is read once here and shared by every worker through the object store (zero-copy
     # on a node, fetched once by every other node): workers never need it on their disk. Data
     # too large for that goes as file lists: every worker streams its shard.
-    shared = data.arrays() if isinstance(data, ImageData) else data
+    shared = data.for_workers()
     weights = ray.put(p.pretrained.state_dict) if p.pretrained is not None else None
     loader_workers = cfg.loader_workers if cfg.loader_workers is not None else cpus
     tracked = tracking.start_run(cfg, rdir, dataset)  # MLflow: with --mlflow-uri
-    args = WorkerArgs(cfg, p.spec, cpus, rdir, ray.put(shared), dataset, weights, loader_workers,
-                      tracked.ref)  # fmt: skip
+    args = WorkerArgs(
+        cfg, p.spec, cpus, rdir, ray.put(shared), dataset, weights, loader_workers, tracked.ref
+    )
     each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" + 1 GPU" if use_gpu else "")
     if cfg.elastic:
         progress.info(
@@ -269,8 +272,11 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
         )
     t0 = time.perf_counter()
     with tracked:  # a run that fails ends FAILED in MLflow too
-        result = fit(build_trainer(cfg, args, use_gpu), cfg, f"{workers_text(cfg.num_workers)} "
-                     f"worker(s) x {each}")  # fmt: skip
+        result = fit(
+            build_trainer(cfg, args, use_gpu),
+            cfg,
+            f"{workers_text(cfg.num_workers)} worker(s) x {each}",
+        )
     summary = run_summary(result, cfg, data, rdir, time.perf_counter() - t0)
     storage.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2))
     tracked.finish_run(summary)  # its files and model as artifacts

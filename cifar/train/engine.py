@@ -17,12 +17,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cifar.data.dataset import Splits
 from cifar.data.loaders import GlobalBatchSampler, shard_loaders
-from cifar.data.streamed import FileSplits
-from cifar.device import Compute, machine_key, resolve_compute, spec_key, step_probe
+from cifar.data.transforms import model_batch
+from cifar.device import Compute, machine_key, resolve_compute
 from cifar.models.checkpoint import unwrap
-from cifar.models.registry import ModelSpec, build_model, head_name_of
-from cifar.train.config import TrainConfig, resolve_recipe
+from cifar.models.probe import spec_key, step_probe
+from cifar.models.registry import ModelSpec, build_model
+from cifar.train.config import TrainConfig
 from cifar.train.optim import make_optimizer, make_scheduler
 
 
@@ -58,7 +60,7 @@ class Engine:
         in eval mode (its batch-norm statistics and dropout are the pretrained network's)."""
         self.model.train()
         if self.cfg.freeze_backbone:
-            head = head_name_of(self.spec.arch)
+            head = self.spec.head
             for name, m in self.raw.named_modules():
                 if name != head and not name.startswith(head + ".") and not any(m.children()):
                     m.eval()
@@ -76,7 +78,7 @@ class Engine:
 
 def build(
     cfg: TrainConfig,
-    data: dict[str, torch.Tensor],
+    data: Splits,
     spec: ModelSpec,
     compute: Compute,
     rank: int = 0,
@@ -86,14 +88,12 @@ def build(
     loader_workers: int = 0,
 ) -> Engine:
     """The ``spec``'s model (same initial weights on every rank: ``initial``'s where given, the
-    head left out), this rank's loaders over ``data`` (in memory: ``train_images`` /
-    ``train_labels`` / ``test_images`` / ``test_labels`` uint8/int64 tensors; or
-    :class:`~cifar.data.streamed.FileSplits`, decoded in ``loader_workers`` processes),
-    optimizer and schedule. ``wrap`` distributes the model (Ray's ``prepare_model``: DDP).
-    A batch size or learning rate left to the recipe is resolved here as the job resolves it."""
-    streamed = isinstance(data, FileSplits)
-    n_train = len(data.train_labels if streamed else data["train_labels"])
-    cfg = resolve_recipe(cfg, n_train, world)
+    head left out), this rank's loaders over ``data`` (:class:`~cifar.data.dataset.Splits`: in
+    memory, or files decoded in ``loader_workers`` processes), optimizer and schedule. ``wrap``
+    distributes the model (Ray's ``prepare_model``: DDP). ``cfg`` is a resolved recipe
+    (:func:`cifar.train.config.resolve_recipe`, done once on the driver): never resolved here."""
+    if cfg.batch_size is None or cfg.lr is None or cfg.backbone_lr is None:
+        raise ValueError("build() takes a resolved recipe: call resolve_recipe(cfg, ...) first")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed + rank)
     model = build_model(spec)
@@ -212,7 +212,7 @@ def train_one_epoch(
     t0 = time.perf_counter()
     for images, labels in batches(e.train_loader, skipped):
         size = e.spec.input_size
-        x = e.compute.inputs(images, e.spec.mean, e.spec.std, cfg.augment, generator, size)
+        x = model_batch(e.compute, images, e.spec.mean, e.spec.std, cfg.augment, generator, size)
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x)
@@ -269,7 +269,7 @@ def evaluate(e: Engine, examples: int = 0) -> dict[str, Any]:
     n_wrong = 0
     skipped: list[tuple[str, str]] = []
     for images, labels in batches(e.eval_loader, skipped):
-        x = e.compute.inputs(images, e.spec.mean, e.spec.std, size=e.spec.input_size)
+        x = model_batch(e.compute, images, e.spec.mean, e.spec.std, size=e.spec.input_size)
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x).float()
@@ -279,8 +279,9 @@ def evaluate(e: Engine, examples: int = 0) -> dict[str, Any]:
         if n_wrong < examples:
             miss = (pred != y).nonzero().flatten()[: examples - n_wrong]
             prob = torch.softmax(logits[miss], 1).gather(1, pred[miss, None])[:, 0]
-            wrong.append(tuple(t.cpu() for t in (images[miss.to(images.device)], y[miss],
-                                                  pred[miss], prob)))  # fmt: skip
+            wrong.append(
+                tuple(t.cpu() for t in (images[miss.to(images.device)], y[miss], pred[miss], prob))
+            )
             n_wrong += len(miss)
     if distributed():
         dist.all_reduce(confusion)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar.models.registry import ModelSpec, head_name_of
+from cifar.models.registry import ModelSpec
 from cifar.train.config import TrainConfig
 
 
@@ -32,7 +32,7 @@ def param_groups(model: nn.Module, spec: ModelSpec, cfg: TrainConfig) -> list[di
     share = 1.0 if cfg.backbone_lr is None else cfg.backbone_lr
     if share == 1.0 and not cfg.freeze_backbone:
         return [{"params": list(model.parameters())}]
-    prefix = head_name_of(spec.arch) + "."
+    prefix = spec.head + "."
     head = [p for n, p in model.named_parameters() if n.startswith(prefix)]
     body = [p for n, p in model.named_parameters() if not n.startswith(prefix)]
     if cfg.freeze_backbone:

@@ -19,8 +19,8 @@ from cifar.plots import per_class_csv
 
 if TYPE_CHECKING:
     from cifar.device import Compute
+    from cifar.train.state import TrainState
     from cifar.train.tracking import RunRef
-    from cifar.train.worker import TrainState
 
 progress = logging.getLogger("cifar.progress")
 
@@ -142,10 +142,12 @@ class RankZero:
             captions = [
                 f"true: {self.classes[t]}\npred: {self.classes[p]} {c:.2f}"
                 for t, p, c in zip(
-                    wrong["true"].tolist(), wrong["pred"].tolist(), wrong["prob"].tolist(),
+                    wrong["true"].tolist(),
+                    wrong["pred"].tolist(),
+                    wrong["prob"].tolist(),
                     strict=True,
                 )
-            ]  # fmt: skip
+            ]
             pictures["misclassified.png"] = image_grid_png(
                 wrong["images"].numpy(),
                 captions,
@@ -165,8 +167,11 @@ class RankZero:
             for k, v in config.items()
             if v is not None
         }
-        self.call(lambda w: w.add_hparams(flat, {f"hparam/{k}": v for k, v in results.items()},
-                                          run_name="hparams"))  # fmt: skip
+        self.call(
+            lambda w: w.add_hparams(
+                flat, {f"hparam/{k}": v for k, v in results.items()}, run_name="hparams"
+            )
+        )
 
     def flush(self) -> None:
         if self.writer is None:

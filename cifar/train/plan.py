@@ -13,9 +13,7 @@ def train_plan(cfg: TrainConfig) -> list[str]:
     """``--dry-run``: what this config would do, every check made, nothing started or written."""
 
     cfg = prepare_run(cfg)
-    data, n_train = check_data(
-        cfg.data_dir, cfg.download, cfg.synthetic, cfg.size, cfg.data_loading, cfg.data_memory_mb
-    )
+    data, n_train = check_data(cfg.data_request())
     chose = "" if cfg.batch_size and cfg.lr else " (batch/lr picked for the data)"
     if n_train:
         cfg = resolve_recipe(cfg, n_train, cfg.worker_range[1])

@@ -7,10 +7,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cifar.data.dataset import ImageData
-from cifar.data.sources import Loading
-from cifar.data.streamed import STATS_SAMPLE, FileSplits
+from cifar.data.dataset import Loading, TrainingData
 from cifar.data.transforms import augmentation
+from cifar.models import vision
 from cifar.models.loading import Pretrained, load_pretrained
 from cifar.models.registry import ModelSpec
 from cifar.train.config import TrainConfig
@@ -25,7 +24,7 @@ RESIZE = {
 
 
 def model_setup(
-    cfg: TrainConfig, data: ImageData | FileSplits, loading: Loading
+    cfg: TrainConfig, data: TrainingData, loading: Loading
 ) -> tuple[ModelSpec, Pretrained | None, dict[str, Any]]:
     """(spec, the ``--weights`` to start from or None, the preprocessing record). A resumed run
     keeps the normalisation it started with (its checkpoint holds the weights)."""
@@ -43,23 +42,29 @@ def model_setup(
         norm = pretrained_norm(cfg, pretrained)
     else:
         mean, std = data.channel_stats()
-        sample = f"a sample of {STATS_SAMPLE} " if isinstance(data, FileSplits) else "the "
-        norm = {"mean": mean, "std": std, "from": f"{sample}training images"}
+        norm = {"mean": mean, "std": std, "from": data.stats_from}
     mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
-    spec = ModelSpec.of(cfg.arch, data.classes, mean, std, size)
-    arrays = isinstance(data, ImageData) and data.kind != "folder"  # CIFAR-format: 32x32
+    # layers the --weights appended to the head (the tutorial's classifier.add_module): kept
+    appended = pretrained.appended if pretrained is not None else saved_appended(saved)
+    spec = ModelSpec.of(cfg.arch, data.classes, mean, std, size, appended)
     record = {
         "image_size": size,
-        "resize": RESIZE["arrays" if arrays else "files"],
+        "resize": RESIZE[data.resize],
         "normalize": norm,
         "augmentation": augmentation(size) if cfg.augment else "none",
         "data_loading": loading.how,
         "data_loading_why": loading.why,
         "weights": pretrained.describe() if pretrained else (saved or {}).get("weights"),
+        "appended": [a.to_meta() for a in appended],
         "freeze_backbone": cfg.freeze_backbone,
         "backbone_lr": cfg.backbone_lr,
     }
     return spec, pretrained, record
+
+
+def saved_appended(saved: dict[str, Any] | None) -> tuple[vision.Appended, ...]:
+    """The appended layers a resumed run started with (its config.json's record)."""
+    return tuple(vision.Appended.from_meta(d) for d in (saved or {}).get("appended") or ())
 
 
 def pretrained_norm(cfg: TrainConfig, pretrained: Pretrained) -> dict[str, Any] | None:

@@ -6,19 +6,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cifar.data.dataset import ImageData
-from cifar.data.streamed import FileSplits
+from cifar.data.dataset import TrainingData
 from cifar.io import storage
 from cifar.models import checkpoint as ckpt
 from cifar.plots import per_class_accuracy
 from cifar.train.config import TrainConfig
-from cifar.train.worker import TrainState
+from cifar.train.state import TrainState
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
 
 
-def describe_data(data: ImageData | FileSplits) -> dict[str, Any]:
+def describe_data(data: TrainingData) -> dict[str, Any]:
     """What meta.json, summary.json and TensorBoard say about the dataset."""
     return {
         "kind": data.kind,
@@ -31,7 +30,7 @@ def describe_data(data: ImageData | FileSplits) -> dict[str, Any]:
     }
 
 
-def log_data(data: ImageData | FileSplits, d: dict[str, Any]) -> None:
+def log_data(data: TrainingData, d: dict[str, Any]) -> None:
     """The dataset in the job's log: where, how split, per-class counts, decode, skips."""
     what = {"folder": "image folders", "synthetic": "GENERATED CIFAR-format set (not CIFAR-10)"}
     split = f", evaluated on {d['eval_split']}" if d.get("eval_split") else ""
@@ -95,7 +94,7 @@ def export_model(result, rdir: str) -> tuple[str, dict[str, Any]]:
 
 
 def run_summary(
-    result, cfg: TrainConfig, data: ImageData | FileSplits, rdir: str, seconds: float
+    result, cfg: TrainConfig, data: TrainingData, rdir: str, seconds: float
 ) -> dict[str, Any]:
     """What ``summary.json`` says about a finished run; exports the best model to ``model/``."""
     model_path, best_meta = export_model(result, rdir)

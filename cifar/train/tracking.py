@@ -35,13 +35,22 @@ EXPERIMENT = "cifar-ray"  # where runs go, unless $MLFLOW_EXPERIMENT_NAME says
 # MLflow's client retries 7 times with backoff (minutes), waiting 120 s for each answer: a server
 # gone away would stall training that long. Ours: one retry, a short wait (a user's own wins).
 # (and no "View run" lines printed by set_terminated)
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
+HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 UPLOAD_TIMEOUT_S = 120  # artifacts: the server stores a model file before it answers
 FLUSH_EVERY_S = 15.0  # rank 0 sends per-step metrics with each epoch's, or after this long
 PARAM_CHARS = 500  # the longest param value every MLflow server version takes
-RUN_FILES = ("config.json", "summary.json", "metrics.csv", "per_class.csv",
-             "confusion_matrix.png", "misclassified.png")  # fmt: skip
+RUN_FILES = (
+    "config.json",
+    "summary.json",
+    "metrics.csv",
+    "per_class.csv",
+    "confusion_matrix.png",
+    "misclassified.png",
+)
 MODEL_FILES = ("model.pt", "meta.json")
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the `onnx` extra
 
@@ -92,8 +101,13 @@ class Session:
         except Exception as e:  # the server's failures or the client's: the run goes on
             said = reason(e)
             self.failed = f"{what}: {said}"
-            log.warning("MLflow at %s failed to %s (%s); the run goes on without it (its run "
-                        "dir has everything)", self.uri, what, said)  # fmt: skip
+            log.warning(
+                "MLflow at %s failed to %s (%s); the run goes on without it (its run "
+                "dir has everything)",
+                self.uri,
+                what,
+                said,
+            )
             with contextlib.suppress(Exception):  # the run dir may be out of reach too
                 record = {**(read_record(self.run_dir) or {}), "lost": self.failed}
                 storage.write_text(f"{self.run_dir}/{RUN_FILE}", json.dumps(record, indent=2))
@@ -104,9 +118,13 @@ def _batch(c, run_id: str, metrics: Sequence[tuple] = (), params=None, tags=None
     """One ``log_batch``: ``metrics`` as (key, value, step, time in ms) tuples."""
     from mlflow.entities import Metric, Param, RunTag
 
-    c.log_batch(run_id, [Metric(k, float(v), ms, step) for k, v, step, ms in metrics],
-                [Param(k, v) for k, v in (params or {}).items()],
-                [RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True)  # fmt: skip
+    c.log_batch(
+        run_id,
+        [Metric(k, float(v), ms, step) for k, v, step, ms in metrics],
+        [Param(k, v) for k, v in (params or {}).items()],
+        [RunTag(k, v) for k, v in (tags or {}).items()],
+        synchronous=True,
+    )
 
 
 @contextlib.contextmanager
@@ -180,8 +198,12 @@ class Tracked:
         results = ("best_test_accuracy", "best_epoch", "seconds", "restarts")
         self.finish({k: summary.get(k) for k in results}, RUN_FILES, summary.get("model_path"))
 
-    def finish(self, metrics: dict[str, Any] | None = None, files: Sequence[str] = (),
-               model_dir: str | None = None) -> None:  # fmt: skip
+    def finish(
+        self,
+        metrics: dict[str, Any] | None = None,
+        files: Sequence[str] = (),
+        model_dir: str | None = None,
+    ) -> None:
         """``metrics`` (step 0), the run dir's ``files``, ``model_dir`` logged; FINISHED."""
         if not self._live():
             return
@@ -210,7 +232,7 @@ def onnx_file(model_dir: str, out: str) -> str | None:
     """``cifar-export``'s checked ONNX file of the model (any batch), with the `onnx` extra."""
     if any(importlib.util.find_spec(m) is None for m in ONNX_MODULES):
         return None
-    from cifar.models.export import ExportConfig, export
+    from cifar.export import ExportConfig, export
 
     try:
         return export(ExportConfig(run=model_dir, output=out, dynamic_batch=True)).path
@@ -243,8 +265,14 @@ def start_sweep(typed: str | None, name: str, sweep_dir: str, params: dict) -> T
     return _open(uri, sweep_dir, name, params, code_tags("cifar-tune"))
 
 
-def _open(uri: str, run_dir: str, name: str, params: dict[str, Any], tags: dict[str, str],
-          parent: RunRef | None = None) -> Tracked:  # fmt: skip
+def _open(
+    uri: str,
+    run_dir: str,
+    name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    parent: RunRef | None = None,
+) -> Tracked:
     """A new run, or the one ``mlflow.json`` names on this server: params, tags, mlflow.json."""
     s = Session(uri, run_dir, fresh=True)  # a new start: the server may be back
     saved = read_record(run_dir)

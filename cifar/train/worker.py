@@ -8,15 +8,13 @@ import logging
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cifar.data.dataset import tensors_from_arrays
 from cifar.data.loaders import first_images
-from cifar.data.streamed import FileSplits
 from cifar.data.transforms import make_grid_sample, model_input
 from cifar.device import Compute, resolve_compute
 from cifar.models import checkpoint as ckpt
@@ -43,6 +41,7 @@ from cifar.train.outputs import (
     restored_line,
     skipped_line,
 )
+from cifar.train.state import TrainState
 
 progress = logging.getLogger("cifar.progress")
 
@@ -50,61 +49,24 @@ EXAMPLES = 48  # misclassified test images in the best epoch's picture
 LISTED_SKIPS = 1000  # streamed files that could not be decoded, listed by name (all counted)
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint carries besides the weights (``train_state.pt``), so a restarted or
-    resumed run continues exactly where it stopped."""
-
-    epoch: int = -1  # last completed epoch (0-based); -1: none yet
-    restarts: int = 0  # worker failures, elastic resizes and --resume continuations so far
-    restored_from: list[int] = field(default_factory=list)  # epoch each restart continued at
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
-    rng: list[dict[str, Any]] = field(default_factory=list)  # per rank, end of the last epoch
-    optimizer: dict[str, Any] | None = None
-    scheduler: dict[str, Any] | None = None
-    scaler: dict[str, Any] | None = None  # fp16's loss scale
-    compute: dict[str, Any] | None = None  # precision and layout chosen at the start
-    # best epoch so far: {"epoch", "confusion", "examples"} (rank 0's misclassified images)
-    best: dict[str, Any] | None = None
-    # streamed files no decoder could read, found while training: {"path", "error"}
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def start_epoch(self) -> int:
-        return self.epoch + 1
-
-    @classmethod
-    def from_checkpoint(cls, directory: str | Path) -> TrainState:
-        saved = ckpt.load_train_state(directory)
-        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def continued(self) -> TrainState:
-        """This state as the start of a restart: one more restart, recorded where it began."""
-        self.restarts += 1
-        self.restored_from = [*self.restored_from, self.start_epoch]
-        return self
-
-
 @dataclass(frozen=True)
 class WorkerArgs:
-    """What the driver hands every Ray Train worker. Ray passes it as ``train_loop_config``, a
-    dict of exactly these fields (:meth:`to_config`), which the worker turns back into this."""
+    """What the driver hands every Ray Train worker, as it is: Ray passes
+    ``train_loop_config={"args": WorkerArgs}`` (:meth:`to_config`); nothing in it is resolved
+    again on the worker."""
 
     cfg: TrainConfig  # resolved: batch and lr picked, classes recorded
     spec: ModelSpec  # the model: architecture, classes, input size, normalisation
     threads: int  # torch threads per worker (its CPUs)
     run_dir: str  # local path or URI
-    data: Any  # ObjectRef of ImageData.arrays() or of FileSplits, put once by the driver
+    data: Any  # ObjectRef of the data's Splits (TrainingData.for_workers()), put once
     dataset: dict[str, Any]  # what meta.json, summary.json and TensorBoard say about the data
     weights: Any = None  # ObjectRef of the --weights to start from (a fresh run only)
     loader_workers: int = 0  # streamed data: decoding processes per worker
     tracking: Any = None  # the MLflow run rank 0 logs metrics to (tracking.RunRef), if any
 
     def to_config(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"args": self}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -113,7 +75,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    args = WorkerArgs(**config)
+    args: WorkerArgs = config["args"]
     cfg = args.cfg
     if not cfg.verbose:
         _quiet_reports()
@@ -127,9 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # Ray: set after a failure or on --resume
     state, weights = restored(checkpoint)
     compute = choose_compute(cfg, args.spec, state, device, world, ctx.get_local_world_size())
-    data = ray.get(args.data)  # Ray: put there once by the driver
-    if not isinstance(data, FileSplits):
-        data = tensors_from_arrays(data)
+    data = ray.get(args.data)  # Ray: the data's Splits, put there once by the driver
     initial = ray.get(args.weights) if args.weights is not None and checkpoint is None else None
     prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
     e = build(cfg, data, args.spec, compute, rank, world, prepare, initial, args.loader_workers)
@@ -139,8 +99,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # a resumed run overwrites what came after the checkpoint (its epoch ends at that step)
     purge = state.start_epoch * e.steps_per_epoch + 1 if state.start_epoch else None
     note = "GENERATED data: " if generated(args.dataset) else ""
-    out = RankZero(rank, args.run_dir, args.spec.classes, purge_step=purge, note=note,
-                   tracking=args.tracking, compute=state.compute)  # fmt: skip
+    out = RankZero(
+        rank,
+        args.run_dir,
+        args.spec.classes,
+        purge_step=purge,
+        note=note,
+        tracking=args.tracking,
+        compute=state.compute,
+    )
     out.heartbeat(state.start_epoch, 0, force=True)  # the workers are up
     if checkpoint is not None:
         out.print(restored_line(state, cfg.epochs, world))

@@ -26,8 +26,9 @@ def wait_until(
     deadline = time.monotonic() + seconds
     while not (value := found()):
         if job is not None and job.poll() is not None:
-            raise AssertionError(f"the job ended (exit {job.returncode}) before {what}\n"
-                                 + _tail(job, log))  # fmt: skip
+            raise AssertionError(
+                f"the job ended (exit {job.returncode}) before {what}\n" + _tail(job, log)
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} in {seconds:.0f} s\n" + _tail(job, log))
         time.sleep(0.1)

@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from cifar.data.cifar10 import CIFAR10_CLASSES
 from cifar.models.checkpoint import model_meta, save_checkpoint
-from cifar.models.cifar_quick import CIFAR10_CLASSES
 from cifar.models.registry import DEFAULT_ARCH, ModelSpec, build_model
 
 

@@ -8,9 +8,9 @@ raylets listen on all interfaces. A node whose address is ``127.0.0.1`` listens 
 use the loopback address), but refuses it for joining nodes, so joining nodes are started here
 the way ``ray start`` starts them (``ray._private.node.Node``, as ``ray.cluster_utils`` does).
 
-    python -m cifar.cluster.local worker --address 127.0.0.1:6389 --temp-dir T [--num-cpus N]
-    python -m cifar.cluster.local ports-free PORT [PORT ...]
-    python -m cifar.cluster.local down --temp-dir T --address 127.0.0.1:6389
+    python -m jobs.local_cluster worker --address 127.0.0.1:6389 --temp-dir T [--num-cpus N]
+    python -m jobs.local_cluster ports-free PORT [PORT ...]
+    python -m jobs.local_cluster down --temp-dir T --address 127.0.0.1:6389
 """
 
 from __future__ import annotations
