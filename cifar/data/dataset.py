@@ -48,6 +48,8 @@ class DataRequest:
     loading: str = "auto"  # --data-loading
     budget_mb: float | None = None  # --data-memory-mb
     synthetic: list[int] | None = None  # a generated set: train / test sizes, seed
+    image_column: str | None = None  # shards in Parquet: the image column (default: by its type)
+    label_column: str = "label"  # shards in Parquet: the label column
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,14 @@ from cifar.data import folders
 from cifar.data.cifar10 import CifarSource
 from cifar.data.dataset import DataRequest, Loading, Source, TrainingData
 from cifar.data.folders import FolderSource
+from cifar.data.shard_index import is_shard_tree
+from cifar.data.shards import ShardSource
 from cifar.data.synthetic import GeneratedSource
 
 # (what it is, does the request name it, the source): the first row that matches is used
 SOURCES: list[tuple[str, Callable[[DataRequest], bool], Callable[[DataRequest], Source]]] = [
     ("a generated set", lambda r: bool(r.synthetic), GeneratedSource),
+    ("shards", lambda r: is_shard_tree(r.data_dir), ShardSource),  # train/*.tar | *.parquet
     ("image folders", lambda r: folders.is_folder_tree(r.data_dir), FolderSource),
     # local (downloaded when missing) or in object storage; says what to do when neither
     ("CIFAR-format files", lambda r: True, CifarSource),

@@ -77,6 +77,8 @@ class TrainConfig(Config):
     val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
     data_loading: str = data_opt("auto", "image folders: 'memory' decodes them once and shares the pixels, 'stream' has every worker decode its shard from the files as it trains (memory stays a few batches); auto: memory while the decoded images fit --data-memory-mb", choices=LOADINGS, resumable=True)  # noqa: E501
     data_memory_mb: float | None = data_opt(None, "the memory budget of --data-loading auto (default: 10%% of the node's memory)", resumable=True, metavar="MB")  # noqa: E501
+    image_column: str | None = data_opt(None, "shards in Parquet: the image column (default: the first binary or struct{bytes, path} column)", metavar="NAME")  # noqa: E501
+    label_column: str = data_opt("label", "shards in Parquet: the label column (integers, with names from classes.txt or the file's ClassLabel metadata, or names)", metavar="NAME")  # noqa: E501
     loader_workers: int | None = data_opt(None, "streaming: DataLoader processes decoding for each training worker (default: its CPUs)", resumable=True, metavar="N")  # noqa: E501
     arch: str = model_opt(DEFAULT_ARCH, "cifar10_quick (the tutorial's), cifar10_quick_relu, or any torchvision classification model by its builder name: resnet18, resnet50, vgg16, mobilenet_v3_small, efficientnet_b0, convnext_tiny, ... (its last layer replaced for the data's classes)", metavar="NAME")  # noqa: E501
     weights: str | None = model_opt(None, "fine-tune from these weights: a state_dict file or URI for --arch (e.g. torch.save(torchvision.models.resnet18(weights=...).state_dict(), FILE), or a file from torch hub's cache), or an earlier run; its head is replaced. Nothing is downloaded", metavar="FILE|URI|RUN")  # noqa: E501
@@ -137,6 +139,8 @@ class TrainConfig(Config):
             self.data_loading,
             self.data_memory_mb,
             self.synthetic,
+            self.image_column,
+            self.label_column,
         )
 
     @property
