@@ -11,10 +11,13 @@ run per batch on the worker's device (:mod:`cifar.data.transforms`). Training sh
 from __future__ import annotations
 
 import math
+
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cifar.data.dataset import Fetch, Splits
+
+IN_PROCESS = Fetch()  # no loader processes: an in-memory set, one index operation a batch
 
 
 def first_images(dataset: Dataset, n: int) -> torch.Tensor:
@@ -42,7 +45,7 @@ def train_loader(
     rank: int,
     world_size: int,
     seed: int,
-    how: Fetch = Fetch(),
+    how: Fetch = IN_PROCESS,
 ) -> DataLoader:
     """Shuffled shard of the training set for this rank; call ``loader.sampler.set_epoch(e)``."""
     sampler = DistributedSampler(
@@ -90,7 +93,7 @@ def global_batch_loader(
     rank: int,
     world: int,
     seed: int,
-    how: Fetch = Fetch(),
+    how: Fetch = IN_PROCESS,
 ) -> DataLoader:
     """This rank's share of each shuffled global batch; ``loader.batch_sampler.set_epoch(e)``."""
     sampler = GlobalBatchSampler(len(dataset), batch, rank, world, seed)
@@ -102,7 +105,7 @@ def eval_loader(
     batch_size: int,
     rank: int,
     world_size: int,
-    how: Fetch = Fetch(),
+    how: Fetch = IN_PROCESS,
 ) -> DataLoader:
     """This rank's share of the test set, each image in exactly one rank's share."""
     sampler = ShardSampler(len(dataset), rank, world_size)

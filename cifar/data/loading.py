@@ -29,12 +29,17 @@ def size_text(n: float) -> str:
 
 
 def choose_loading(
-    files: int, size: int, loading: str = "auto", budget_mb: float | None = None
+    files: int,
+    size: int,
+    loading: str = "auto",
+    budget_mb: float | None = None,
+    unit: str = "files",
 ) -> Loading:
-    """Memory or streaming for ``files`` images decoded at ``size``, as ``--data-loading``
-    asks; ``auto``: memory while the decoded pixels fit the budget (:func:`memory_budget`)."""
+    """Memory or streaming for ``files`` images (``unit``: what they are called: files, samples)
+    decoded at ``size``, as ``--data-loading`` asks; ``auto``: memory while the decoded pixels
+    fit the budget (:func:`memory_budget`)."""
     need = files * 3 * size * size
-    what = f"{files} files decoded at {size}x{size} take {size_text(need)}"
+    what = f"{files} {unit} decoded at {size}x{size} take {size_text(need)}"
     if loading != "auto":
         return Loading(loading, f"--data-loading {loading} ({what})")
     budget, set_by = memory_budget(budget_mb)
@@ -44,9 +49,7 @@ def choose_loading(
             f"{what}, over the memory budget of {size_text(budget)} ({set_by}); "
             "--data-loading memory holds them anyway",
         )
-    return Loading(
-        "memory", f"{what}, within the memory budget of {size_text(budget)} ({set_by})"
-    )
+    return Loading("memory", f"{what}, within the memory budget of {size_text(budget)} ({set_by})")
 
 
 def memory_only(loading: str, what: str) -> Loading:

@@ -231,7 +231,9 @@ class ShardSource:
 
     def loading(self) -> Loading:
         r = self.request
-        return choose_loading(len(self.table().samples), r.size, r.loading, r.budget_mb)
+        return choose_loading(
+            len(self.table().samples), r.size, r.loading, r.budget_mb, unit="samples"
+        )
 
     def describe(self) -> tuple[str, int | None]:
         t, r = self.table(), self.request

@@ -1,8 +1,9 @@
 """Generate learnable datasets for tests, smoke runs and offline use (``cifar-data synthetic``).
 
-:func:`write_synthetic` writes ``OUT_DIR/cifar-10-batches-py/`` with the same files, keys and dtypes as the
-official archive; :func:`write_folders` a labelled image-folder tree, ``OUT_DIR/train/<class>/*.png|jpg``
-and ``OUT_DIR/val/<class>/...``, of images between 32 and 96 pixels wide.
+:func:`write_synthetic` writes ``OUT_DIR/cifar-10-batches-py/`` with the same files, keys and
+dtypes as the official archive; :func:`write_folders` a labelled image-folder tree,
+``OUT_DIR/train/<class>/*.png|jpg`` and ``OUT_DIR/val/<class>/...``, of images between 32 and 96
+pixels wide.
 
 Each class is a smooth random colour pattern; every image is its class pattern shifted by a few
 pixels, with random brightness and strong per-pixel noise, so a small CNN must actually learn
