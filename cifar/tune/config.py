@@ -28,18 +28,26 @@ SMOKE_SWEEP = {"epochs": 2, "trials": 4, "use_gpu": False, "synthetic": SMOKE_DA
 # what sweep.json records of the flags, and a resumed sweep must keep (Tune restores its search
 # and its trials at once as they were)
 RECORDED = (
-    "search", "trials", "search_alg", "early_stop", "epochs", "seed",
-    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "workers_per_trial",
-)  # fmt: skip
+    "search",
+    "trials",
+    "search_alg",
+    "early_stop",
+    "epochs",
+    "seed",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_concurrent",
+    "workers_per_trial",
+)
 
 
 @dataclass
 class SweepConfig(TrainConfig):
     # fmt: off
     search: list[str] = sweep_opt([], "a recipe setting and how trials draw it: NAME=loguniform:LO:HI, uniform:LO:HI, randint:LO:HI (both ends included) or choice:A,B,...; or a YAML/JSON file of NAME: SPEC lines. Repeatable. Default: lr, batch_size and weight_decay around the default recipe's", metavar="NAME=SPEC|FILE")  # noqa: E501, RUF009 (sweep_opt is opt)
-    trials: int = sweep_opt(16, "trials (recipes tried); the first is the default recipe when the space holds it", metavar="N")  # noqa: E501
+    trials: int = sweep_opt(16, "trials (recipes tried); the first is the default recipe when the space holds it: cifar-train's run of the same flags (on CPUs it runs first, alone)", metavar="N")  # noqa: E501
     search_alg: str = sweep_opt("random", "how trials are drawn: random, or optuna (TPE; needs optuna, the 'tune' extra)", choices=SEARCH_ALGS)  # noqa: E501
-    early_stop: bool = sweep_opt(True, "ASHA: stop a trial whose test accuracy trails the others' at the same epoch")  # noqa: E501
+    early_stop: bool = sweep_opt(True, "ASHA: stop a trial whose test accuracy trails the others' at the same epoch (never the default recipe's)")  # noqa: E501
     cpus_per_trial: float = sweep_opt(1.0, "CPUs of each trial's training, shared by its workers; a fraction packs trials onto a CPU", metavar="CPUS")  # noqa: E501
     gpus_per_trial: float | None = sweep_opt(None, f"GPUs of each trial on a GPU cluster; a fraction packs trials onto a GPU (default: {GPUS_PER_TRIAL} for a trial of one worker, a whole GPU per worker for more)", metavar="GPUS")  # noqa: E501
     max_concurrent: int | None = sweep_opt(None, "trials at once at most (default: as many as the free CPUs and GPUs hold)", metavar="N")  # noqa: E501

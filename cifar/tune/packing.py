@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from cifar.cluster.resources import ClusterInfo
 from cifar.config import ConfigError
+from cifar.train.driver import resolve_scale
 from cifar.tune.config import GPUS_PER_TRIAL, SweepConfig
 
 # A trial's own process (Tune's function trainable) only starts and watches its training run:
@@ -20,13 +21,17 @@ TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}
 @dataclass(frozen=True)
 class Packing:
     """Each trial: ``workers`` Ray Train workers sharing ``cpus`` CPUs and ``gpus`` GPUs (0: CPU
-    training); ``at_once`` trials at a time, for the reason ``why``."""
+    training); ``at_once`` trials at a time, for the reason ``why``. On CPUs, the default
+    recipe's trial first runs alone, its workers with ``default_threads`` CPUs (and torch
+    threads) each: what cifar-train takes here (:mod:`cifar.tune.first`). None: on GPUs, or a
+    sweep begun before this was recorded."""
 
     workers: int
     cpus: float
     gpus: float
     at_once: int
     why: str
+    default_threads: int | None = None
 
     @property
     def use_gpu(self) -> bool:
@@ -54,6 +59,17 @@ class Packing:
             f"each trial {self.workers} worker(s) x {each} ({threads}); {self.at_once} trial(s) "
             f"at once ({self.why})"
         )
+
+    @property
+    def first_alone(self) -> bool:
+        """The default recipe's trial runs first and alone, as cifar-train runs it."""
+        return self.default_threads is not None
+
+    def worker(self, default_recipe: bool) -> tuple[float, int]:
+        """(CPUs, torch threads) of each worker of a trial: the default recipe's, or another."""
+        if default_recipe and self.first_alone:
+            return self.default_threads, self.default_threads
+        return self.cpus_per_worker, self.threads
 
 
 def plan_packing(cfg: SweepConfig, cluster: ClusterInfo) -> Packing:
@@ -90,7 +106,9 @@ def plan_packing(cfg: SweepConfig, cluster: ClusterInfo) -> Packing:
         at_once, why = 1, f"{pool} hold none now: other jobs hold the rest; the first waits"
     if at_once > cfg.trials:
         at_once, why = cfg.trials, f"all {cfg.trials} trials"
-    return Packing(w, cfg.cpus_per_trial, gpus, at_once, why)
+    # cifar-train's CPUs per worker here (on a GPU the threads change no result), within a node
+    alone = None if use_gpu else min(resolve_scale(cfg.training(), cluster)[1], max(1, int(node)))
+    return Packing(w, cfg.cpus_per_trial, gpus, at_once, why, alone)
 
 
 def _fits(pool: float, each: float) -> int:

@@ -1,5 +1,6 @@
 """How a sweep searches: its space and first trial, the search algorithm (random or Optuna's
-TPE, seeded by ``--seed``) and ASHA's early stopping on test accuracy."""
+TPE, seeded by ``--seed``) and ASHA's early stopping on test accuracy, which spares the first
+trial (the default recipe's: :mod:`cifar.tune.first`)."""
 
 from __future__ import annotations
 
@@ -52,17 +53,18 @@ def cuts(cfg: SweepConfig) -> list[int]:
     return [grace * REDUCTION**k for k in range(32) if grace * REDUCTION**k <= cfg.epochs - 1]
 
 
-def scheduler(cfg: SweepConfig):
+def scheduler(cfg: SweepConfig, search: Search):
     """ASHA on test accuracy with the epoch as its clock: after ``grace_epochs``, then at every
-    REDUCTION times as many, a trial below the best third so far stops. Its rungs end before
-    the last epoch: a trial that gets there ends by itself, its model and summary written
-    (Tune ends a trial it stops by ending its process)."""
+    REDUCTION times as many, a trial below the best third so far stops, but for the default
+    recipe's. Its rungs end before the last epoch: a trial that gets there ends by itself, its
+    model and summary written (Tune ends a trial it stops by ending its process)."""
     grace = grace_epochs(cfg)
     if grace is None:
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from cifar.tune.first import SparingASHA
 
-    return ASHAScheduler(
+    return SparingASHA(
+        search.point,
         time_attr="epoch",
         max_t=cfg.epochs - 1,
         grace_period=grace,
@@ -71,20 +73,18 @@ def scheduler(cfg: SweepConfig):
     )
 
 
-def searcher(cfg: SweepConfig, search: Search, at_once: int):
-    """Random search or Optuna's TPE, the default recipe first, ``at_once`` trials at a time."""
+def searcher(cfg: SweepConfig, search: Search, at_once: int, first_alone: bool = False):
+    """Random search or Optuna's TPE, the default recipe first, ``at_once`` trials at a time;
+    ``first_alone``: that one alone, the others once it has ended (:mod:`cifar.tune.first`)."""
+    from cifar.tune.first import Limited, RandomSearch
+
     points = [search.point] if search.point else None
+    first = 1 if first_alone and points else at_once
     if cfg.search_alg == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        optuna = OptunaSearch(points_to_evaluate=points, seed=cfg.seed)
-        return ConcurrencyLimiter(optuna, max_concurrent=at_once)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return BasicVariantGenerator(
-        points_to_evaluate=points, random_state=cfg.seed, max_concurrent=at_once
-    )
+        return Limited(OptunaSearch(points_to_evaluate=points, seed=cfg.seed), first, at_once)
+    return RandomSearch(points, cfg.seed, first, at_once)
 
 
 def search_text(cfg: SweepConfig) -> str:

@@ -229,9 +229,11 @@ def default_space(cfg: TrainConfig) -> Space:
     weight decay from a tenth to ten times its own."""
     batch = cfg.batch_size
     batches = sorted(
-        {min(max(b, BATCH_RANGE[0], cfg.worker_range[1]), BATCH_RANGE[1])
-         for b in (batch // 2, batch, batch * 2)}
-    )  # fmt: skip
+        {
+            min(max(b, BATCH_RANGE[0], cfg.worker_range[1]), BATCH_RANGE[1])
+            for b in (batch // 2, batch, batch * 2)
+        }
+    )
     decay = cfg.weight_decay or 5e-4
     params = [
         Param("lr", "loguniform", (_round(cfg.lr / 3), _round(cfg.lr * 3))),
@@ -247,6 +249,12 @@ def default_point(space: Space, cfg: TrainConfig) -> dict[str, Any] | None:
     below the default (None otherwise)."""
     point = {p.name: getattr(cfg, p.name) for p in space}
     return point if all(p.holds(point[p.name]) for p in space) else None
+
+
+def is_default(point: dict[str, Any] | None, values: dict[str, Any]) -> bool:
+    """Whether a trial that drew ``values`` is the default recipe's (``point``, from
+    :func:`default_point`): the sweep's first trial, or one that drew the very same."""
+    return point is not None and all(values.get(k) == v for k, v in point.items())
 
 
 def _round(x: float) -> float:

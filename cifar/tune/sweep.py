@@ -28,7 +28,6 @@ from cifar.cluster.resources import ClusterInfo
 from cifar.cluster.state import placement_waiting
 from cifar.cluster.watchdog import Watchdog
 from cifar.config import ConfigError
-from cifar.data.dataset import ImageData
 from cifar.data.sources import check_data
 from cifar.io import storage
 from cifar.models.loading import load_pretrained
@@ -41,7 +40,8 @@ from cifar.tune import report
 from cifar.tune.config import SweepConfig
 from cifar.tune.packing import TRIAL_DRIVER, Packing, plan_packing
 from cifar.tune.search import METRIC, Search, scheduler, search_text, searched, searcher
-from cifar.tune.trial import RUNS_DIR, Shared, pixels_left_out, run_trial, trial_config
+from cifar.tune.space import is_default
+from cifar.tune.trial import RUNS_DIR, Shared, run_trial, trial_config
 
 progress = logging.getLogger("cifar.progress")
 TUNE_DIR, SWEEP_FILE = "tune", "sweep.json"
@@ -105,6 +105,7 @@ def tuner_for(cfg: SweepConfig, search: Search, shared: Shared, d: str):
     from cifar.tune.progress import SweepLog
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), TRIAL_DRIVER)
+    packing = shared.packing
     path = f"{d}/{TUNE_DIR}"
     if cfg.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -115,8 +116,8 @@ def tuner_for(cfg: SweepConfig, search: Search, shared: Shared, d: str):
             metric=METRIC,
             mode="max",
             num_samples=cfg.trials,
-            search_alg=searcher(cfg, search, shared.packing.at_once),
-            scheduler=scheduler(cfg),
+            search_alg=searcher(cfg, search, packing.at_once, packing.first_alone),
+            scheduler=scheduler(cfg, search),
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -146,7 +147,7 @@ def sweep(cfg: SweepConfig, cluster: ClusterInfo) -> dict[str, Any]:
     dataset = describe_data(p.data)
     log_data(p.data, dataset)
     # the pixels go to the object store once: every trial's workers read them from there
-    pixels = p.data.arrays() if isinstance(p.data, ImageData) else p.data
+    pixels = p.data.for_workers()
     weights = p.pretrained
     if weights is None and p.cfg.weights:  # resumed: trials yet to start need them all the same
         base = ModelSpec.of(p.cfg.arch, p.data.classes, input_size=p.cfg.size)
@@ -156,19 +157,28 @@ def sweep(cfg: SweepConfig, cluster: ClusterInfo) -> dict[str, Any]:
         follow=search.follow,
         spec=p.spec,
         data=ray.put(pixels),
-        facts=pixels_left_out(p.data),
+        facts=p.data.facts(),
         dataset=dataset,
         weights=ray.put(weights.state_dict) if weights is not None else None,
         runs=f"{d}/{RUNS_DIR}",
         packing=packing,
         train_env=ray_train_env(cfg),
         mlflow_parent=(parent := tracking.start_sweep(cfg.mlflow_uri, cfg.name, d, now)).ref,
+        point=search.point,
     )
     for line in plan_lines(cfg, search, packing)[2:]:
         progress.info("[cifar] %s", line[2:])
     t0 = time.perf_counter()
-    with Watchdog(f"sweep '{cfg.name}'", packing.text(), Heartbeats(shared.runs),
-                  placement_waiting, cfg.stall_timeout) as dog, parent:  # fmt: skip
+    with (
+        Watchdog(
+            f"sweep '{cfg.name}'",
+            packing.text(),
+            Heartbeats(shared.runs),
+            placement_waiting,
+            cfg.stall_timeout,
+        ) as dog,
+        parent,
+    ):
         tuner_for(cfg, search, shared, d).fit()
     dog.check()
     summary = finish(cfg, search, shared, d, time.perf_counter() - t0)
@@ -190,7 +200,7 @@ def finish(cfg: SweepConfig, search: Search, shared: Shared, d: str, seconds: fl
         row = report.trial_row(number, trial, frame, history, cfg.epochs, search.names)
         trained, _ = trial_config(shared, row.settings, trial.trial_id)
         row.batch_size, row.lr = trained.batch_size, trained.lr
-        row.default_recipe = search.point is not None and row.settings == search.point
+        row.default_recipe = is_default(search.point, row.settings)
         row.run = f"{RUNS_DIR}/{trial.trial_id}"
         rows.append(row)
     storage.write_bytes(f"{d}/{report.TRIALS_FILE}", report.trials_csv(rows, search.names))
@@ -242,7 +252,12 @@ def plan_lines(cfg: SweepConfig, search: Search, packing: Packing) -> list[str]:
         values = ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in search.point.items()
         )
-        first = f"the default recipe ({values})"
+        alone = (
+            f"first and alone with {packing.default_threads} CPUs per worker, "
+            if packing.first_alone
+            else ""
+        )
+        first = f"the default recipe ({values}): cifar-train's run ({alone}never stopped early)"
     return [
         "[cifar] dry run: the config, data, space and sweep folder check out; nothing was started",
         f"  sweep:     {run_dir(cfg)} ({'resumed' if cfg.resume else 'new'})",
@@ -262,7 +277,7 @@ def tune_plan(cfg: SweepConfig, cluster: ClusterInfo) -> list[str]:
         saved = json.loads(storage.read_text(f"{run_dir(cfg)}/config.json"))
         chosen = {k: saved[k] for k in ("batch_size", "lr") if getattr(typed, k) is None}
         typed = dataclasses.replace(typed, **chosen)
-    data, n_train = check_data(typed.data_dir, typed.download, typed.synthetic, typed.size)
+    data, n_train = check_data(typed.data_request())
     resolved = resolve_recipe(typed, n_train or 50_000, cfg.workers_per_trial)
     search = searched(cfg, resolved)
     lines = plan_lines(cfg, search, plan_packing(cfg, cluster))

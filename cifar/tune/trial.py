@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cifar.config import _base_type
-from cifar.data.dataset import ImageData
-from cifar.data.streamed import FileSplits
+from cifar.data.dataset import TrainingData
 from cifar.data.transforms import augmentation
 from cifar.io import storage
 from cifar.models.registry import ModelSpec
 from cifar.train.config import TrainConfig, resolve_recipe
 from cifar.train.driver import build_trainer, run_dir
 from cifar.tune.packing import Packing
+from cifar.tune.space import is_default
 
 RUNS_DIR = "runs"  # <sweep>/runs/<trial id>/: each trial's run, as the training job writes one
 
@@ -34,24 +34,15 @@ class Shared:
     base: TrainConfig  # the recipe every trial starts from, resolved for the data
     follow: tuple[str, ...]  # batch_size / lr not typed: picked for each trial's batch
     spec: ModelSpec  # architecture, classes, size, normalisation
-    data: Any  # ObjectRef of ImageData.arrays() or of FileSplits: loaded once by the driver
-    facts: ImageData | FileSplits  # the data less its pixels: what summary.json says of it
+    data: Any  # ObjectRef of the data's Splits (TrainingData.for_workers()): put once
+    facts: TrainingData  # the data less its pixels (TrainingData.facts()): for summary.json
     dataset: dict[str, Any]  # what meta.json and TensorBoard say about the data
     weights: Any  # ObjectRef of the --weights to start from, or None
     runs: str  # <sweep>/runs
     packing: Packing
     train_env: dict[str, str]  # Ray Train settings of the training job (ray_train_env)
     mlflow_parent: Any = None  # the sweep's MLflow run (tracking.RunRef): trials are its children
-
-
-def pixels_left_out(data: ImageData | FileSplits) -> ImageData | FileSplits:
-    """``data`` without its images (labels, classes and counts kept): a trial's summary needs
-    no pixels, and its workers read them from the object store."""
-    if isinstance(data, FileSplits):
-        return data
-    return dataclasses.replace(
-        data, train_images=data.train_images[:0], test_images=data.test_images[:0]
-    )
+    point: dict[str, Any] | None = None  # the default recipe's settings (Search.point)
 
 
 def drawn(values: dict[str, Any]) -> dict[str, Any]:
@@ -65,12 +56,17 @@ def trial_config(
 ) -> tuple[TrainConfig, ModelSpec]:
     """The training config and model spec of the trial ``name`` that drew ``values``: the
     sweep's base with those settings, batch and lr picked for it where not typed, run in
-    ``<sweep>/runs/<name>``."""
+    ``<sweep>/runs/<name>``, its torch threads per worker recorded (``cpus_per_worker``; the
+    default recipe's trial takes cifar-train's: :mod:`cifar.tune.first`)."""
     base = shared.base
     run = {"name": name, "storage_path": shared.runs, "resume": False}
     drew = {k: None for k in shared.follow} | drawn(values)
-    cfg = dataclasses.replace(base, **drew, **run, num_workers=shared.packing.workers)
-    cfg = resolve_recipe(cfg, len(shared.facts.train_labels), shared.packing.workers)
+    pack = shared.packing
+    _, threads = pack.worker(is_default(shared.point, values))
+    cfg = dataclasses.replace(
+        base, **drew, **run, num_workers=pack.workers, cpus_per_worker=threads
+    )
+    cfg = resolve_recipe(cfg, len(shared.facts.train_labels), pack.workers)
     record = dict(base.preprocess or {})
     record["augmentation"] = augmentation(cfg.size) if cfg.augment else "none"
     spec = shared.spec
@@ -100,18 +96,27 @@ def run_trial(config: dict[str, Any], shared: Shared) -> None:
         return
     if not storage.exists(f"{rdir}/config.json"):
         storage.write_text(f"{rdir}/config.json", json.dumps(cfg.to_dict(), indent=2))
-    pack = shared.packing
-    loaders = cfg.loader_workers if cfg.loader_workers is not None else int(pack.cpus_per_worker)
+    cpus, threads = shared.packing.worker(is_default(shared.point, config))
+    loaders = cfg.loader_workers if cfg.loader_workers is not None else int(cpus)
     tracked = tracking.start_trial(cfg, rdir, shared.dataset, shared.mlflow_parent)
-    args = WorkerArgs(cfg, spec, pack.threads, rdir, shared.data, shared.dataset, shared.weights,
-                      loaders, tracked.ref)  # fmt: skip
+    args = WorkerArgs(
+        cfg,
+        spec,
+        threads,
+        rdir,
+        shared.data,
+        shared.dataset,
+        shared.weights,
+        loaders,
+        tracked.ref,
+    )
     trainer = build_trainer(
         cfg,
         args,
-        pack.use_gpu,
+        shared.packing.use_gpu,
         callbacks=train_callbacks(),  # Ray's TuneReportCallback: each epoch's report to Tune
-        cpus=pack.cpus_per_worker,
-        gpus=pack.gpus_per_worker,
+        cpus=cpus,
+        gpus=shared.packing.gpus_per_worker,
     )
     t0 = time.perf_counter()
     with tracked:  # a trial ASHA stops ends KILLED in MLflow, a failed one FAILED
