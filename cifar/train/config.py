@@ -72,10 +72,10 @@ def workers_text(num_workers: int | list[int] | str) -> str:
 @dataclass
 class TrainConfig(Config):
     # fmt: off
-    data_dir: str = data_opt("data", "CIFAR-10 (a folder holding or to hold cifar-10-batches-py), or labelled images: DIR/train/<class>/..., DIR/val/<class>/... (path or URI)", resumable=True)  # noqa: E501
+    data_dir: str = data_opt("data", "CIFAR-10 (a folder holding or to hold cifar-10-batches-py), labelled images: DIR/train/<class>/..., DIR/val/<class>/..., or shards: DIR/train/*.tar|*.parquet, DIR/val/... (path or URI)", resumable=True)  # noqa: E501
     download: bool = data_opt(True, "download CIFAR-10 (MD5-checked) if it is not there", resumable=True)  # noqa: E501
     val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
-    data_loading: str = data_opt("auto", "image folders: 'memory' decodes them once and shares the pixels, 'stream' has every worker decode its shard from the files as it trains (memory stays a few batches); auto: memory while the decoded images fit --data-memory-mb", choices=LOADINGS, resumable=True)  # noqa: E501
+    data_loading: str = data_opt("auto", "image folders and shards: 'memory' decodes them once and shares the pixels, 'stream' has every worker decode its shard from the files as it trains (memory stays a few batches); auto: memory while the decoded images fit --data-memory-mb", choices=LOADINGS, resumable=True)  # noqa: E501
     data_memory_mb: float | None = data_opt(None, "the memory budget of --data-loading auto (default: 10%% of the node's memory)", resumable=True, metavar="MB")  # noqa: E501
     image_column: str | None = data_opt(None, "shards in Parquet: the image column (default: the first binary or struct{bytes, path} column)", metavar="NAME")  # noqa: E501
     label_column: str = data_opt("label", "shards in Parquet: the label column (integers, with names from classes.txt or the file's ClassLabel metadata, or names)", metavar="NAME")  # noqa: E501

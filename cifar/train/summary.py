@@ -32,7 +32,11 @@ def describe_data(data: TrainingData) -> dict[str, Any]:
 
 def log_data(data: TrainingData, d: dict[str, Any]) -> None:
     """The dataset in the job's log: where, how split, per-class counts, decode, skips."""
-    what = {"folder": "image folders", "synthetic": "GENERATED CIFAR-format set (not CIFAR-10)"}
+    what = {
+        "folder": "image folders",
+        "shards": "shards",
+        "synthetic": "GENERATED CIFAR-format set (not CIFAR-10)",
+    }
     split = f", evaluated on {d['eval_split']}" if d.get("eval_split") else ""
     progress.info(
         "[cifar] data: %s %s: %d classes, %d train / %d test images%s",
