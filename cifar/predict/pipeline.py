@@ -31,6 +31,7 @@ from cifar.predict.report import (
     preview_png,
     write_side_files,
 )
+from cifar.predict.shard_input import decode_samples, loose_rows
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
@@ -135,7 +136,8 @@ def report(
         **extra,
     )
     note = generated_note(pre)
-    preview = preview_png(table, cfg.preview, note=note) if cfg.preview else None
+    shown = loose_rows(table, pre.files, pre.shards)  # the sheet opens files by path
+    preview = preview_png(shown, cfg.preview, note=note) if cfg.preview else None
     finish(cfg.output)
     write_side_files(cfg.output, summary, preview, written=[JOB_FILE], note=note)
     check_exactly_once(table, pre.files, n_files)
@@ -268,7 +270,7 @@ def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
     import ray.data
 
     ds = ds.map_batches(
-        decode_batch,
+        decode_batch if pre.shards is None else decode_samples,  # shards: read by their shard
         fn_kwargs={"size": pre.model.spec.input_size},
         batch_size=cfg.batch_size,
         batch_format="numpy",

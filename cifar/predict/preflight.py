@@ -20,6 +20,13 @@ from cifar.predict.commit import check_resume, committed_paths, job_record
 from cifar.predict.config import PredictConfig
 from cifar.predict.inputs import label_from_dirs, list_inputs, streamed_input
 from cifar.predict.predictor import load_for_prediction, onnx_compute
+from cifar.predict.shard_input import (
+    describe,
+    expand_shards,
+    holds_shards,
+    read_columns,
+    shard_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,7 @@ class Preflight:
     todo: Any = None  # pyarrow boolean mask of the files still to classify (None: all)
     done: Any = None  # with stream and --resume: the committed paths, for the lister
     seconds: float = 0.0
+    shards: dict[str, Any] | None = None  # beside files: where shard samples lie (shard_input)
 
     @property
     def already_done(self) -> int:
@@ -49,6 +57,7 @@ class Preflight:
         cols = {"path": self.files, "relpath": self.relpaths}
         if self.labels is not None:
             cols["label"] = self.labels
+        cols.update(self.shards or {})
         return {k: v.filter(self.todo) for k, v in cols.items()} if self.todo is not None else cols
 
 
@@ -69,18 +78,20 @@ def check_output(output: str, overwrite: bool, resume: bool = False) -> None:
         )
 
 
-def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, Any, int]:
-    """(files, their relpaths, labels or None, skipped by --extensions), listed now."""
+def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, Any, int, Any]:
+    """(files, their relpaths, labels or None, skipped by --extensions, where the shard samples
+    among the files lie or None), listed now: a shard is listed as its samples."""
     import pyarrow as pa
 
-    found = list_inputs(cfg.input, cfg.extensions)
+    found, samples = expand_shards(list_inputs(cfg.input, cfg.extensions))
     relpaths = found.relpaths()
     labels = None
     if cfg.labels_from_dirs:
         pairs = zip(found.files.to_pylist(), found.root_list(), strict=True)
         labels = pa.array([label_from_dirs(f, r, classes) for f, r in pairs], pa.string())
+        labels = shard_labels(labels, samples, classes)  # a shard sample: the label it stores
         check_labels(labels, relpaths, classes)
-    return found.files, relpaths, labels, found.skipped
+    return found.files, relpaths, labels, found.skipped, read_columns(samples)
 
 
 def check_labels(labels, relpaths, classes: list[str]) -> None:
@@ -119,8 +130,9 @@ def preflight(cfg: PredictConfig) -> Preflight:
     if isinstance(model.model, OnnxModel):
         onnx_compute("cpu", cfg.precision)  # refuses a precision onnxruntime cannot compute in
     stream = streamed_input(cfg.input)  # a prefix listed while classifying: not listed here
-    listed = (None, None, None, 0) if stream else listed_inputs(cfg, model.classes)
-    files, relpaths, labels, skipped = listed
+    stream = None if stream and holds_shards(stream) else stream  # shards: their keys first
+    listed = (None, None, None, 0, None) if stream else listed_inputs(cfg, model.classes)
+    files, relpaths, labels, skipped, shards = listed
     held = holder_of(cfg.output)
     if held is not None:  # before saying the folder holds results: another job writes them
         raise busy(storage.join(cfg.output, LOCK_FILE), held)
@@ -141,6 +153,7 @@ def preflight(cfg: PredictConfig) -> Preflight:
         todo,
         done if stream else None,  # the lister leaves them out as it lists
         time.perf_counter() - t0,
+        shards,
     )
 
 
@@ -164,7 +177,8 @@ def preflight_lines(cfg: PredictConfig, pre: Preflight) -> list[str]:
         "[cifar] dry run: the model, inputs and output check out; nothing was started",
         f"  model:   {pre.model.path}: {spec.arch}{onnx} at {spec.input_size}x{spec.input_size}, "
         f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})",
-        f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions){labels}"
+        f"  inputs:  {len(pre.files)} files ({pre.skipped} skipped by --extensions"
+        f"{describe(pre.shards)}){labels}"
         if pre.stream is None
         else f"  inputs:  the files under {pre.stream}, listed folder by folder while they are "
         "classified",
