@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from cifar.data.dataset import Splits
 from cifar.data.loaders import GlobalBatchSampler, shard_loaders
 from cifar.data.transforms import model_batch
-from cifar.device import Compute, machine_key, resolve_compute
+from cifar.device import Compute, Work, machine_key, resolve_compute
 from cifar.models.checkpoint import unwrap
 from cifar.models.probe import spec_key, step_probe
 from cifar.models.registry import ModelSpec, build_model
@@ -140,12 +140,16 @@ def job_compute(
     device: torch.device,
     world: int = 1,
     local_world: int = 1,
+    n_train: int | None = None,
 ) -> Compute:
     """The precision and memory format a training run uses, as the job chooses them: the flags,
     else (``auto`` on a CPU) the fastest training step of this run measured on this CPU (cached
     per machine and work), the slowest rank deciding when there are several. ``cfg`` has its
-    batch resolved (:func:`cifar.train.config.resolve_recipe`)."""
+    batch resolved (:func:`cifar.train.config.resolve_recipe`). With ``n_train``, measuring
+    costs at most a share of the run's estimated time (a run smaller than that: fp32,
+    unmeasured; :func:`cifar.device.measure_bounded`)."""
     batch = max(1, cfg.batch_size // world)
+    work = None if n_train is None else Work(cfg.epochs * -(-n_train // world), batch)
     key = (
         f"train|{machine_key()}|batch={batch}|{spec_key(spec)}|augment={cfg.augment}|"
         f"workers_here={local_world}"
@@ -158,6 +162,7 @@ def job_compute(
         probe=probe,
         reduce=lambda times: all_reduce(times, device, op="max") if world > 1 else times,
         cache_key=key,
+        work=work,
     )
 
 

@@ -88,8 +88,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.backends.cudnn.benchmark = True
     checkpoint = ray.train.get_checkpoint()  # Ray: set after a failure or on --resume
     state, weights = restored(checkpoint)
-    compute = choose_compute(cfg, args.spec, state, device, world, ctx.get_local_world_size())
     data = ray.get(args.data)  # Ray: the data's Splits, put there once by the driver
+    local = ctx.get_local_world_size()
+    compute = choose_compute(cfg, args.spec, state, device, world, local, data.n_train)
     initial = ray.get(args.weights) if args.weights is not None and checkpoint is None else None
     prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
     e = build(cfg, data, args.spec, compute, rank, world, prepare, initial, args.loader_workers)
@@ -189,13 +190,15 @@ def choose_compute(
     device: torch.device,
     world: int,
     local_world: int = 1,
+    n_train: int | None = None,
 ) -> Compute:
     """What a restarted run recorded (so it continues exactly), else what the job chooses now
-    (:func:`cifar.train.engine.job_compute`), recorded in ``state``."""
+    (:func:`cifar.train.engine.job_compute`, its cost bounded by the run's ``n_train`` images),
+    recorded in ``state``."""
     if state.compute is not None:
         c = state.compute
         return resolve_compute(device, c["precision"], c["channels_last"])
-    compute = job_compute(cfg, spec, device, world, local_world)
+    compute = job_compute(cfg, spec, device, world, local_world, n_train)
     state.compute = compute.describe()
     return compute
 
