@@ -84,7 +84,7 @@ def main() -> None:
         "tutorial_loop_s": round(loop_s, 1),
     }
     how = f"precision {compute.get('precision')} ({compute.get('chosen_by')})"
-    ray_s = summary.get("ray_start_seconds")
+    ray_s = round(summary.get("ray_start_seconds") or 0, 1)
     print(f"[fixedcost] {describe(info)}: {a.photos} photos (1024x768 JPEGs) through {a.arch}")
     print(f"  the whole job (python -m jobs.predict): {job_s:6.1f} s  {how}")
     print(f"  the tutorial's test.py loop:             {loop_s:6.1f} s  (model built before)")
