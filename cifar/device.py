@@ -124,17 +124,23 @@ def resolve_compute(
     key = f"{cache_key}|{[c.name for c in candidates]}" if cache_key else None
     times = _cached_times(key) if key else None
     how = "measured earlier on this node" if times else "measured"
+    skipped = ""
     if times is None:
         if work is None:
             times = measure(candidates, probe)
         else:
-            times, skipped = measure_bounded(candidates, probe, work, reduce)
-            if times is None:
-                return Compute(device, None, layouts[0], chosen_by=f"not measured: {skipped}")
-        if key:
+            measured, skipped = measure_bounded(candidates, probe, work)
+            times = measured or [0.0] * len(candidates)
+        if key and not skipped:
             _store_times(key, times)
-    if reduce is not None:
-        times = reduce(times)
+    if reduce is not None:  # one collective on every rank, whether it measured, read or skipped
+        flag = [1.0 if skipped else 0.0] if work is not None else []
+        joined = reduce(flag + times)
+        other = "another rank's work was smaller than measuring it"
+        skipped = skipped or (other if flag and joined[0] else "")
+        times = joined[len(flag) :]
+    if skipped:  # any rank's: all of them compute alike
+        return Compute(device, None, layouts[0], chosen_by=f"not measured: {skipped}")
     best = min(range(len(candidates)), key=times.__getitem__)
     figures = {c.name: round(t * 1000, 2) for c, t in zip(candidates, times, strict=True)}
     chosen = candidates[best]
@@ -145,22 +151,20 @@ def measure_bounded(
     candidates: list[Compute],
     probe: Callable[..., Callable[[], None]],
     work: Work,
-    reduce: Callable[[list[float]], list[float]] | None = None,
     rounds: int = 3,
 ) -> tuple[list[float] | None, str]:
     """:func:`measure` at a batch no larger than the work (nor than ``work.batch``), costing at
     most ``work.share`` of the work's estimated time and ``work.budget_s``: two steps of a few
     images estimate the time an image takes; the batch is halved until measuring fits; work
     too small for even a small measurement is not measured: (None, why). Returns each
-    candidate's seconds per step of ``work.batch`` images (scaled from the batch measured)."""
+    candidate's seconds per step of ``work.batch`` images (scaled from the batch measured), and
+    "" or why it did not measure. No collective here: ranks join in :func:`resolve_compute`."""
     small = max(1, min(SMALL_BATCH, work.batch, work.items))
     step = probe(candidates[0], small)
     step()  # builds the kernels
     t0 = time.perf_counter()
     step()
     per_item = (time.perf_counter() - t0) / small
-    if reduce is not None:  # every rank decides alike: on the slowest rank's estimate
-        (per_item,) = reduce([per_item])
     allowed = min(work.share * per_item * work.items, work.budget_s)
     steps_needed = len(candidates) * (rounds + 1)
     batch = max(1, min(work.batch, work.items))
@@ -171,8 +175,8 @@ def measure_bounded(
             f"the work ({work.items} images, about {per_item * work.items:.1f} s) is smaller "
             f"than measuring {len(candidates)} settings would cost"
         )
-    times = measure(candidates, lambda c: probe(c, batch), rounds, early_stop=reduce is None)
-    return [t / batch * work.batch for t in times], f"at batch {batch}"
+    times = measure(candidates, lambda c: probe(c, batch), rounds, early_stop=True)
+    return [t / batch * work.batch for t in times], ""
 
 
 SMALL_BATCH = 4  # images a step of the first estimate takes

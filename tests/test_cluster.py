@@ -382,14 +382,15 @@ def test_spread_run_equals_single_node_run(cluster, smoke_run):
 
 def test_a_sweep_through_submit_packs_trials_across_two_nodes(cluster):
     """`scripts/submit.sh tune` on the 2-node cluster: every trial's run and best/ in the
-    shared storage path, trials.csv one row each, both trials at once."""
+    shared storage path, trials.csv one row each; the default recipe's trial first and alone
+    (as cifar-train would run it), then the other two at once."""
     runs = cluster["work"] / "runs"
     r = _submit(
         cluster,
         "tune",
         "--smoke-test",
         "--trials",
-        "2",
+        "3",
         "--cpus-per-trial",
         "1",
         "--storage-path",
@@ -400,7 +401,8 @@ def test_a_sweep_through_submit_packs_trials_across_two_nodes(cluster):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     with open(runs / "sweep" / "trials.csv") as f:
         trials = list(csv.DictReader(f))
-    assert len(trials) == 2 and (runs / "sweep" / "best" / "model" / "model.pt").is_file()
+    assert len(trials) == 3 and (runs / "sweep" / "best" / "model" / "model.pt").is_file()
+    assert [t["default_recipe"] for t in trials].count("True") == 1
     results = json.loads((runs / "sweep" / "sweep.json").read_text())["results"]
     assert results["peak_trials_at_once"] == 2
 

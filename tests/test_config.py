@@ -107,6 +107,8 @@ def test_use_gpu_without_gpus_fails_fast_and_defaults_follow_the_cluster():
     assert resolve_scale(_cfg([]), ClusterInfo(cpus=8, gpus=2))[0] is True
     use_gpu, cpus = resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(8, 0))
     assert (use_gpu, cpus) == (False, 4)  # cpus is also the torch threads
+    two_nodes = ClusterInfo(4, 0, largest_node_cpus=2, smallest_node_cpus=2)
+    assert resolve_scale(_cfg([]), two_nodes) == (False, 2)  # a worker never spans nodes
 
 
 def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):

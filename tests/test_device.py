@@ -147,6 +147,23 @@ def test_measuring_stays_within_its_share_of_the_work_and_stops_when_one_is_ahea
     assert max(asked) < 512  # 512 images x 16 steps would cost far more than half a second
 
 
+def test_ranks_join_in_one_collective_and_all_skip_when_one_does():
+    """Every rank makes exactly one reduce call whether it measured, read the cache or skipped
+    (a rank that read the cache while another measured must not wait on a second collective),
+    and when one rank skips, all compute in fp32."""
+    calls = []
+
+    def other_rank_skipped(values):
+        calls.append(len(values))
+        return [1.0, *values[1:]]  # the flag first: another rank did not measure
+
+    probe, _ = _counting()
+    work = Work(items=10**6, batch=32)
+    c = resolve_compute("cpu", "auto", None, probe=probe, reduce=other_rank_skipped, work=work)
+    assert calls == [5] and c.precision == "fp32" and c.ms_per_step == {}
+    assert c.chosen_by == "not measured: another rank's work was smaller than measuring it"
+
+
 def test_accuracy_per_epoch_does_not_depend_on_the_precision(synthetic_dir):
     """Same data, seed and recipe in fp32 and in bf16 autocast: test accuracy after every
     epoch within 0.03 (600 test images: 18 images)."""

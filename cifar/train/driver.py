@@ -121,8 +121,11 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
     elif cfg.elastic:  # workers come and go with nodes: one per node, the smallest node's CPUs
         node = cluster.smallest_node_cpus or cluster.largest_node_cpus or cluster.cpus
         cpus = max(1, int(node))
-    else:  # what is free now (other jobs may hold the rest), shared evenly
+    else:  # what is free now (other jobs may hold the rest), shared evenly, and no more than
+        # one node has: a worker never spans nodes (1 worker on 2 nodes of 2 CPUs: 2, not 4)
         cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
+        if cluster.largest_node_cpus:
+            cpus = max(1, min(cpus, int(cluster.largest_node_cpus)))
     return use_gpu, cpus
 
 
