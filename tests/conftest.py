@@ -19,8 +19,11 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """One embedded Ray runtime (loopback only) for the in-process Ray tests."""
+def ray_session(tmp_path_factory, s3_server):
+    """One embedded Ray runtime (loopback only) for the in-process Ray tests. Its workers reach
+    the session's S3 server as a cluster's nodes reach their store: through the standard AWS
+    environment, set for them (a test's monkeypatched environment reaches only this process,
+    and a library call that fans out to Ray tasks would otherwise look for the real AWS)."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
@@ -28,6 +31,7 @@ def ray_session(tmp_path_factory):
         num_cpus=2,
         include_dashboard=False,
         configure_logging=False,
+        runtime_env={"env_vars": s3_server.env()},
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
