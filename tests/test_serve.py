@@ -213,18 +213,22 @@ def test_a_burst_beyond_capacity_gets_503_with_retry_after_and_nothing_hangs(app
         held.append(conn)
     time.sleep(2)  # routed to the replicas, or queued
     t0 = time.monotonic()
-    with ThreadPoolExecutor(16) as pool:
-        burst = list(pool.map(lambda _: call(app.port, "POST", "/classify", body, AUTH), range(16)))
-    refused = [h for status, h, _ in burst if status == 503]
-    assert {status for status, _, _ in burst} <= {200, 503}
-    assert refused and all(h["retry-after"] == "1" for h in refused), burst
-    assert time.monotonic() - t0 < 10  # refused at once, not after waiting for a place
-    print(f"burst: {len(refused)} of {len(burst)} refused")
+    pool = ThreadPoolExecutor(16)
+    burst = [pool.submit(call, app.port, "POST", "/classify", body, AUTH) for _ in range(16)]
+    # refusals come back while the held requests still hold their places (their bodies are
+    # sent only after): a refused request did not wait for a place
+    wait_until(lambda: any(f.done() and f.result()[0] == 503 for f in burst), 20, "a 503")
+    print(f"burst: the first 503 after {time.monotonic() - t0:.1f} s")  # a timing: not asserted
     answers = []
     for conn in held:
         conn.send(body[len(body) // 2 :])
         answers.append(conn.getresponse().status)
         conn.close()
+    got = [f.result() for f in burst]  # any request that hung raises its timeout here
+    pool.shutdown()
+    refused = [h for status, h, _ in got if status == 503]
+    assert {status for status, _, _ in got} <= {200, 503}
+    assert refused and all(h["retry-after"] == "1" for h in refused), got
     # Serve may refuse a few more than its limits ask: it counts a queue it is still emptying
     assert set(answers) <= {200, 503} and answers.count(200) >= app.max_ongoing, answers
     assert call(app.port, "POST", "/classify", body, AUTH)[0] == 200
