@@ -46,7 +46,7 @@ from cifar.data.loading import choose_loading
 from cifar.data.shard_index import ShardSet, Table, assign, index, info, parallel, scan
 from cifar.io import shards as fmt
 from cifar.io import storage
-from cifar.io.images import decode_image
+from cifar.io.images import decode_into
 
 progress = logging.getLogger("cifar.progress")
 
@@ -64,13 +64,7 @@ def decode_shard(
         datas = fmt.read_images(path, at.tolist(), size.tolist(), column)
     except fmt.ShardError as e:
         return images, [f"cannot read the shard: {e.reason}"] * len(at)
-    for i, data in enumerate(datas):
-        try:
-            if data is None:
-                raise ValueError("no image bytes in this row")
-            images[i] = decode_image(data, side)
-        except ValueError as e:
-            errors[i] = str(e)
+    decode_into(images, errors, range(len(at)), datas, side)
     return images, errors
 
 

@@ -55,6 +55,19 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+def decode_into(images: np.ndarray, errors, rows, datas, size: int) -> None:
+    """Decode ``datas`` (encoded images; None for a sample that has none, as a shard's row can
+    be) into ``images[rows]``; a sample that does not decode gets its reason in ``errors[row]``
+    and keeps its zero image (shards, for training and prediction alike)."""
+    for i, data in zip(rows, datas, strict=True):
+        try:
+            if data is None:
+                raise ValueError("no image bytes in this row")
+            images[i] = decode_image(data, size)
+        except ValueError as e:
+            errors[i] = str(e)
+
+
 def load_image_file(path: str, size: int) -> np.ndarray:
     return decode_image(read_bytes(path), size)
 

@@ -53,7 +53,7 @@ from cifar.config import ConfigError
 from cifar.io import shards as fmt
 from cifar.io import storage
 from cifar.io.faults import CONNECTION_KINDS, StorageError
-from cifar.io.images import decode_batch, decode_image
+from cifar.io.images import decode_batch, decode_into
 from cifar.predict.inputs import Inputs, extension_mask, walk_uri
 
 log = logging.getLogger(__name__)
@@ -370,13 +370,7 @@ def _decode_shard(shard: str, rows, batch, size: int, images, errors) -> None:
             raise  # the store is gone, not this shard: the job ends, --resume redoes it
         errors[todo] = f"cannot read the shard: {e.strerror or e}"
         return
-    for i, data_i in zip(todo, data, strict=True):
-        try:
-            if data_i is None:
-                raise ValueError("no image bytes in this row")
-            images[i] = decode_image(data_i, size)
-        except ValueError as e:
-            errors[i] = str(e)
+    decode_into(images, errors, todo, data, size)
 
 
 def loose_rows(table, files, shards: dict[str, Any] | None):
