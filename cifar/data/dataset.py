@@ -56,11 +56,15 @@ class DataRequest:
 class Loading:
     """How a run's training data reaches the workers, and why."""
 
-    how: str  # "memory" (decoded once, shared) or "stream" (each worker decodes its shard)
+    how: str  # "memory" (decoded once, shared), "stream" (each worker decodes its shard), "ray"
     why: str
 
     def line(self) -> str:
-        what = {"memory": "held in memory", "stream": "streamed from the files by every worker"}
+        what = {
+            "memory": "held in memory",
+            "stream": "streamed from the files by every worker",
+            "ray": "decoded by Ray Data on the cluster's CPUs, streamed into the workers",
+        }
         return f"[cifar] data loading: {what[self.how]}: {self.why}"
 
 

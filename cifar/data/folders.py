@@ -322,7 +322,7 @@ class FolderSource:
         split = tree.eval_dir + "/" if tree.eval_dir else "a hash split of train/"
         how = self.loading()
         state = "cached" if cached(tree) else "not decoded yet"
-        state = f"{how.how}: {how.why}" if how.how == "stream" else f"in memory, {state}"
+        state = f"{how.how}: {how.why}" if how.how != "memory" else f"in memory, {state}"
         names = ", ".join(tree.classes[:8]) + (", ..." if len(tree.classes) > 8 else "")
         return (
             f"image folders {tree.root}: {len(tree.classes)} classes ({names}), {n_train} "
@@ -332,5 +332,5 @@ class FolderSource:
 
     def load(self) -> tuple[ImageData | FileSplits, Loading]:
         how = self.loading()
-        load = list_tree if how.how == "stream" else load_tree
+        load = list_tree if how.how != "memory" else load_tree
         return load(self.tree, self.request.val_fraction), how

@@ -1,10 +1,17 @@
-"""Memory or streaming: how a run's training data reaches the workers (``--data-loading``)."""
+"""Memory, streaming or Ray Data: how a run's training data reaches the workers
+(``--data-loading``).
+
+``auto`` picks memory or stream, never ray: on the local 2-node cluster (benchmarks/ingest.py,
+docs/results.md) Ray Data's win came from CPUs that the trainer had not reserved, and when the
+data is loaded nothing says whether a run will have such CPUs (other nodes, CPU-only nodes) to
+spare; ``--data-loading ray`` asks for it."""
 
 from __future__ import annotations
 
 from cifar.data.dataset import DataError, Loading
 
-LOADINGS = ("auto", "memory", "stream")
+LOADINGS = ("auto", "memory", "stream", "ray")
+STREAMED = ("stream", "ray")  # decoded as the run trains: the source hands over file lists
 # auto: hold decoded images in memory up to this share of the node's memory (the driver, the
 # object store and every worker on a node hold them)
 MEMORY_SHARE = 0.1
@@ -54,9 +61,10 @@ def choose_loading(
 
 def memory_only(loading: str, what: str) -> Loading:
     """Data that is always read into memory (CIFAR-format files): ``stream`` is refused."""
-    if loading == "stream":
+    if loading in STREAMED:
         raise DataError(
-            "--data-loading stream streams image folders (DIR/train/<class>/...); CIFAR-format "
-            "files are read into memory (150 MiB for CIFAR-10). Drop --data-loading stream."
+            f"--data-loading {loading} streams image folders (DIR/train/<class>/...) and shards "
+            "(DIR/train/*.tar|*.parquet); CIFAR-format files are read into memory (150 MiB for "
+            f"CIFAR-10). Drop --data-loading {loading}."
         )
     return Loading("memory", what)

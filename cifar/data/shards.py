@@ -234,7 +234,7 @@ class ShardSource:
         n_train = len(assign(t, [""] * len(t.samples), r.val_fraction)[0])
         split = f"{t.layout.eval_dir}/" if t.layout.eval_dir else "a hash split of train/"
         how = self.loading()
-        state = f"{how.how}: {how.why}" if how.how == "stream" else "in memory, decoded at start"
+        state = f"{how.how}: {how.why}" if how.how != "memory" else "in memory, decoded at start"
         names = ", ".join(t.classes[:8]) + (", ..." if len(t.classes) > 8 else "")
         skipped = f", {len(t.skipped)} skipped" if t.skipped else ""
         return (
@@ -246,6 +246,6 @@ class ShardSource:
 
     def load(self) -> tuple[ImageData | ShardSplits, Loading]:
         how, r = self.loading(), self.request
-        if how.how == "stream":
+        if how.how != "memory":  # stream or ray: an index to decode as it trains
             return list_samples(self.table(), r.val_fraction, r.size), how
         return load_memory(self.table(), r.val_fraction, r.size), how

@@ -19,6 +19,7 @@ from cifar.cluster.resources import ClusterInfo
 from cifar.cluster.state import placement_waiting
 from cifar.cluster.watchdog import Watchdog
 from cifar.config import ConfigError
+from cifar.data import raydata
 from cifar.data.dataset import TrainingData
 from cifar.data.sources import load_training_data
 from cifar.io import storage
@@ -126,6 +127,8 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
         cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
         if cluster.largest_node_cpus:
             cpus = max(1, min(cpus, int(cluster.largest_node_cpus)))
+    if cfg.data_loading == "ray" and cfg.cpus_per_worker is None and not use_gpu:
+        cpus = max(1, cpus // 2)  # Ray Data's decode tasks need CPUs too: half left to them
     return use_gpu, cpus
 
 
@@ -168,15 +171,19 @@ def build_trainer(
     callbacks: tuple = (),
     cpus: float | None = None,
     gpus: float = 1,
+    datasets: dict[str, Any] | None = None,
 ):
     """The TorchTrainer for a prepared config (run named, data loaded and put on the driver);
-    a sweep's trial adds Ray Train ``callbacks`` and asks for shares of a CPU or GPU per worker."""
+    a sweep's trial adds Ray Train ``callbacks`` and asks for shares of a CPU or GPU per worker.
+    ``datasets``: Ray Datasets for the workers' ``get_dataset_shard`` (``--data-loading ray``)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=args.to_config(),
+        datasets=datasets,
+        dataset_config=raydata.data_config() if datasets else None,
         scaling_config=scaling_config(cfg, use_gpu, args.threads if cpus is None else cpus, gpus),
         run_config=RunConfig(
             name=cfg.name,
@@ -260,9 +267,22 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     weights = ray.put(p.pretrained.state_dict) if p.pretrained is not None else None
     loader_workers = cfg.loader_workers if cfg.loader_workers is not None else cpus
     tracked = tracking.start_run(cfg, rdir, dataset)  # MLflow: with --mlflow-uri
+    ray_data = cfg.preprocess["data_loading"] == "ray"
     args = WorkerArgs(
-        cfg, p.spec, cpus, rdir, ray.put(shared), dataset, weights, loader_workers, tracked.ref
+        cfg,
+        p.spec,
+        cpus,
+        rdir,
+        ray.put(shared),
+        dataset,
+        weights,
+        loader_workers,
+        tracked.ref,
+        ray_data,
     )
+    # --data-loading ray: the training set as a Ray Dataset, decoded on any CPU of the cluster
+    # (the workers' own excluded) and streamed into them; evaluation stays on the workers
+    datasets = {"train": raydata.train_dataset(shared, cfg.seed)} if ray_data else None
     each = f"{cpus} CPU{'s' if cpus > 1 else ''}" + (" + 1 GPU" if use_gpu else "")
     if cfg.elastic:
         progress.info(
@@ -276,7 +296,7 @@ def train(cfg: TrainConfig, cluster: ClusterInfo) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tracked:  # a run that fails ends FAILED in MLflow too
         result = fit(
-            build_trainer(cfg, args, use_gpu),
+            build_trainer(cfg, args, use_gpu, datasets=datasets),
             cfg,
             f"{workers_text(cfg.num_workers)} worker(s) x {each}",
         )

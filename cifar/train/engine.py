@@ -44,7 +44,7 @@ class Engine:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     loss_fn: nn.Module
-    train_loader: DataLoader
+    train_loader: DataLoader  # or, with --data-loading ray, cifar.data.raydata.RayBatches
     eval_loader: DataLoader
     compute: Compute
     scaler: torch.amp.GradScaler  # loss scaling for fp16; passes through otherwise
@@ -86,11 +86,14 @@ def build(
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     initial: dict[str, torch.Tensor] | None = None,
     loader_workers: int = 0,
+    train_batches: Any = None,
 ) -> Engine:
     """The ``spec``'s model (same initial weights on every rank: ``initial``'s where given, the
     head left out), this rank's loaders over ``data`` (:class:`~cifar.data.dataset.Splits`: in
     memory, or files decoded in ``loader_workers`` processes), optimizer and schedule. ``wrap``
-    distributes the model (Ray's ``prepare_model``: DDP). ``cfg`` is a resolved recipe
+    distributes the model (Ray's ``prepare_model``: DDP). ``train_batches`` (a sized iterable
+    of batches with ``sampler.set_epoch``, e.g. this rank's Ray Data shard) replaces the training
+    loader; evaluation keeps the exact loader over ``data``. ``cfg`` is a resolved recipe
     (:func:`cifar.train.config.resolve_recipe`, done once on the driver): never resolved here."""
     if cfg.batch_size is None or cfg.lr is None or cfg.backbone_lr is None:
         raise ValueError("build() takes a resolved recipe: call resolve_recipe(cfg, ...) first")
@@ -117,6 +120,7 @@ def build(
         compute.device,
         loader_workers,
     )
+    tl = tl if train_batches is None else train_batches
     return Engine(
         cfg=cfg,
         spec=spec,

@@ -64,6 +64,7 @@ class WorkerArgs:
     weights: Any = None  # ObjectRef of the --weights to start from (a fresh run only)
     loader_workers: int = 0  # streamed data: decoding processes per worker
     tracking: Any = None  # the MLflow run rank 0 logs metrics to (tracking.RunRef), if any
+    ray_data: bool = False  # --data-loading ray: training batches from Ray Train's dataset shard
 
     def to_config(self) -> dict[str, Any]:
         return {"args": self}
@@ -93,7 +94,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     compute = choose_compute(cfg, args.spec, state, device, world, local, data.n_train)
     initial = ray.get(args.weights) if args.weights is not None and checkpoint is None else None
     prepare = ray.train.torch.prepare_model  # Ray: to the device, DDP when world > 1
-    e = build(cfg, data, args.spec, compute, rank, world, prepare, initial, args.loader_workers)
+    batches = ray_data_shard(args, data, world, device)
+    workers = args.loader_workers
+    e = build(cfg, data, args.spec, compute, rank, world, prepare, initial, workers, batches)
     if weights is not None:
         e.restore(weights, state.optimizer, state.scheduler, state.scaler)
         set_rng_state(state.rng[min(rank, len(state.rng) - 1)])
@@ -125,6 +128,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     train_epochs(e, out, state, meta)
     out.close()
+
+
+def ray_data_shard(args: WorkerArgs, data: Any, world: int, device: torch.device):
+    """``--data-loading ray``: this rank's shard of the Ray Dataset the driver gave Ray Train
+    (decoded on the cluster's CPUs), as the engine's training loader; None otherwise."""
+    if not args.ray_data:
+        return None
+    import ray.train
+
+    from cifar.data import raydata
+
+    batch, n = args.cfg.batch_size, data.n_train
+    return raydata.RayBatches(
+        ray.train.get_dataset_shard("train"),  # Ray: this rank's stream of decoded rows
+        raydata.per_rank_batch(batch, world),
+        raydata.steps_per_epoch(n, batch, world),
+        data.datasets(device)[0],
+    )
 
 
 def generated(dataset: dict[str, Any]) -> bool:

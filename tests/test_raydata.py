@@ -1,0 +1,86 @@
+"""``--data-loading ray``: Ray Data decodes the training samples on the cluster's CPUs and streams
+them into the Train workers; evaluation stays exact on the workers; a bad sample is a counted
+skip; ``--resume`` continues; ``auto`` never picks it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cifar.data.dataset import DataError, DataRequest
+from cifar.data.examples import write_digits
+from cifar.data.loading import choose_loading, memory_only
+from cifar.data.raydata import collate, decode_rows, steps_per_epoch
+from cifar.data.sources import load_training_data
+
+BAD = "train/3/zz_bad.png"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """120 real-pixel digits (96 train / 24 val, 32x32 PNGs) and one training file that is not
+    an image."""
+    root = tmp_path_factory.mktemp("digits") / "tree"
+    write_digits(root, np.random.default_rng(0), 96, 24)
+    (root / BAD).write_bytes(b"not an image")
+    return root
+
+
+def test_auto_never_picks_ray_and_cifar_files_refuse_it():
+    for budget in (0.001, 10_000):
+        assert choose_loading(1000, 224, "auto", budget_mb=budget).how in ("memory", "stream")
+    asked = choose_loading(1000, 224, "ray")
+    assert asked.how == "ray" and "decoded by Ray Data" in asked.line()
+    with pytest.raises(DataError, match="Drop --data-loading ray"):
+        memory_only("ray", "CIFAR-format files")
+
+
+def test_a_bad_sample_stays_a_row_and_is_counted_by_the_worker(tree):
+    splits, how = load_training_data(DataRequest(str(tree), size=32, loading="ray"))
+    assert how.how == "ray"
+    train, _ = splits.datasets(torch.device("cpu"))
+    bad = list(train.paths).index(str(tree / BAD))
+    rows = decode_rows({"id": np.array([0, bad, 1])}, train)
+    assert rows["image"].shape == (3, 3, 32, 32) and rows["label"][1] == -1
+    images, labels, skipped = collate(rows)
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == rows["label"][[0, 2]].tolist()
+    assert skipped == [(str(tree / BAD), "not an image, or an unsupported format")]
+    assert steps_per_epoch(97, 16, 2) == 6  # 48 rows a rank (equal split), batches of 8
+
+
+def _cfg(tree: Path, storage: Path, **kw):
+    from cifar.train.config import TrainConfig
+
+    base = dict(
+        data_dir=str(tree),
+        data_loading="ray",
+        epochs=2,
+        batch_size=16,
+        num_workers=1,
+        use_gpu=False,
+        cpus_per_worker=1,  # the session's other CPU decodes
+        storage_path=str(storage),
+        name="raydata",
+        max_failures=0,
+        precision="fp32",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.ray
+def test_training_through_ray_data_evaluates_exactly_counts_skips_and_resumes(
+    ray_session, tree, tmp_path
+):
+    from cifar.cluster.resources import ClusterInfo
+    from cifar.train.driver import TrainingError, train
+
+    cluster = ClusterInfo(cpus=2, gpus=0)
+    with pytest.raises(TrainingError, match="--resume --name raydata"):
+        train(_cfg(tree, tmp_path, stop_after_epoch=1), cluster)
+    summary = train(_cfg(tree, tmp_path, resume=True), cluster)
+    assert summary["epochs_completed"] == 2 and summary["restarts"] == 1
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert all(h["test_images"] == 24 for h in summary["history"])  # every val image once
+    assert summary["data"]["skipped"] == 1  # the bad file, found in epoch 1, said once
+    assert summary["data"]["skipped_files"][0]["path"].endswith(BAD)
