@@ -50,6 +50,7 @@ class DataRequest:
     synthetic: list[int] | None = None  # a generated set: train / test sizes, seed
     image_column: str | None = None  # shards in Parquet: the image column (default: by its type)
     label_column: str = "label"  # shards in Parquet: the label column
+    augment: bool = False  # training augments: streamed photos in the loader processes
 
 
 @dataclass(frozen=True)

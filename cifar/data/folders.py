@@ -234,7 +234,7 @@ def assign(
     return train, held, skipped
 
 
-def list_tree(tree: Tree, val_fraction: float = 0.1) -> FileSplits:
+def list_tree(tree: Tree, val_fraction: float = 0.1, augment: bool = False) -> FileSplits:
     """Label by folder and split, decoding nothing: the dataset as file lists for the workers
     to stream. The split is :func:`load_tree`'s, except that files no decoder can read are only
     found (and skipped) while training."""
@@ -257,6 +257,7 @@ def list_tree(tree: Tree, val_fraction: float = 0.1) -> FileSplits:
         tree.size,
         root=root,
         info=_info(tree, val_fraction, skipped),
+        augment=augment,
     )
 
 
@@ -332,5 +333,6 @@ class FolderSource:
 
     def load(self) -> tuple[ImageData | FileSplits, Loading]:
         how = self.loading()
-        load = list_tree if how.how != "memory" else load_tree
-        return load(self.tree, self.request.val_fraction), how
+        if how.how == "memory":
+            return load_tree(self.tree, self.request.val_fraction), how
+        return list_tree(self.tree, self.request.val_fraction, self.request.augment), how

@@ -3,7 +3,10 @@
 A batch is fetched with a single call (``Dataset.__getitems__``): one index operation for an
 in-memory set, a batch of files decoded in a loader process for a streamed one
 (:mod:`cifar.data.streamed`). Conversion to float, augmentation, resizing and normalization then
-run per batch on the worker's device (:mod:`cifar.data.transforms`). Training shards through a
+run per batch on the worker's device (:mod:`cifar.data.transforms`), except for a training set
+whose ``loader_augments``: its loader processes crop and flip each sample as they decode it
+(:mod:`cifar.data.augment`), so its samplers hand over ``(seed, epoch, index)`` keys instead of
+indices (persistent loader processes never see ``set_epoch``). Training shards through a
 ``DistributedSampler`` (an elastic run: :class:`GlobalBatchSampler`); evaluation through
 :class:`ShardSampler`, which pads nothing.
 """
@@ -39,6 +42,28 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
+def loader_augments(dataset: Dataset) -> bool:
+    """Whether ``dataset`` augments its samples itself, in the loader processes."""
+    return bool(getattr(dataset, "loader_augments", False))
+
+
+class TrainLoader(DataLoader):
+    """A training DataLoader that says whether its batches come augmented already
+    (``loader_augments``: the training loop then only normalises them)."""
+
+    @property
+    def loader_augments(self) -> bool:
+        return loader_augments(self.dataset)
+
+
+class KeyedSampler(DistributedSampler):
+    """``DistributedSampler`` yielding ``(seed, epoch, index)``: the key of a sample's crop and
+    flip (:mod:`cifar.data.augment`), whichever loader process decodes it."""
+
+    def __iter__(self):
+        return ((self.seed, self.epoch, i) for i in super().__iter__())
+
+
 def train_loader(
     dataset: Dataset,
     batch_size: int,
@@ -48,10 +73,11 @@ def train_loader(
     how: Fetch = IN_PROCESS,
 ) -> DataLoader:
     """Shuffled shard of the training set for this rank; call ``loader.sampler.set_epoch(e)``."""
-    sampler = DistributedSampler(
+    kind = KeyedSampler if loader_augments(dataset) else DistributedSampler
+    sampler = kind(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
     )
-    return DataLoader(
+    return TrainLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=False, **how.kwargs()
     )
 
@@ -63,11 +89,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
     the same images whatever the world size (an elastic run's recipe stays the recipe), every
     rank takes ``ceil(n / batch)`` steps, and no image is padded in or dropped. Where ``w``
     divides ``batch`` and ``n`` these are exactly ``DistributedSampler``'s batches of
-    ``batch / w``; elsewhere ranks differ by one image at most (see :func:`train_one_epoch`)."""
+    ``batch / w``; elsewhere ranks differ by one image at most (see :func:`train_one_epoch`).
+    ``keyed``: ``(seed, epoch, index)`` keys instead of indices, as :class:`KeyedSampler`."""
 
-    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int) -> None:
+    def __init__(
+        self, n: int, batch: int, rank: int, world: int, seed: int, keyed: bool = False
+    ) -> None:
         self.n, self.batch, self.rank, self.world, self.seed = n, batch, rank, world, seed
-        self.epoch = 0
+        self.epoch, self.keyed = 0, keyed
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -77,7 +106,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
         g.manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         for start in range(0, self.n, self.batch):
-            yield order[start : start + self.batch][self.rank :: self.world]
+            share = order[start : start + self.batch][self.rank :: self.world]
+            yield [(self.seed, self.epoch, i) for i in share] if self.keyed else share
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch)
@@ -96,8 +126,8 @@ def global_batch_loader(
     how: Fetch = IN_PROCESS,
 ) -> DataLoader:
     """This rank's share of each shuffled global batch; ``loader.batch_sampler.set_epoch(e)``."""
-    sampler = GlobalBatchSampler(len(dataset), batch, rank, world, seed)
-    return DataLoader(dataset, batch_sampler=sampler, **how.kwargs())
+    sampler = GlobalBatchSampler(len(dataset), batch, rank, world, seed, loader_augments(dataset))
+    return TrainLoader(dataset, batch_sampler=sampler, **how.kwargs())
 
 
 def eval_loader(

@@ -19,7 +19,9 @@ from tar headers and labels or Parquet label columns. Then it is the folder tree
   be new code; reading shards in order across the cluster is ``--data-loading ray``'s part.
 
 Pixels are those of :func:`cifar.io.images.decode_image`, the folder trees' and prediction's
-decode. A sample that does not decode is skipped and named ``<shard>#<key>``; never fatal.
+decode; training photos are cropped and flipped as they are decoded, as image files are
+(:mod:`cifar.data.augment`). A sample that does not decode is skipped and named
+``<shard>#<key>``; never fatal.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cifar.data.augment import Key, LoaderAugment, in_loader
 from cifar.data.dataset import (
     DataRequest,
     Fetch,
@@ -54,17 +57,23 @@ STATS_SAMPLE = 512  # training samples decoded on the driver for a streamed set'
 
 
 def decode_shard(
-    path: str, at: np.ndarray, size: np.ndarray, column: str | None, side: int
+    path: str,
+    at: np.ndarray,
+    size: np.ndarray,
+    column: str | None,
+    side: int,
+    views: list[Any] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """uint8 ``[n, 3, side, side]`` pixels of indexed samples of one shard, and one error per
-    sample (``""`` when it decoded). A shard that cannot be read fails each of its samples."""
+    """uint8 ``[n, 3, side, side]`` pixels of indexed samples of one shard (each through its
+    ``views`` entry where given), and one error per sample (``""`` when it decoded). A shard
+    that cannot be read fails each of its samples."""
     images = np.zeros((len(at), 3, side, side), dtype=np.uint8)
     errors = [""] * len(at)
     try:
         datas = fmt.read_images(path, at.tolist(), size.tolist(), column)
     except fmt.ShardError as e:
         return images, [f"cannot read the shard: {e.reason}"] * len(at)
-    decode_into(images, errors, range(len(at)), datas, side)
+    decode_into(images, errors, range(len(at)), datas, side, views)
     return images, errors
 
 
@@ -83,10 +92,16 @@ def decode_all(s: ShardSet, side: int) -> tuple[np.ndarray, list[str]]:
 
 class ShardDataset(Dataset):
     """Indexed shard samples decoded on demand, a batch at a time (``__getitems__``): ``(uint8
-    [B, 3, S, S], int64 [B], [(shard#key, reason), ...] for samples left out of the batch)``."""
+    [B, 3, S, S], int64 [B], [(shard#key, reason), ...] for samples left out of the batch)``;
+    with ``augment``, cropped and flipped as they are decoded, as
+    :class:`~cifar.data.streamed.FileDataset` does."""
 
-    def __init__(self, samples: ShardSet, side: int) -> None:
-        self.samples, self.side = samples, side
+    def __init__(self, samples: ShardSet, side: int, augment: LoaderAugment | None = None) -> None:
+        self.samples, self.side, self.augment = samples, side, augment
+
+    @property
+    def loader_augments(self) -> bool:
+        return self.augment is not None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -94,15 +109,19 @@ class ShardDataset(Dataset):
     def __getitem__(self, i: int):
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: Sequence[int]):
+    def __getitems__(self, indices: Sequence[Key]):
+        keyed = [self.augment.split(k) for k in indices] if self.augment else None
+        if keyed is not None:
+            indices = [i for i, _ in keyed]
         s, idx = self.samples, np.asarray(indices, dtype=np.int64)
         images = np.zeros((len(idx), 3, self.side, self.side), dtype=np.uint8)
         errors = [""] * len(idx)
         for k in np.unique(s.shard[idx]):
             where = np.flatnonzero(s.shard[idx] == k)
             rows = idx[where]
+            views = [keyed[w][1] for w in where.tolist()] if keyed is not None else None
             pixels, errs = decode_shard(
-                str(s.shards[k]), s.at[rows], s.size[rows], s.column, self.side
+                str(s.shards[k]), s.at[rows], s.size[rows], s.column, self.side, views
             )
             images[where] = pixels
             for w, e in zip(where.tolist(), errs, strict=True):
@@ -127,6 +146,7 @@ class ShardSplits:
     info: dict[str, Any] = field(default_factory=dict)
     resize: str = "files"
     stats_from: str = f"a sample of {STATS_SAMPLE} training images"
+    augment: bool = False  # training augments: at photo sizes, in the loader processes
 
     @property
     def train_labels(self) -> torch.Tensor:
@@ -150,7 +170,8 @@ class ShardSplits:
         return self
 
     def datasets(self, device: torch.device) -> tuple[Dataset, Dataset]:
-        return ShardDataset(self.train, self.size), ShardDataset(self.test, self.size)
+        augment = LoaderAugment() if in_loader(self.augment, self.size) else None
+        return ShardDataset(self.train, self.size, augment), ShardDataset(self.test, self.size)
 
     def fetch(self, loader_workers: int, device: torch.device) -> Fetch:
         """As for image files: ``spawn`` for object storage (its client is not fork-safe)."""
@@ -193,7 +214,9 @@ def load_memory(table: Table, val_fraction: float, size: int) -> ImageData:
     )
 
 
-def list_samples(table: Table, val_fraction: float, size: int) -> ShardSplits:
+def list_samples(
+    table: Table, val_fraction: float, size: int, augment: bool = False
+) -> ShardSplits:
     """Labelled and split, decoding nothing: the index for the workers to stream. Samples that
     do not decode are found (and skipped) while training."""
     train, held, skipped = assign(table, [""] * len(table.samples), val_fraction)
@@ -204,6 +227,7 @@ def list_samples(table: Table, val_fraction: float, size: int) -> ShardSplits:
         size,
         root=table.layout.root,
         info=info(table, val_fraction, skipped),
+        augment=augment,
     )
 
 
@@ -247,5 +271,5 @@ class ShardSource:
     def load(self) -> tuple[ImageData | ShardSplits, Loading]:
         how, r = self.loading(), self.request
         if how.how != "memory":  # stream or ray: an index to decode as it trains
-            return list_samples(self.table(), r.val_fraction, r.size), how
+            return list_samples(self.table(), r.val_fraction, r.size, r.augment), how
         return load_memory(self.table(), r.val_fraction, r.size), how

@@ -6,10 +6,12 @@ The driver lists and splits the tree exactly as :func:`cifar.data.folders.load_f
 two lists of paths and labels. A worker's DataLoader reads, decodes and resizes its batches in
 worker processes (:class:`FileDataset`, the prediction job's own decode), local paths and object
 storage alike; its sampler (``DistributedSampler``, :class:`~cifar.data.loaders.ShardSampler`)
-splits the file list as it would split an in-memory set. Memory is a few batches per loader
-process, whatever the number of files. A file that cannot be decoded is dropped from its batch
-and counted (the batch says which), never fatal; a store that cannot be reached ends the run
-(``--resume`` continues it).
+splits the file list as it would split an in-memory set. Training photos (``size >=
+PHOTO_SIZE``, augmentation on) are cropped and flipped there too, from the original file
+(:mod:`cifar.data.augment`); the device then only normalises them. Memory is a few batches per
+loader process, whatever the number of files. A file that cannot be decoded is dropped from its
+batch and counted (the batch says which), never fatal; a store that cannot be reached ends the
+run (``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cifar.data.augment import Key, LoaderAugment, in_loader
 from cifar.data.dataset import Fetch, channel_stats, class_counts
 from cifar.io import storage
 from cifar.io.faults import CONNECTION_KINDS, StorageError
@@ -49,6 +52,7 @@ class FileSplits:
     info: dict[str, Any] = field(default_factory=dict)
     resize: str = "files"
     stats_from: str = f"a sample of {STATS_SAMPLE} training images"
+    augment: bool = False  # training augments: at photo sizes, in the loader processes
 
     @property
     def n_train(self) -> int:
@@ -84,19 +88,34 @@ class FileSplits:
     def dataset(self, split: str) -> FileDataset:
         paths = self.train_paths if split == "train" else self.test_paths
         labels = self.train_labels if split == "train" else self.test_labels
-        return FileDataset(paths, labels, self.size)
+        augment = split == "train" and in_loader(self.augment, self.size)
+        return FileDataset(paths, labels, self.size, LoaderAugment() if augment else None)
 
 
 class FileDataset(Dataset):
     """Image files decoded on demand, a batch at a time (``__getitems__``): ``(uint8 [B, 3, S,
-    S], int64 [B], [(path, reason), ...] for files left out of the batch)``."""
+    S], int64 [B], [(path, reason), ...] for files left out of the batch)``. With ``augment``,
+    each file is randomly cropped and flipped as it is decoded, from its ``(seed, epoch,
+    index)`` key (:mod:`cifar.data.augment`), and ``loader_augments`` tells the training loop
+    not to augment again."""
 
-    def __init__(self, paths: Sequence[str], labels: torch.Tensor, size: int) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: torch.Tensor,
+        size: int,
+        augment: LoaderAugment | None = None,
+    ) -> None:
         # numpy, not a list: forked loader processes would touch (and copy) every list item's
         # reference count, a numpy array of fixed-width strings is never copied
         self.paths = np.array(paths, dtype=np.str_)
         self.labels = labels
         self.size = size
+        self.augment = augment
+
+    @property
+    def loader_augments(self) -> bool:
+        return self.augment is not None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -104,12 +123,13 @@ class FileDataset(Dataset):
     def __getitem__(self, i: int):
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: Sequence[int]):
+    def __getitems__(self, indices: Sequence[Key]):
         images, labels, skipped = [], [], []
-        for i in indices:
+        for key in indices:
+            i, view = self.augment.split(key) if self.augment else (key, None)
             path = str(self.paths[i])
             try:
-                images.append(load_image_file(path, self.size))
+                images.append(load_image_file(path, self.size, view))
                 labels.append(int(self.labels[i]))
             except ValueError as e:
                 skipped.append((path, str(e)))

@@ -141,6 +141,7 @@ class TrainConfig(Config):
             self.synthetic,
             self.image_column,
             self.label_column,
+            self.augment,
         )
 
     @property

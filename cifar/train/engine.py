@@ -213,6 +213,7 @@ def train_one_epoch(
     global_batches = isinstance(sampler, GlobalBatchSampler)
     (sampler if global_batches else e.train_loader.sampler).set_epoch(epoch)
     generator = epoch_generator(device, cfg.seed, e.rank, epoch)
+    augment = cfg.augment and not getattr(e.train_loader, "loader_augments", False)
     e.train_mode()
     loss_sum = torch.zeros((), device=device)
     window = torch.zeros((), device=device)
@@ -221,7 +222,7 @@ def train_one_epoch(
     t0 = time.perf_counter()
     for images, labels in batches(e.train_loader, skipped):
         size = e.spec.input_size
-        x = model_batch(e.compute, images, e.spec.mean, e.spec.std, cfg.augment, generator, size)
+        x = model_batch(e.compute, images, e.spec.mean, e.spec.std, augment, generator, size)
         y = labels.to(device, non_blocking=True)
         with e.compute.autocast():
             logits = e.model(x)
