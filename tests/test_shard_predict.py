@@ -21,12 +21,15 @@ import pytest
 import webdataset as wds
 
 from cifar.cluster.resources import ClusterInfo
+from cifar.config import ConfigError
 from cifar.data.examples import DIGIT_NAMES, write_digits
+from cifar.io import shards as fmt
+from cifar.io.images import load_image_file
 from cifar.predict.config import PredictConfig
 from cifar.predict.pipeline import predict
 from cifar.predict.predictor import Predictor
 from cifar.predict.preflight import preflight
-from cifar.predict.shard_input import decode_samples
+from cifar.predict.shard_input import decode_samples, preview_loader
 from tests.helpers.models import save_untrained
 from tests.paths import ROOT
 
@@ -190,7 +193,7 @@ def test_bad_samples_and_a_truncated_tar_are_rows_and_the_job_goes_on(
     assert rows[f"{parquet}#0"]["error"] is None and rows[f"{ok_tar}#{files[0].stem}"]["class_name"]
     assert summary["files"] == summary["rows"] == len(rows) == 5 + 2 + len(cut_rows) + 1 + 1 + 2
     assert summary["errors"] == 4
-    assert (out / "_preview.png").exists()  # of the loose image: the sheet opens files
+    assert (out / "_preview.png").exists()  # shard samples read from their shard, files by path
 
 
 def test_a_prefix_of_shards_in_a_bucket_reads_as_the_local_shards(digits, s3, tmp_path):
@@ -221,3 +224,51 @@ def test_dry_run_on_shards_prints_the_sample_count(digits, tmp_path, job_env):
     assert done.returncode == 0, done.stderr
     assert "60 files (0 skipped by --extensions; 60 of them samples of 3 shard(s))" in done.stdout
     assert not (tmp_path / "out").exists()
+
+
+def _decoded(pre) -> dict[str, np.ndarray]:
+    """The decode stage run here on what a preflight left to do."""
+    return decode_samples(
+        {k: v.to_numpy(zero_copy_only=False) for k, v in pre.remaining().items()}, 32
+    )
+
+
+def test_parquet_columns_named_by_the_flags_and_a_wrong_name_says_what_is_there(digits, tmp_path):
+    """A Hugging Face Parquet whose image and label columns have their own names, after a binary
+    column the default would take for the image: --image-column / --label-column read it."""
+    files = digits["files"][:12]
+    ds = datasets.Dataset.from_dict(
+        {
+            "thumb": [b"not the image"] * len(files),
+            "photo": [{"bytes": p.read_bytes(), "path": p.name} for p in files],
+            "digit": [int(p.parent.name) for p in files],
+        }
+    )
+    ds = ds.cast_column("photo", datasets.Image())
+    path = tmp_path.resolve() / "own.parquet"
+    ds.cast_column("digit", datasets.ClassLabel(names=list(DIGIT_NAMES))).to_parquet(str(path))
+    ix = fmt.index_shard(str(path), "photo", None)  # no label asked for: the footer's rows
+    assert (ix.column, ix.names, ix.error) == ("photo", None, "")
+    assert [(s.key, s.label) for s in ix.samples] == [(str(i), None) for i in range(12)]
+    kw = dict(image_column="photo", label_column="digit", labels_from_dirs=True)
+    pre = preflight(_cfg(digits["model"], [path], tmp_path / "out", **kw))
+    assert pre.labels.to_pylist() == [p.parent.name for p in files]  # ClassLabel names
+    got = _decoded(pre)
+    assert set(got["error"]) == {""}
+    assert np.array_equal(got["image"], np.stack([load_image_file(str(p), 32) for p in files]))
+    no_label = preflight(_cfg(digits["model"], [path], tmp_path / "o2", image_column="photo"))
+    assert len(no_label.files) == 12  # no 'label' column: prediction needs none
+    default = preflight(_cfg(digits["model"], [path], tmp_path / "o3"))
+    assert "not an image" in _decoded(default)["error"][0]  # the first binary column, as said
+    with pytest.raises(ConfigError, match=r"no label column 'name'; its columns: thumb .*--label-"):
+        preflight(_cfg(digits["model"], [path], tmp_path / "o4", label_column="name"))
+    with pytest.raises(ConfigError, match=r"no image column 'img'.*photo \(struct.*--image-col"):
+        preflight(_cfg(digits["model"], [path], tmp_path / "o5", image_column="img"))
+
+
+def test_preview_images_of_shard_samples_are_the_same_images_as_files(digits, tmp_path):
+    pre = preflight(_cfg(digits["model"], [digits["shards"], digits["files"][0]], tmp_path / "o"))
+    load = preview_loader(pre.files, pre.shards)
+    shown = [*list(digits["expected"])[::7], str(digits["files"][0])]  # tars, Parquet, a file
+    want = [digits["expected"].get(p, Path(p)) for p in shown]
+    assert np.array_equal(load(shown, 48), np.stack([load_image_file(str(w), 48) for w in want]))

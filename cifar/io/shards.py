@@ -55,7 +55,15 @@ class ShardError(Exception):
 
 
 class ColumnError(ValueError):
-    """A Parquet file without the image or label column asked for; says which columns it has."""
+    """A Parquet file without the image or label column asked for; says which columns it has.
+    ``which``: ``"image"`` or ``"label"``."""
+
+    def __init__(self, message: str, which: str) -> None:
+        super().__init__(message)
+        self.which = which
+
+    def __reduce__(self):  # crosses Ray task boundaries as itself
+        return type(self), (str(self), self.which)
 
 
 @dataclass
@@ -97,7 +105,7 @@ def image_extensions() -> frozenset[str]:
 
 
 def samples(
-    path: str, image_column: str | None = None, label_column: str = LABEL_COLUMN
+    path: str, image_column: str | None = None, label_column: str | None = LABEL_COLUMN
 ) -> Iterator[Sample]:
     """Every sample of the shard ``path`` in order, with its image bytes; raises
     :class:`ShardError` where the shard breaks off, after the samples before the break."""
@@ -105,10 +113,13 @@ def samples(
 
 
 def index_shard(
-    path: str, image_column: str | None = None, label_column: str = LABEL_COLUMN
+    path: str, image_column: str | None = None, label_column: str | None = LABEL_COLUMN
 ) -> ShardIndex:
     """Where every sample of ``path`` lies, and its label, reading no image bytes of a local tar
-    or a Parquet file (a tar in object storage is read through once). A shard that breaks off
+    or a Parquet file (a tar in object storage is read through once). ``label_column=None``: a
+    Parquet file's rows without labels (read from its footer alone; a tar keeps the labels its
+    members hold). A Parquet file without a column asked for raises :class:`ColumnError`.
+    A shard that breaks off
     keeps the samples before the break and says why in ``error``. The store failing as a whole
     raises; a failure worth another try reads the shard again from the start."""
 
@@ -164,7 +175,7 @@ def _open(path: str, seekable: bool = True):
 
 
 def _samples(
-    path: str, with_data: bool, image_column: str | None, label_column: str
+    path: str, with_data: bool, image_column: str | None, label_column: str | None
 ) -> Iterator[Sample]:
     with _BreakGuard(path, 0) as read:
         if path.lower().endswith(PARQUET):
@@ -296,9 +307,10 @@ def _tar_label(parts: dict[str, bytes | tuple[int, int]]) -> tuple[int | str | N
 
 
 def _parquet_columns(
-    path: str, f, image_column: str | None, label_column: str
+    path: str, f, image_column: str | None, label_column: str | None
 ) -> tuple[str, tuple[str, ...] | None]:
-    """(the image column, the ClassLabel names of Hugging Face's metadata or None)."""
+    """(the image column, the label column's ClassLabel names in Hugging Face's metadata or
+    None); no label column asked for: no check, no names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -317,12 +329,16 @@ def _parquet_columns(
         what = f"no image column {column!r}" if image_column else "no image column"
         raise ColumnError(
             f"{path} has {what}: a binary column or a struct{{bytes, path}} (Hugging Face's "
-            f"Image) is needed; its columns: {columns}. Name it with --image-column."
+            f"Image) is needed; its columns: {columns}. Name it with --image-column.",
+            "image",
         )
+    if label_column is None:
+        return column, None
     if label_column not in schema.names:
         raise ColumnError(
             f"{path} has no label column {label_column!r}; its columns: {columns}. Name it with "
-            "--label-column."
+            "--label-column.",
+            "label",
         )
     meta = (schema.metadata or {}).get(b"huggingface")
     feature = json.loads(meta).get("info", {}).get("features", {}).get(label_column) if meta else {}
@@ -331,7 +347,7 @@ def _parquet_columns(
 
 
 def _parquet_samples(
-    path: str, with_data: bool, image_column: str | None, label_column: str
+    path: str, with_data: bool, image_column: str | None, label_column: str | None
 ) -> Iterator[Sample]:
     import pyarrow.parquet as pq
 
@@ -339,10 +355,12 @@ def _parquet_samples(
         column, _ = _parquet_columns(path, f, image_column, label_column)
         pf = pq.ParquetFile(f)
         row = 0
+        wanted = [c for c in (label_column, column if with_data else None) if c]
         for g in range(pf.num_row_groups):
-            t = pf.read_row_group(g, columns=[label_column, *([column] if with_data else [])])
-            labels = t.column(label_column).to_pylist()
-            images = _image_bytes(t.column(column)) if with_data else [None] * len(labels)
+            n = pf.metadata.row_group(g).num_rows  # no column wanted: the footer says it all
+            t = pf.read_row_group(g, columns=wanted) if wanted else None
+            labels = t.column(label_column).to_pylist() if label_column else [None] * n
+            images = _image_bytes(t.column(column)) if with_data else [None] * n
             for r, (label, data) in enumerate(zip(labels, images, strict=True)):
                 s = Sample(str(row), label, data, at=g, size=r)
                 if with_data and data is None:

@@ -25,6 +25,8 @@ class PredictConfig(Config):
     output: str | None = io_opt(None, "output folder", metavar="OUT")
     extensions: str | None = io_opt(None, "only these extensions, e.g. 'jpg,png' (others are skipped and counted); default: every file")  # noqa: E501
     labels_from_dirs: bool = io_opt(False, "folders are named after classes: report accuracy + confusion matrix")  # noqa: E501
+    image_column: str | None = io_opt(None, "shards in Parquet: the image column (default: the first binary or struct{bytes, path} column)", metavar="NAME")  # noqa: E501
+    label_column: str = io_opt("label", "shards in Parquet: the label column (integers, with names from classes.txt or the file's ClassLabel metadata, or names)", metavar="NAME")  # noqa: E501
     format: str = output_opt("parquet", "result format", choices=tuple(FORMATS))
     top_k: int = output_opt(3, "top-k classes to write")
     probs: bool = output_opt(False, "also a 'probs' column: every class's probability, in the order of the classes in the files' metadata (parquet, jsonl)")  # noqa: E501

@@ -31,7 +31,7 @@ from cifar.predict.report import (
     preview_png,
     write_side_files,
 )
-from cifar.predict.shard_input import decode_samples, loose_rows
+from cifar.predict.shard_input import decode_samples, preview_loader
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("cifar.progress")
@@ -136,8 +136,8 @@ def report(
         **extra,
     )
     note = generated_note(pre)
-    shown = loose_rows(table, pre.files, pre.shards)  # the sheet opens files by path
-    preview = preview_png(shown, cfg.preview, note=note) if cfg.preview else None
+    load = preview_loader(pre.files, pre.shards)  # shard samples: read from their shard
+    preview = preview_png(table, cfg.preview, note=note, load=load) if cfg.preview else None
     finish(cfg.output)
     write_side_files(cfg.output, summary, preview, written=[JOB_FILE], note=note)
     check_exactly_once(table, pre.files, n_files)

@@ -83,7 +83,8 @@ def listed_inputs(cfg: PredictConfig, classes: list[str]) -> tuple[Any, Any, Any
     among the files lie or None), listed now: a shard is listed as its samples."""
     import pyarrow as pa
 
-    found, samples = expand_shards(list_inputs(cfg.input, cfg.extensions))
+    listed = list_inputs(cfg.input, cfg.extensions)
+    found, samples = expand_shards(listed, cfg.image_column, cfg.label_column)
     relpaths = found.relpaths()
     labels = None
     if cfg.labels_from_dirs:

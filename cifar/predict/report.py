@@ -151,21 +151,24 @@ def preview_sample(table, n: int) -> list[dict[str, Any]]:
     return picked[:n]
 
 
-def preview_png(table, n: int, size: int = 64, note: str = "") -> bytes | None:
+def preview_png(table, n: int, size: int = 64, note: str = "", load=None) -> bytes | None:
     """A contact sheet of :func:`preview_sample`'s rows with class and confidence, and the
-    folder's label where there is one; ``note`` goes into the title (e.g. GENERATED data)."""
+    folder's label where there is one; ``note`` goes into the title (e.g. GENERATED data).
+    ``load(paths, size)``: the images of rows that are not files (shard samples)."""
     from cifar.io.images import load_image_file
     from cifar.plots import image_grid_png
 
     rows = preview_sample(table, n)
     if not rows:
         return None
-    images = np.stack([load_image_file(r["path"], size) for r in rows])
+    paths = [r["path"] for r in rows]
+    images = load(paths, size) if load else np.stack([load_image_file(p, size) for p in paths])
     captions = []
     for r in rows:
         name = r["path"].rstrip("/").rsplit("/", 1)[-1]
         label = f"true: {r['label']}\n" if r.get("label") else ""
-        captions.append(f"{name[:22]}\n{label}{r['class_name']} {r['confidence']:.2f}")
+        name = name if len(name) <= 22 else f"..{name[-20:]}"  # a shard's #key is at the end
+        captions.append(f"{name}\n{label}{r['class_name']} {r['confidence']:.2f}")
     wrong = " (wrong ones first)" if any(r.get("label") for r in rows) else ""
     title = f"{note}{len(rows)} predictions across the predicted classes{wrong}"
     return image_grid_png(images, captions, title)

@@ -67,10 +67,13 @@ INDEX_THREADS = 8  # shards indexed at once on the driver (object storage: mostl
 # --------------------------------------------------------------------------- listing
 
 
-def expand_shards(found: Inputs) -> tuple[Inputs, Any]:
+def expand_shards(
+    found: Inputs, image_column: str | None = None, label_column: str = fmt.LABEL_COLUMN
+) -> tuple[Inputs, Any]:
     """``found`` with every shard file replaced by its samples, in shard order where the shard
     was, and a pyarrow Table beside the items: :data:`READ_COLUMNS` and ``shard_label`` (the
-    class name the shard stores). ``(found, None)`` when no shard was listed."""
+    class name the shard stores). ``(found, None)`` when no shard was listed. The columns name
+    a Parquet file's image and label columns (``--image-column``, ``--label-column``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -81,7 +84,7 @@ def expand_shards(found: Inputs) -> tuple[Inputs, Any]:
     paths = found.files.filter(is_shard).to_pylist()
     names, used = _class_lists(paths)
     with ThreadPoolExecutor(min(INDEX_THREADS, len(paths))) as pool:
-        indexed = list(pool.map(index, paths))
+        indexed = list(pool.map(lambda p: index(p, image_column, label_column), paths))
     tables = [
         _sample_table(ix, listed, int(at))
         for ix, listed, at in zip(indexed, names, where, strict=True)
@@ -142,63 +145,24 @@ def _class_lists(shards: list[str]) -> tuple[list[tuple[str, ...] | None], list[
     return out, sorted(used)
 
 
-def index(path: str) -> fmt.ShardIndex:
+def index(
+    path: str, image_column: str | None = None, label_column: str | None = fmt.LABEL_COLUMN
+) -> fmt.ShardIndex:
     """Every sample of the shard ``path`` and where its image lies (no image read); a shard
-    that breaks off or is no shard of images says why in ``error``. A Parquet file without a
-    label column is indexed too: prediction needs no label."""
+    that breaks off or is no shard of images says why in ``error``. A Parquet file without the
+    default label column is indexed without labels (prediction needs none); a column named by
+    ``--image-column`` / ``--label-column`` that the file lacks is the command's mistake, not
+    the shard's: a ConfigError naming the file's columns and the flag."""
     try:
-        if path.lower().endswith(fmt.PARQUET) and not _has_label_column(path):
-            return _unlabelled_parquet(path)
-        return fmt.index_shard(path)
+        return fmt.index_shard(path, image_column, label_column)
     except fmt.ColumnError as e:
+        if e.which == "label" and label_column == fmt.LABEL_COLUMN:
+            return index(path, image_column, None)
+        if e.which == "label" or image_column:
+            raise ConfigError(str(e)) from None
         return fmt.ShardIndex(path, error=str(e))
     except fmt.ShardError as e:
         return fmt.ShardIndex(path, error=e.reason)
-
-
-def _parquet_file(path: str):
-    import pyarrow.parquet as pq
-
-    fs, p = storage.fs_path(path)
-    return pq.ParquetFile(fs.open_input_file(p))
-
-
-def _has_label_column(path: str) -> bool:
-    try:
-        return fmt.LABEL_COLUMN in _parquet_file(path).schema_arrow.names
-    except Exception as e:  # unreadable: index_shard says why, as for any broken shard
-        if isinstance(e, StorageError) and e.kind in CONNECTION_KINDS:
-            raise
-        return True
-
-
-def _unlabelled_parquet(path: str) -> fmt.ShardIndex:
-    """A Parquet file of images only: its rows from the footer, the image column by its type
-    (binary, or Hugging Face's struct{bytes, path}), as :mod:`cifar.io.shards` finds it."""
-    import pyarrow as pa
-
-    pf = _parquet_file(path)
-    schema = pf.schema_arrow
-    for f in schema:
-        t = f.type
-        if (
-            pa.types.is_binary(t)
-            or pa.types.is_large_binary(t)
-            or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
-        ):
-            break
-    else:
-        columns = ", ".join(f"{f.name} ({f.type})" for f in schema)
-        return fmt.ShardIndex(
-            path, error=f"no image column (binary or struct{{bytes, path}}); its columns: {columns}"
-        )
-    out = fmt.ShardIndex(path, column=f.name)
-    row = 0
-    for g in range(pf.metadata.num_row_groups):
-        for r in range(pf.metadata.row_group(g).num_rows):
-            out.samples.append(fmt.Sample(str(row), None, at=g, size=r))
-            row += 1
-    return out
 
 
 def label_name(label: int | str | None, names: tuple[str, ...] | None) -> str | None:
@@ -373,11 +337,18 @@ def _decode_shard(shard: str, rows, batch, size: int, images, errors) -> None:
     decode_into(images, errors, todo, data, size)
 
 
-def loose_rows(table, files, shards: dict[str, Any] | None):
-    """The result rows of files, not of shard samples (the preview sheet opens files by path)."""
+def preview_loader(files, shards: dict[str, Any] | None):
+    """How the preview sheet gets its images: ``load(paths, size) -> uint8 [n, 3, size, size]``,
+    files by path and shard samples from their shard (each shard read once, as the decode stage
+    reads it). None when no shard was listed: the sheet opens files by path."""
     if shards is None:
-        return table
+        return None
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    in_shards = files.filter(pc.not_equal(shards["shard"], ""))
-    return table.filter(pc.invert(pc.is_in(table.column("path"), value_set=in_shards)))
+    def load(paths: list[str], size: int) -> np.ndarray:
+        at = pc.index_in(pa.array(paths, pa.string()), value_set=files)
+        batch = {c: shards[c].take(at).to_numpy(zero_copy_only=False) for c in READ_COLUMNS}
+        return decode_samples({"path": np.asarray(paths, dtype=object), **batch}, size)["image"]
+
+    return load
