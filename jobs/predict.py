@@ -6,6 +6,7 @@ Examples:
   cifar-predict --model mywork_10.pth --input 'shots/**/*.jpg' --output out --format csv
   cifar-predict --model run1 --input s3://bucket/imgs --output s3://bucket/preds --num-actors 1-8
   cifar-predict --model run1 --input val/ --output val-preds --labels-from-dirs --preview 64
+  cifar-predict --model run1 --input hf/ --output out --image-column img --label-column fine_label
   cifar-predict --model run1 --input photos/ --output preds/ --dry-run   # check, start nothing
   cifar-predict --model run1 --input photos/ --output preds/ --resume    # after a crash
 
