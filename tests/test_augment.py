@@ -185,3 +185,20 @@ def test_streamed_shards_crop_each_sample_as_its_file_is_cropped(tmp_path):
         assert np.array_equal(
             got[row].numpy(), decode_image(files[names[i]].read_bytes(), 64, view)
         )
+
+
+def test_the_run_records_where_its_photos_are_augmented():
+    import dataclasses
+
+    from cifar.data.dataset import Loading
+    from cifar.data.transforms import augmentation
+    from cifar.train.config import TrainConfig
+    from cifar.train.setup import loads_augmented
+
+    stream, memory = Loading("stream", "over budget"), Loading("memory", "fits")
+    cfg = TrainConfig(arch="resnet18", image_size=64)
+    assert loads_augmented(cfg, stream) and not loads_augmented(cfg, memory)
+    assert not loads_augmented(dataclasses.replace(cfg, augment=False), stream)
+    assert not loads_augmented(dataclasses.replace(cfg, image_size=32), stream)
+    assert "of the original file, in the loader processes" in augmentation(64, True)
+    assert "on the device" in augmentation(64) and "4px" in augmentation(32, True)

@@ -17,10 +17,14 @@ RRC_SCALE = (0.25, 1.0)  # share of the image a random resized crop keeps
 RRC_RATIO = (3 / 4, 4 / 3)  # its aspect ratios
 
 
-def augmentation(size: int) -> str:
-    """The augmentation a training run at ``size`` pixels uses (recorded with the run)."""
+def augmentation(size: int, in_loader: bool = False) -> str:
+    """The augmentation a training run at ``size`` pixels uses (recorded with the run);
+    ``in_loader``: streamed photos, cropped from the files by the loader processes
+    (:mod:`cifar.data.augment`), not from the decoded squares on the device."""
     if size >= PHOTO_SIZE:
-        return f"random resized crop (scale {RRC_SCALE[0]:g}-{RRC_SCALE[1]:g}) + horizontal flip"
+        crop = f"random resized crop (scale {RRC_SCALE[0]:g}-{RRC_SCALE[1]:g}, ratio 3/4-4/3)"
+        where = "of the original file, in the loader processes" if in_loader else "on the device"
+        return f"{crop} {where} + horizontal flip"
     return "random crop (4px zero padding) + horizontal flip"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cifar.data.augment import in_loader
 from cifar.data.dataset import Loading, TrainingData
 from cifar.data.transforms import augmentation
 from cifar.models import vision
@@ -47,11 +48,12 @@ def model_setup(
     # layers the --weights appended to the head (the tutorial's classifier.add_module): kept
     appended = pretrained.appended if pretrained is not None else saved_appended(saved)
     spec = ModelSpec.of(cfg.arch, data.classes, mean, std, size, appended)
+    augmented = augmentation(size, loads_augmented(cfg, loading)) if cfg.augment else "none"
     record = {
         "image_size": size,
         "resize": RESIZE[data.resize],
         "normalize": norm,
-        "augmentation": augmentation(size) if cfg.augment else "none",
+        "augmentation": augmented,
         "data_loading": loading.how,
         "data_loading_why": loading.why,
         "weights": pretrained.describe() if pretrained else (saved or {}).get("weights"),
@@ -60,6 +62,11 @@ def model_setup(
         "backbone_lr": cfg.backbone_lr,
     }
     return spec, pretrained, record
+
+
+def loads_augmented(cfg: TrainConfig, loading: Loading) -> bool:
+    """Whether the run's training photos are augmented in its loader processes (streamed)."""
+    return loading.how == "stream" and in_loader(cfg.augment, cfg.size)
 
 
 def saved_appended(saved: dict[str, Any] | None) -> tuple[vision.Appended, ...]:
