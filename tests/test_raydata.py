@@ -84,3 +84,32 @@ def test_training_through_ray_data_evaluates_exactly_counts_skips_and_resumes(
     assert all(h["test_images"] == 24 for h in summary["history"])  # every val image once
     assert summary["data"]["skipped"] == 1  # the bad file, found in epoch 1, said once
     assert summary["data"]["skipped_files"][0]["path"].endswith(BAD)
+
+
+@pytest.mark.ray
+def test_tar_shards_through_the_ray_dataset_every_sample_once(ray_session, tree, tmp_path):
+    """WebDataset tars (written by webdataset's own writer) with an undecodable sample: the Ray
+    Dataset gives every training sample once, the bad one as a row the worker counts."""
+    import webdataset as wds
+
+    from cifar.data.raydata import train_dataset
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        files = [p for p in sorted((tree / split).rglob("*.png")) if p.name != "zz_bad.png"]
+        with wds.TarWriter(str(tmp_path / split / "a.tar")) as sink:
+            for i, p in enumerate(files[:30]):
+                sink.write({"__key__": f"s{i}", "png": p.read_bytes(), "cls": int(p.parent.name)})
+            if split == "train":
+                sink.write({"__key__": "broken", "png": b"not a png", "cls": 3})
+    splits, how = load_training_data(DataRequest(str(tmp_path), size=32, loading="ray"))
+    assert how.how == "ray" and splits.n_train == 31
+    rows = train_dataset(splits, seed=0).take_all()
+    images, labels, skipped = collate(
+        {k: np.stack([r[k] for r in rows]) for k in ("image", "label", "error")}
+    )
+    expected = sorted(splits.train_labels.tolist())
+    expected.remove(3)  # the broken sample's
+    assert len(rows) == 31 and sorted(labels.tolist()) == expected
+    assert images.shape == (30, 3, 32, 32)
+    assert skipped == [(f"{tmp_path}/train/a.tar#broken", "not an image, or an unsupported format")]

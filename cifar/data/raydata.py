@@ -92,7 +92,8 @@ def train_dataset(splits: Splits, seed: int):
         batch_format="numpy",
         num_cpus=1,
     )
-    ds.context.enable_progress_bars = False  # the job prints one line a step, not Ray's bars
+    ds.context.enable_progress_bars = False  # the job prints its own lines, not Ray's bars
+    ds.context.print_on_execution_start = False
     return ds
 
 
@@ -132,10 +133,12 @@ class RayBatches:
         return self.steps
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list]]:
-        batches = self.shard.iter_torch_batches(
-            batch_size=self.batch, collate_fn=collate, drop_last=False, prefetch_batches=2
+        # numpy batches, made torch here (zero-copy): iter_torch_batches' collate_fn does the
+        # same, but Ray 2.60 deprecates a plain function there for a class of ray.data's own
+        batches = self.shard.iter_batches(
+            batch_size=self.batch, batch_format="numpy", drop_last=False, prefetch_batches=2
         )
         for step, batch in enumerate(batches):
             if step == self.steps:  # never more steps than the schedule was built for
                 break
-            yield batch
+            yield collate(batch)

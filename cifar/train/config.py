@@ -75,7 +75,7 @@ class TrainConfig(Config):
     data_dir: str = data_opt("data", "CIFAR-10 (a folder holding or to hold cifar-10-batches-py), labelled images: DIR/train/<class>/..., DIR/val/<class>/..., or shards: DIR/train/*.tar|*.parquet, DIR/val/... (path or URI)", resumable=True)  # noqa: E501
     download: bool = data_opt(True, "download CIFAR-10 (MD5-checked) if it is not there", resumable=True)  # noqa: E501
     val_fraction: float = data_opt(0.1, "image folders without val/ or test/: evaluate on this share of each class, picked by a hash of the path")  # noqa: E501
-    data_loading: str = data_opt("auto", "image folders and shards: 'memory' decodes them once and shares the pixels, 'stream' has every worker decode its shard from the files as it trains (memory stays a few batches); auto: memory while the decoded images fit --data-memory-mb", choices=LOADINGS, resumable=True)  # noqa: E501
+    data_loading: str = data_opt("auto", "image folders and shards: 'memory' decodes them once and shares the pixels, 'stream' has every worker decode its shard from the files as it trains (memory stays a few batches), 'ray' has Ray Data decode them on any CPU of the cluster (CPU-only nodes too) and stream them into the workers; auto: memory while the decoded images fit --data-memory-mb, else stream", choices=LOADINGS, resumable=True)  # noqa: E501
     data_memory_mb: float | None = data_opt(None, "the memory budget of --data-loading auto (default: 10%% of the node's memory)", resumable=True, metavar="MB")  # noqa: E501
     image_column: str | None = data_opt(None, "shards in Parquet: the image column (default: the first binary or struct{bytes, path} column)", metavar="NAME")  # noqa: E501
     label_column: str = data_opt("label", "shards in Parquet: the label column (integers, with names from classes.txt or the file's ClassLabel metadata, or names)", metavar="NAME")  # noqa: E501
@@ -102,7 +102,7 @@ class TrainConfig(Config):
     num_workers: int | list[int] = scale_opt(1, "Ray Train workers: N, or MIN-MAX for elastic training (starts with what the cluster has room for, grows as nodes join, goes on smaller from the last checkpoint when one is lost)", resumable=True, metavar="N|MIN-MAX", convert=parse_workers)  # noqa: E501, RUF009 (scale_opt is opt)
     resize_interval: float = scale_opt(60.0, "elastic runs: seconds between looks for room for more workers (a resize restarts the workers from the latest checkpoint)", resumable=True, metavar="SECONDS")  # noqa: E501
     use_gpu: bool | None = scale_opt(None, "one GPU per worker (default: if the cluster has GPUs)", resumable=True, flag="--gpu")  # noqa: E501
-    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, elastic CPU runs take a node's CPUs, GPU runs take 2)", resumable=True)  # noqa: E501
+    cpus_per_worker: int | None = scale_opt(None, "CPUs (and torch threads) per worker (default: CPU runs share the CPUs free when the run starts, elastic CPU runs take a node's CPUs, GPU runs take 2; CPU runs with --data-loading ray take half, leaving the rest to Ray Data's decoding)", resumable=True)  # noqa: E501
     placement: str = scale_opt("PACK", "worker placement (STRICT_SPREAD: one per node)", choices=PLACEMENTS, resumable=True)  # noqa: E501
     storage_path: str = run_opt("~/ray_results", "where runs go (local path or s3://, gs://)", resumable=True)  # noqa: E501
     name: str | None = run_opt(None, "run name (default: time-stamped)", resumable=True)
