@@ -13,15 +13,15 @@ def plan(cluster, **kw):
 
 
 def test_plan_starts_from_what_is_free_and_grows_to_the_cluster():
-    two = plan(ClusterInfo(2, 0))  # the 2-core dev machine: one actor, a core for decoding
-    assert (two.actors, two.device, two.gpus_per_actor) == ((1, 1, 1), "cpu", 0.0)
-    assert two.decode_tasks == 1 and two.write_tasks == 1
-    big = plan(ClusterInfo(48, 0))  # about a third of the CPUs stay with the decode tasks
-    assert big.actors == (1, 32, 32) and big.decode_tasks == 16
+    two = plan(ClusterInfo(2, 0))  # the 2-core dev machine: an actor of one thread per core
+    assert (two.actors, two.device, two.gpus_per_actor) == ((1, 2, 2), "cpu", 0.0)
+    assert two.decode_tasks == 1 and two.write_tasks == 2  # decoding beside the actors
+    big = plan(ClusterInfo(48, 0))  # decode tasks (a third of the CPUs) share the actors' cores
+    assert big.actors == (1, 48, 48) and big.decode_tasks == 16
     busy = plan(ClusterInfo(48, 0, free_cpus=6))  # other jobs hold 42 CPUs: start small
-    assert busy.actors == (1, 4, 32)
+    assert busy.actors == (1, 6, 48)
     full = plan(ClusterInfo(4, 0, free_cpus=0))  # nothing free: one actor, waiting in line
-    assert full.actors == (1, 1, 2)
+    assert full.actors == (1, 1, 4)
     one = plan(ClusterInfo(1, 0))  # a 1-CPU container: decode and write ask no CPU
     assert one.actors == (1, 1, 1) and one.actor_cpus == 1
 

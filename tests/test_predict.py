@@ -217,3 +217,43 @@ def test_decode_module_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_plan_decodes_small_inputs_in_the_actors_and_sizes_batches_for_the_model():
+    """The CPU plan's rule (docs/results.md, Prediction): every CPU to actors of one thread;
+    inputs up to 64 px decoded in the actors, larger ones by decode tasks beside them; batches
+    of about 32 x 224 x 224 pixels at most; no more actors than batches of the work."""
+    from cifar.cluster.resources import ClusterInfo
+    from cifar.predict.plan import plan_resources
+
+    two = ClusterInfo(2, 0)
+    small = plan_resources(PredictConfig(), two, 21000, input_size=32)
+    assert small.decode_in_actors and small.actors == (1, 2, 2) and small.batch_size == 256
+    assert "decoding their own batches" in small.describe()
+    photos = plan_resources(PredictConfig(), two, 550, input_size=224)
+    assert not photos.decode_in_actors and photos.decode_tasks == 1
+    assert photos.actors == (1, 2, 2) and (photos.batch_size, photos.actor_cpus) == (32, 1)
+    few = plan_resources(PredictConfig(), ClusterInfo(8, 0), 45, input_size=224)
+    assert few.actors == (1, 2, 2)  # 45 photos are 2 batches: a third actor would idle
+    asked = plan_resources(PredictConfig(batch_size=8, cpus_per_actor=2), two, 550, 224)
+    assert (asked.batch_size, asked.actors, asked.actor_cpus) == (8, (1, 1, 1), 2)
+
+
+def test_batch_predictor_that_decodes_its_batch_keeps_one_row_per_file(tmp_path):
+    """Decoding in the actor (small inputs): the same rows as decode tasks then the actor."""
+    import pyarrow as pa
+
+    from cifar.io.images import decode_batch
+    from cifar.predict.predictor import BatchPredictor, PredictorSettings
+
+    meta = {"arch": "cifar10_quick", "num_classes": 10, "classes": list("abcdefghij")}
+    save_checkpoint(tmp_path / "run", CifarQuick(), meta)
+    good, bad = make_image_tree(tmp_path / "imgs")
+    paths = np.array([str(p) for p in [*good[:3], *bad[:2]]], dtype=object)
+    batch = {"path": paths, "relpath": paths}
+    settings = PredictorSettings(str(tmp_path / "run"), precision="fp32", batch_size=8)
+    fused = BatchPredictor(settings, decode=decode_batch)(dict(batch))
+    apart = BatchPredictor(settings)(decode_batch(dict(batch), 32))
+    assert isinstance(fused, pa.Table) and fused.equals(apart)
+    assert fused.column("path").to_pylist() == list(paths)
+    assert fused.column("error").null_count == 3  # the good ones; the broken ones say why

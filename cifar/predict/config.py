@@ -35,8 +35,8 @@ class PredictConfig(Config):
     rows_per_file: int = output_opt(ROWS_PER_FILE, "rows per result file (each is committed whole; a killed job redoes at most the files it was writing)")  # noqa: E501
     preview: int = output_opt(0, "also write OUT/_preview.png: the first N images with predicted class and confidence")  # noqa: E501
     verbose: bool = output_opt(False, "also Ray's and Ray Data's INFO lines")
-    batch_size: int = scale_opt(256, "images per inference batch")
-    num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else about 2/3 of the CPUs)")  # noqa: E501
+    batch_size: int = scale_opt(256, "images per inference batch, at most: CPU actors take fewer of a large input (about 32 x 224 x 224 pixels a batch)")  # noqa: E501
+    num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else 1 per --cpus-per-actor CPUs, no more than there are batches)")  # noqa: E501
     gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
     cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1; decoding and writing ask for none)")  # noqa: E501
     stall_timeout: float = scale_opt(STALL_TIMEOUT_S, "end the job, saying what it waited for, after this many seconds without progress (0: wait for ever)")  # noqa: E501

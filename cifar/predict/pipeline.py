@@ -68,7 +68,8 @@ def predict(
     pre = pre or preflight(cfg)
     todo = pre.remaining()  # the columns of the files to classify; None: listed as it goes
     total = None if todo is None else len(todo["path"])
-    plan = with_compute(cfg, plan_resources(cfg, cluster, total), pre.model, total)
+    planned = plan_resources(cfg, cluster, total, pre.model.spec.input_size)
+    plan = with_compute(cfg, planned, pre.model, total)
     with hold(cfg):
         start(cfg.output, pre.record, pre.resuming)
         lister = start_lister(cfg, pre) if pre.stream is not None else None
@@ -77,11 +78,12 @@ def predict(
         t0 = time.perf_counter()
         dog = watchdog(cfg, plan)
         reports = RowProgress(cfg.output, cfg.format, total, report_every or 0)
+        stages: dict[str, Any] = {}
         with watched(cfg, dog), reports if report_every else contextlib.nullcontext():
             if lister is not None:
-                write(classify(cfg, listed(lister, plan), plan, pre), cfg, plan, schema)
+                stages = write(classify(cfg, listed(lister, plan), plan, pre), cfg, plan, schema)
             elif total:
-                write(build_dataset(cfg, todo, plan, pre), cfg, plan, schema)
+                stages = write(build_dataset(cfg, todo, plan, pre), cfg, plan, schema)
         seconds = time.perf_counter() - t0
         return report(
             cfg,
@@ -91,6 +93,8 @@ def predict(
             ray_start_seconds=ray_start_seconds,
             waited_seconds=round(dog.waited, 1),
             compute=plan.compute.describe(),
+            plan=plan.describe(),
+            stages=stages,
         )
 
 
@@ -256,27 +260,30 @@ def listed(lister, plan: Plan):
     """The paths a :class:`~cifar.predict.listing.Lister` actor hands out, as a dataset."""
     from cifar.predict.listing import listed_dataset
 
-    return listed_dataset(lister, plan.decode_tasks)
+    return listed_dataset(lister, max(1, plan.decode_tasks))  # 0: the actors decode
 
 
 def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
     """paths (+ labels) -> decode tasks (no torch, no CPU asked) -> inference actor pool ->
-    result rows.
+    result rows; or, for small inputs (``plan.decode_in_actors``), paths -> actors that decode
+    and classify.
 
-    Decoding stays a separate task stage: Ray Data fuses a map into the next actor map when both
-    ask for the same resources, and then only the actors' processes decode, one core each, and
-    only after they have imported torch. Apart, decode tasks start at once, and run on the
-    cores the actors leave free."""
+    Large inputs keep a separate decode stage: its tasks start at once (an actor first imports
+    torch) and run beside the actors, whose forward pass is the work. A small image's decode
+    costs about what its forward pass does, and a stage of its own cost more than both (a task,
+    a block through the object store and an actor call per batch): the actors decode it."""
     import ray.data
 
-    ds = ds.map_batches(
-        decode_batch if pre.shards is None else decode_samples,  # shards: read by their shard
-        fn_kwargs={"size": pre.model.spec.input_size},
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks),
-    )
+    decode = decode_batch if pre.shards is None else decode_samples  # shards: by their shard
+    if not plan.decode_in_actors:
+        ds = ds.map_batches(
+            decode,
+            fn_kwargs={"size": pre.model.spec.input_size},
+            batch_size=plan.batch_size,
+            batch_format="numpy",
+            num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=plan.decode_tasks),
+        )
     lo, first, hi = plan.actors
     return ds.map_batches(
         BatchPredictor,
@@ -284,8 +291,9 @@ def classify(cfg: PredictConfig, ds, plan: Plan, pre: Preflight):
             "settings": predictor_settings(cfg, plan, pre),
             "label_dirs": cfg.labels_from_dirs,
             "probs": cfg.probs,
+            "decode": decode if plan.decode_in_actors else None,
         },
-        batch_size=cfg.batch_size,
+        batch_size=plan.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=first),
         num_cpus=plan.actor_cpus,
@@ -305,18 +313,44 @@ def predictor_settings(cfg: PredictConfig, plan: Plan, pre: Preflight) -> Predic
         device=plan.device,
         precision=plan.compute.precision,
         channels_last=plan.compute.channels_last,
-        batch_size=cfg.batch_size,
+        batch_size=plan.batch_size,
         threads=max(1, int(plan.actor_cpus)),
         top_k=cfg.top_k,
     )
 
 
-def write(ds, cfg: PredictConfig, plan: Plan, schema) -> None:
+def write(ds, cfg: PredictConfig, plan: Plan, schema) -> dict[str, Any]:
     """Result files of about --rows-per-file rows, each committed whole. Writers ask no CPU and
     are at most one per actor, so they run while the actors work instead of queueing up behind
-    them, and Ray starts few processes for them."""
+    them, and Ray starts few processes for them. Returns :func:`stage_seconds`."""
     sink = make_sink(cfg.output, cfg.format, schema, cfg.rows_per_file)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
+    return stage_seconds(ds)
+
+
+def stage_seconds(ds) -> dict[str, Any]:
+    """Where the pipeline's time went, from Ray Data's own counters: per stage, the seconds its
+    tasks ran and computed, summed over tasks (so up to the cores times the wall time). ``{}``
+    where Ray Data keeps none."""
+    try:
+        summaries = [ds.get_stats_summary()]
+    except Exception:  # a developer API: its absence costs the breakdown, never the job
+        return {}
+
+    def total(s) -> float | None:
+        return None if s is None else round(float(s.sum), 3)
+
+    out: dict[str, Any] = {}
+    while summaries:  # the write's stages, then the stages before it (its parents)
+        summary = summaries.pop()
+        summaries += summary.parents
+        for op in summary.operators_stats:
+            if op.wall_time is not None:
+                out[op.operator_name] = {
+                    "task_s": total(op.wall_time),
+                    "task_cpu_s": total(op.cpu_time),
+                }
+    return out
 
 
 def _pipeline_progress(output: str):

@@ -19,11 +19,20 @@ from cifar.predict.predictor import UNKNOWN_WORK, inference_compute
 # Decode and write tasks ask Ray for no CPU. A job whose inference actors held every CPU it could
 # get while its decode tasks waited for one was the deadlock of several jobs on one cluster (each
 # waiting for CPUs the others' actors held): now a job whose actors run can always decode and
-# write, whatever else runs. How many run at once is bounded by the plan instead, from the CPUs
-# the actors leave. Decoding costs about half as much CPU per image as CIFAR10-quick's forward
-# pass in bf16 (docs/results.md), so actors get about two thirds of the CPUs.
+# write, whatever else runs, and on CPUs the actors take every CPU: the decode tasks run on the
+# same cores (co-scheduled), or in the actors themselves (small inputs, below). How many decode
+# tasks run at once is bounded instead: a third of the CPUs.
 DECODE_SHARE = 1 / 3
 WRITERS_PER_ACTOR = 1  # a writer spends its time in Arrow and file I/O: one per actor keeps up
+# Inputs of at most this many pixels a side are decoded in the inference actors: a 32 px PNG
+# decodes in ~50 us and CIFAR10-quick classifies it in ~60 us, so a separate decode stage's
+# per-task, per-block and object-store costs were most of the job (docs/results.md, Prediction).
+# At 224 px the forward pass is the work, and decode tasks run beside the actors.
+DECODE_IN_ACTORS_UP_TO = 64
+# Pixels of one inference batch on CPUs: --batch-size images at most, fewer where the input is
+# large (32 at 224 px, --batch-size at 32-64 px): a CPU's forward pass reaches its rate by then,
+# and smaller batches spread a few hundred photos evenly over the actors.
+BATCH_PIXELS = 32 * 224 * 224
 
 
 @dataclass(frozen=True)
@@ -31,25 +40,46 @@ class Plan:
     actors: tuple[int, int, int]  # min, initial, max: the pool grows when CPUs/GPUs free up
     gpus_per_actor: float
     device: str
-    actor_cpus: float = 1.0
-    decode_tasks: int = 1  # at most this many at once
+    actor_cpus: float = 1.0  # = the actor's torch threads on CPUs
+    decode_tasks: int = 1  # at most this many at once (0: the actors decode)
     write_tasks: int = 1
+    batch_size: int = 256  # images per inference batch
     compute: Compute | None = None  # precision and layout of every actor: actor_compute()
+
+    @property
+    def decode_in_actors(self) -> bool:
+        return self.decode_tasks == 0
 
     def describe(self) -> str:
         lo, first, hi = self.actors
         gpu = f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
+        decode = (
+            "decoding their own batches"
+            if self.decode_in_actors
+            else f"up to {self.decode_tasks} decode tasks"
+        )
         return (
             f"{first} inference actor(s) of {self.actor_cpus:g} CPU{gpu} to start with "
-            f"(at least {lo}, growing to {hi} as resources free up) on {self.device}, "
-            f"up to {self.decode_tasks} decode and {self.write_tasks} write tasks"
+            f"(at least {lo}, growing to {hi} as resources free up) on {self.device}, batches "
+            f"of {self.batch_size}, {decode} and up to {self.write_tasks} write tasks"
         )
 
 
-def plan_resources(cfg: PredictConfig, cluster: ClusterInfo, files: int | None = None) -> Plan:
+def plan_resources(
+    cfg: PredictConfig,
+    cluster: ClusterInfo,
+    files: int | None = None,
+    input_size: int | None = None,
+) -> Plan:
     """Actor pool and task bounds for this cluster, sized from what it has free now and able to
-    grow to what it has in all (no more tasks than there are blocks of ``files``, when known);
-    fails before any work when the job could never run."""
+    grow to what it has in all (no more actors than batches, nor tasks than blocks, of
+    ``files`` when known); fails before any work when the job could never run.
+
+    On CPUs the actors take every CPU, one thread each by default: on a 2-vCPU AMD EPYC two
+    actors of one thread classified resnet18 at 224 px faster than one actor of two threads
+    (docs/results.md, Prediction), as independent processes do wherever a forward pass does not
+    scale linearly with threads. Inputs of ``input_size`` <= DECODE_IN_ACTORS_UP_TO are decoded
+    in the actors; larger ones by decode tasks beside them."""
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if cluster.gpus else 0)
     if gpus > 0 and cluster.gpus < gpus:
         raise ConfigError(
@@ -63,23 +93,34 @@ def plan_resources(cfg: PredictConfig, cluster: ClusterInfo, files: int | None =
             f"{cluster.largest_node_cpus:g} CPUs: no actor could ever start. Lower "
             "--cpus-per-actor."
         )
+    batch = cfg.batch_size
+    if gpus == 0 and input_size:
+        batch = max(1, min(batch, BATCH_PIXELS // (input_size * input_size)))
     actors = parse_actors(cfg.num_actors)
     if gpus > 0:
         most = max(1, int(cluster.gpus // gpus))
         now = max(1, int(cluster.idle_gpus // gpus))
     else:
-        most = max(1, int(cluster.cpus * (1 - DECODE_SHARE) // cpus))
-        now = max(1, int(cluster.idle_cpus * (1 - DECODE_SHARE) // cpus))
+        most = max(1, int(cluster.cpus // cpus))
+        now = max(1, int(cluster.idle_cpus // cpus))
+    if files is not None and actors is None:  # an actor more than there are batches would idle
+        most = min(most, max(1, -(-files // batch)))
     lo, hi = actors if actors is not None else (1, most)
-    spare = cluster.cpus - (0 if gpus > 0 else hi * cpus)
     tasks = 10**9 if files is None else max(1, -(-files // cfg.files_per_block))  # blocks
+    if gpus > 0:
+        decode = min(tasks, max(1, int(cluster.cpus)))
+    elif input_size is not None and input_size <= DECODE_IN_ACTORS_UP_TO:
+        decode = 0
+    else:
+        decode = min(tasks, max(1, int(cluster.cpus * DECODE_SHARE)))
     return Plan(
         actors=(lo, min(max(lo, now), hi), hi),
         gpus_per_actor=gpus,
         device="cuda" if gpus > 0 else "cpu",
         actor_cpus=cpus,
-        decode_tasks=min(tasks, max(1, int(spare))),  # more tasks than blocks would idle
+        decode_tasks=decode,
         write_tasks=min(tasks, max(1, hi * WRITERS_PER_ACTOR)),
+        batch_size=batch,
     )
 
 
@@ -93,9 +134,9 @@ def with_compute(
     prefix listed as it is classified)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(plan.actor_cpus)))
-    work = Work(files if files is not None else UNKNOWN_WORK, cfg.batch_size)
+    work = Work(files if files is not None else UNKNOWN_WORK, plan.batch_size)
     try:
-        compute = inference_compute(model, plan.device, cfg.precision, cfg.batch_size, work=work)
+        compute = inference_compute(model, plan.device, cfg.precision, plan.batch_size, work=work)
     finally:
         torch.set_num_threads(threads)
     return dataclasses.replace(plan, compute=compute)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,23 +240,32 @@ class Predictor:
 
 
 class BatchPredictor:
-    """Ray Data actor: the predictor built once in ``__init__``; ``__call__(batch) -> batch``."""
+    """Ray Data actor: the predictor built once in ``__init__``; ``__call__(batch) -> batch``.
+    With ``decode`` (``decode_batch`` or a shard's ``decode_samples``), it decodes its batch of
+    paths itself: small images then never cross the object store as pixels."""
 
     def __init__(
-        self, settings: PredictorSettings, label_dirs: bool = False, probs: bool = False
+        self,
+        settings: PredictorSettings,
+        label_dirs: bool = False,
+        probs: bool = False,
+        decode: Callable[..., dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.predictor = Predictor(settings)
-        self.label_dirs, self.probs = label_dirs, probs
+        self.label_dirs, self.probs, self.decode = label_dirs, probs, decode
         k = len(self.predictor.classes)
         self.schema = result_schema(settings.top_k, k, label_dirs, probs)
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        """``{"path", "image", "error"}`` -> a pyarrow Table of results, one row per input row."""
+        """``{"path", "image", "error"}`` (or ``{"path"}`` with ``decode``) -> a pyarrow Table of
+        results, one row per input row."""
         import pyarrow as pa
 
+        if self.decode is not None:
+            batch = self.decode(batch, size=self.predictor.input_size)
         cols: dict[str, Any] = {
-            "path": [str(p) for p in batch["path"]],
-            "relpath": [str(p) for p in batch["relpath"]],
+            "path": pa.array(batch["path"], pa.string()),
+            "relpath": pa.array(batch["relpath"], pa.string()),
         }
         cols.update(self.predictor.columns(batch, self.probs))
         if self.label_dirs:  # labels read from the folders by the driver (label_from_dirs)
