@@ -12,7 +12,7 @@ The cluster is ``scripts/cluster-up.sh --workers 1 --num-cpus N`` (loopback, tok
 ports of its own, stopped at the end.
 
     python -m benchmarks.ingest [--photos 1000] [--epochs 3] [--node-cpus 2] [--json PATH]
-    python -m benchmarks.ingest --accuracy [--digits 2000] [--epochs 5] [--json PATH]
+    python -m benchmarks.ingest --accuracy [--digits 2000] [--epochs 5] [--seed 0] [--json PATH]
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def connect() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run(data: Path, loading: str, epochs: int, work: Path, name: str, augment: bool) -> dict:
+def run(
+    data: Path, loading: str, epochs: int, work: Path, name: str, augment: bool, seed: int = 0
+) -> dict:
     """One training run as the job runs it: 1 worker of 1 CPU, cifar10_quick at 32 px."""
     from cifar.cluster.resources import cluster_info
     from cifar.train.config import TrainConfig
@@ -96,7 +98,7 @@ def run(data: Path, loading: str, epochs: int, work: Path, name: str, augment: b
         storage_path=str(work),
         name=name,
         max_failures=0,
-        seed=0,
+        seed=seed,
     )
     t0 = time.perf_counter()
     summary = train(cfg, cluster_info())
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: 3 (5 with --accuracy)")
     p.add_argument("--node-cpus", type=int, default=2, help="CPUs of each of the 2 nodes")
     p.add_argument("--accuracy", action="store_true", help="accuracy on digits, not images/s")
+    p.add_argument("--seed", type=int, default=0, help="the runs' --seed (and the digits')")
     a = p.parse_args(argv)
     # before Ray is imported (machine() does): the cluster's loopback address, its token
     os.environ.update(RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.realpixels import write_digits
 
             data = work / "digits"
-            write_digits(data, np.random.default_rng(0), a.digits, a.digits // 4)
+            write_digits(data, np.random.default_rng(a.seed), a.digits, a.digits // 4)
         else:
             data = work / "photos"
             write_photos(data / "train", a.photos, CLASSES)
@@ -146,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             connect()
             runs = {}
             for loading in ("stream", "ray"):
-                r = run(data, loading, epochs, work / "runs", loading, augment=a.accuracy)
+                r = run(data, loading, epochs, work / "runs", loading, a.accuracy, a.seed)
                 runs[loading] = r
                 print(f"[ingest] {loading}: {r}", flush=True)
         finally:
             cluster_down(env)
     s, r = runs["stream"], runs["ray"]
-    results = {"nodes": 2, "node_cpus": a.node_cpus, "epochs": epochs, "runs": runs}
+    results = {"nodes": 2, "node_cpus": a.node_cpus, "epochs": epochs, "seed": a.seed, "runs": runs}
     results["load_average"] = [round(load, 1), round(os.getloadavg()[0], 1)]  # start, end
     if a.accuracy:
         diff = r["test_accuracy"] - s["test_accuracy"]
