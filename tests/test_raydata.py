@@ -19,10 +19,10 @@ BAD = "train/3/zz_bad.png"
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """120 real-pixel digits (96 train / 24 val, 32x32 PNGs) and one training file that is not
+    """96 real-pixel digits (64 train / 32 val, 32x32 PNGs) and one training file that is not
     an image."""
     root = tmp_path_factory.mktemp("digits") / "tree"
-    write_digits(root, np.random.default_rng(0), 96, 24)
+    write_digits(root, np.random.default_rng(0), 64, 32)
     (root / BAD).write_bytes(b"not an image")
     return root
 
@@ -52,14 +52,17 @@ def test_a_bad_sample_stays_a_row_and_is_counted_by_the_worker(tree):
 def _cfg(tree: Path, storage: Path, **kw):
     from cifar.train.config import TrainConfig
 
+    # as little as proves it: 32 px (cifar10_quick's only size), 3 steps an epoch (65 rows,
+    # batches of 32), 1 worker, no loader processes for the evaluation, fp32 (no precision probe)
     base = dict(
         data_dir=str(tree),
         data_loading="ray",
         epochs=2,
-        batch_size=16,
+        batch_size=32,
         num_workers=1,
         use_gpu=False,
         cpus_per_worker=1,  # the session's other CPU decodes
+        loader_workers=0,
         storage_path=str(storage),
         name="raydata",
         max_failures=0,
@@ -81,7 +84,7 @@ def test_training_through_ray_data_evaluates_exactly_counts_skips_and_resumes(
     summary = train(_cfg(tree, tmp_path, resume=True), cluster)
     assert summary["epochs_completed"] == 2 and summary["restarts"] == 1
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
-    assert all(h["test_images"] == 24 for h in summary["history"])  # every val image once
+    assert all(h["test_images"] == 32 for h in summary["history"])  # every val image once
     assert summary["data"]["skipped"] == 1  # the bad file, found in epoch 1, said once
     assert summary["data"]["skipped_files"][0]["path"].endswith(BAD)
 
