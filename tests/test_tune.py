@@ -156,6 +156,13 @@ def test_sweep_flags_are_checked_like_the_training_job_s():
         resolve_sweep({"trials": 0})
 
 
+def test_a_sweep_refuses_ray_data_loading_naming_stream():
+    with pytest.raises(ConfigError, match="does not take --data-loading ray") as e:
+        resolve_sweep({"data_loading": "ray"})
+    assert "use --data-loading stream" in str(e.value) and "\n" not in str(e.value)
+    assert resolve_sweep({"data_loading": "stream"}).data_loading == "stream"
+
+
 def test_the_dry_run_prints_the_space_packing_and_trials_at_once(tmp_path, job_env):
     from cifar.data.synthetic import write_folders
 

@@ -94,6 +94,12 @@ class SweepConfig(TrainConfig):
                 self.max_concurrent is None or self.max_concurrent >= 1,
                 f"--max-concurrent must be at least 1 (got {self.max_concurrent})",
             ),
+            (  # trials are packed onto the CPUs they reserve: nothing is left to Ray Data's tasks
+                self.data_loading != "ray",
+                "cifar-tune does not take --data-loading ray (its trials are packed onto the "
+                "cluster's CPUs, which leaves none to Ray Data's decoding); use --data-loading "
+                "stream",
+            ),
             *inherited,
         ]
 
