@@ -49,6 +49,39 @@ def test_a_bad_sample_stays_a_row_and_is_counted_by_the_worker(tree):
     assert steps_per_epoch(97, 16, 2) == 6  # 48 rows a rank (equal split), batches of 8
 
 
+def test_photos_are_cropped_and_flipped_in_the_decode_tasks_with_fresh_draws(tmp_path):
+    """At photo sizes with augmentation on, Ray Data's decode tasks crop and flip (a fresh draw
+    every call) and the training loop is told to only normalise; a bad sample is still a row."""
+    from PIL import Image
+
+    from cifar.data.raydata import RayBatches
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(2):  # 160 x 120 JPEGs of noise: every crop and flip shows
+                pixels = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{k}.jpg")
+    (tmp_path / "train/b/zz_bad.jpg").write_bytes(b"not an image")
+    req = DataRequest(str(tmp_path), size=64, loading="ray", augment=True)
+    splits, _ = load_training_data(req)
+    train = splits.datasets(torch.device("cpu"))[0]
+    assert RayBatches(None, 4, 2, train).loader_augments  # the device only normalises
+    ids = {"id": np.arange(len(train))}
+    first, second = decode_rows(ids, train), decode_rows(ids, train)
+    good = first["label"] >= 0
+    assert first["image"].shape == (5, 3, 64, 64) and first["image"].dtype == np.uint8
+    assert good.sum() == 4 and first["error"][~good][0].startswith(str(tmp_path / "train/b/zz"))
+    assert (second["label"] == first["label"]).all()
+    assert all((first["image"][i] != second["image"][i]).any() for i in np.flatnonzero(good))
+    plain = load_training_data(DataRequest(str(tmp_path), size=64, loading="ray"))[0]
+    unaugmented = plain.datasets(torch.device("cpu"))[0]
+    assert not RayBatches(None, 4, 2, unaugmented).loader_augments  # the device augments
+    once, again = decode_rows(ids, unaugmented), decode_rows(ids, unaugmented)
+    assert (once["image"] == again["image"]).all()
+
+
 def _cfg(tree: Path, storage: Path, **kw):
     from cifar.train.config import TrainConfig
 

@@ -8,7 +8,9 @@ The pipeline, built once on the driver and run again by Ray Train every epoch:
       -> shuffled, a new order every epoch     random_shuffle(RandomSeedConfig(seed, reseed))
       -> decoded, ROWS_PER_TASK a task, 1 CPU  map_batches(decode_rows): the streamed datasets'
                                                own __getitems__ (files or shards), so the pixels
-                                               and the bad-sample skips are the stream path's
+                                               and the bad-sample skips are the stream path's;
+                                               photos are cropped + flipped there too (fresh
+                                               draws), the device only normalises
       -> split evenly over the workers         DataConfig: streaming_split(world, equal=True)
 
 Small rows are shuffled, not images: the all-to-all moves 8 bytes a sample. Ray Data's own
@@ -26,6 +28,7 @@ does not go through Ray Data: the workers keep their exact ``ShardSampler`` load
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cifar.data.dataset import Splits
+from cifar.data.loaders import loader_augments
 
 ROWS_PER_TASK = 64  # samples a decode task takes: a few MB of pixels at 224 px
 
@@ -50,9 +54,18 @@ def steps_per_epoch(n: int, batch: int, world: int) -> int:
 
 def decode_rows(rows: dict[str, np.ndarray], dataset: Dataset) -> dict[str, np.ndarray]:
     """A Ray Data batch of sample indices -> the same rows decoded: ``image`` uint8 [B, 3, S, S],
-    ``label`` (-1 where the sample could not be decoded) and ``error`` (``"name\\treason"``)."""
+    ``label`` (-1 where the sample could not be decoded) and ``error`` (``"name\\treason"``).
+
+    A dataset that augments as it decodes (photo sizes, augmentation on) crops and flips each
+    sample here, on the cluster's CPUs, from a ``(0, draw, index)`` key whose ``draw`` is fresh
+    OS entropy every call: Ray Data runs the pipeline again every epoch without saying which,
+    so the crops are new draws every epoch, not the stream path's function of (seed, epoch)."""
     idx = [int(i) for i in rows["id"]]
-    images, labels, skipped = dataset.__getitems__(idx)  # the good ones, in order
+    keys = idx
+    if loader_augments(dataset):
+        draw = secrets.randbits(63)  # one per decode task's batch; the index varies within it
+        keys = [(0, draw, i) for i in idx]
+    images, labels, skipped = dataset.__getitems__(keys)  # the good ones, in order
     error = np.array([""] * len(idx), dtype=object)
     if skipped:
         reasons = dict(skipped)
@@ -125,6 +138,11 @@ class RayBatches:
     def __init__(self, shard: Any, batch: int, steps: int, dataset: Dataset) -> None:
         self.shard, self.batch, self.steps, self.dataset = shard, batch, steps, dataset
         self.sampler = self
+
+    @property
+    def loader_augments(self) -> bool:
+        """The decode tasks cropped and flipped the photos: the device only normalises them."""
+        return loader_augments(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing: the dataset is executed again, in a new order, every epoch."""

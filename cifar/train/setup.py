@@ -65,8 +65,9 @@ def model_setup(
 
 
 def loads_augmented(cfg: TrainConfig, loading: Loading) -> bool:
-    """Whether the run's training photos are augmented in its loader processes (streamed)."""
-    return loading.how == "stream" and in_loader(cfg.augment, cfg.size)
+    """Whether the run's training photos are augmented where they are decoded (streamed: the
+    loader processes; ray: Ray Data's decode tasks)."""
+    return loading.how in ("stream", "ray") and in_loader(cfg.augment, cfg.size)
 
 
 def saved_appended(saved: dict[str, Any] | None) -> tuple[vision.Appended, ...]:
