@@ -76,6 +76,9 @@ def main(boundary: Boundary, argv: list[str]) -> int:
 def resume_hint(cfg: PredictConfig, argv: list[str], code: int) -> str:
     """What a stopped job keeps, and the command that continues it. The rows are counted unless
     the output is in a store that failed (counting would only fail again, slowly)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()  # first: a write task still running would commit rows after the count
     again = command(PROGRAM, argv, add=["--resume"], drop=["--overwrite"])
     where = storage.absolute(cfg.output)
     kept = "the result files"
