@@ -222,7 +222,7 @@ def test_decode_module_does_not_import_torch():
 def test_plan_decodes_small_inputs_in_the_actors_and_sizes_batches_for_the_model():
     """The CPU plan's rule (docs/results.md, Prediction): every CPU to actors of one thread;
     inputs up to 64 px decoded in the actors, larger ones by decode tasks beside them; batches
-    of about 32 x 224 x 224 pixels at most; an actor for every 4 batches of the work at most."""
+    of about 32 x 224 x 224 pixels at most; no more actors than batches of the work."""
     from cifar.cluster.resources import ClusterInfo
     from cifar.predict.plan import plan_resources
 
@@ -234,9 +234,7 @@ def test_plan_decodes_small_inputs_in_the_actors_and_sizes_batches_for_the_model
     assert not photos.decode_in_actors and photos.decode_tasks == 1
     assert photos.actors == (1, 2, 2) and (photos.batch_size, photos.actor_cpus) == (32, 1)
     few = plan_resources(PredictConfig(), ClusterInfo(8, 0), 45, input_size=224)
-    assert few.actors == (1, 1, 1)  # 45 photos are 2 batches: a second actor's start outweighs them
-    some = plan_resources(PredictConfig(), ClusterInfo(8, 0), 256 * 4 * 3, input_size=32)
-    assert some.actors == (1, 3, 3)  # at least 4 batches an actor
+    assert few.actors == (1, 2, 2)  # 45 photos are 2 batches: a third actor would idle
     asked = plan_resources(PredictConfig(batch_size=8, cpus_per_actor=2), two, 550, 224)
     assert (asked.batch_size, asked.actors, asked.actor_cpus) == (8, (1, 1, 1), 2)
 

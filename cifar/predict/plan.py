@@ -33,11 +33,6 @@ DECODE_IN_ACTORS_UP_TO = 64
 # large (32 at 224 px, --batch-size at 32-64 px): a CPU's forward pass reaches its rate by then,
 # and smaller batches spread a few hundred photos evenly over the actors.
 BATCH_PIXELS = 32 * 224 * 224
-# An actor costs its start (a process importing torch and building the model: ~4.5 s of a core on
-# the 2-vCPU EPYC, docs/results.md), so one more is started only for MIN_BATCHES_PER_ACTOR more
-# batches: 45 photos (2 batches) get one actor, 550 (18) two. Small images would need more batches
-# to pay for it by that measure (a batch of 256 PNGs costs ~0.08 s): not tuned further.
-MIN_BATCHES_PER_ACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ def plan_resources(
     input_size: int | None = None,
 ) -> Plan:
     """Actor pool and task bounds for this cluster, sized from what it has free now and able to
-    grow to what it has in all (an actor per 4 batches at most, no more tasks than blocks, of
+    grow to what it has in all (no more actors than batches, nor tasks than blocks, of
     ``files`` when known); fails before any work when the job could never run.
 
     On CPUs the actors take every CPU, one thread each by default: on a 2-vCPU AMD EPYC two
@@ -108,8 +103,8 @@ def plan_resources(
     else:
         most = max(1, int(cluster.cpus // cpus))
         now = max(1, int(cluster.idle_cpus // cpus))
-    if files is not None and actors is None:  # an actor is worth its start for some batches only
-        most = min(most, max(1, files // (batch * MIN_BATCHES_PER_ACTOR)))
+    if files is not None and actors is None:  # an actor more than there are batches would idle
+        most = min(most, max(1, -(-files // batch)))
     lo, hi = actors if actors is not None else (1, most)
     tasks = 10**9 if files is None else max(1, -(-files // cfg.files_per_block))  # blocks
     if gpus > 0:
