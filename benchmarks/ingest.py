@@ -24,6 +24,7 @@ ports of its own, stopped at the end; ``--unpinned`` leaves both nodes on every 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import subprocess
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unpinned", action="store_true", help="both nodes on every core")
     p.add_argument("--accuracy", action="store_true", help="accuracy on digits, not images/s")
     p.add_argument("--seed", type=int, default=0, help="the runs' --seed (and the digits')")
+    p.add_argument("--loadings", nargs="+", default=["stream", "ray"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     # before Ray is imported (machine() does): the cluster's loopback address, its token
     os.environ.update(RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[ingest] second node on core {usable[1]} ({moved} threads)", flush=True)
             connect()
             runs = {}
-            for loading in ("stream", "ray"):
+            for loading in a.loadings:
                 r = run(data, loading, epochs, work / "runs", loading, True, a.seed, **model)
                 runs[loading] = r
                 print(f"[ingest] {loading}: {r}", flush=True)

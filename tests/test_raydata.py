@@ -149,3 +149,28 @@ def test_tar_shards_through_the_ray_dataset_every_sample_once(ray_session, tree,
     assert len(rows) == 31 and sorted(labels.tolist()) == expected
     assert images.shape == (30, 3, 32, 32)
     assert skipped == [(f"{tmp_path}/train/a.tar#broken", "not an image, or an unsupported format")]
+
+
+@pytest.mark.ray
+def test_an_epoch_is_decoded_by_many_tasks_a_block_per_batch(ray_session, tree, monkeypatch):
+    """The epoch's rows are cut into a decode task every ROWS_PER_TASK and a block every
+    ROWS_PER_BLOCK, so the cluster's CPUs share the decoding and the trainer starts on the first
+    block (Ray's default blocks for range(n) had one task decode the whole epoch); the order is
+    new every execution and every sample comes once."""
+    import re
+
+    from cifar.data import raydata
+
+    monkeypatch.setattr(raydata, "ROWS_PER_TASK", 16)
+    monkeypatch.setattr(raydata, "ROWS_PER_BLOCK", 8)
+    splits, _ = load_training_data(DataRequest(str(tree), size=32, loading="ray"))
+    ds = raydata.train_dataset(splits, seed=0)
+    orders = []
+    for _ in range(2):  # as Ray Train does every epoch: the same dataset, executed again
+        blocks = list(ds.iter_batches(batch_size=None, batch_format="numpy"))  # as made
+        assert len(blocks) >= 65 // 8 and max(len(b["label"]) for b in blocks) <= 8
+        tasks = re.search(r"MapBatches\(decode_rows\)\D*(\d+) tasks executed", ds.stats())
+        assert tasks and int(tasks.group(1)) >= 65 // 16
+        orders.append([int(i) for b in blocks for i in b["label"]])
+    assert len(orders[0]) == 65 and sorted(orders[0]) == sorted(orders[1])
+    assert orders[0] != orders[1]

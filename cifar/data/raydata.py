@@ -4,20 +4,28 @@ worker through ``ray.train.get_dataset_shard("train")``).
 
 The pipeline, built once on the driver and run again by Ray Train every epoch:
 
-    rows of sample indices (8 bytes each)      ray.data.range(n)
+    rows of sample indices (8 bytes each)      ray.data.range(n), one block
       -> shuffled, a new order every epoch     random_shuffle(RandomSeedConfig(seed, reseed))
+      -> cut into one block per decode task    repartition(target_num_rows_per_block=...)
       -> decoded, ROWS_PER_TASK a task, 1 CPU  map_batches(decode_rows): the streamed datasets'
                                                own __getitems__ (files or shards), so the pixels
                                                and the bad-sample skips are the stream path's;
                                                photos are cropped + flipped there too (fresh
-                                               draws), the device only normalises
+                                               draws), the device only normalises; a block out
+                                               every ROWS_PER_BLOCK rows
       -> split evenly over the workers         DataConfig: streaming_split(world, equal=True)
 
-Small rows are shuffled, not images: the all-to-all moves 8 bytes a sample. Ray Data's own
-readers (``read_images``, ``read_webdataset``, ``read_parquet``) are not used: the driver has
-already indexed every sample with its class and split (:mod:`cifar.data.shard_index`,
-:mod:`cifar.data.folders`), which keeps the counts exact and the held-out samples out of
-training; an index row decoded through the existing datasets does both for folders and shards.
+Small rows are shuffled, not images: the all-to-all moves 8 bytes a sample, in one block (one map
+and one reduce task, whatever ``n``). The blocks are cut after it, not before: Ray's default
+blocks for ``range(n)`` were 1-2 whatever ``n``, so one task decoded a whole epoch on one CPU and
+the trainer waited for all of it (20,000 rows: first batch after the last row was decoded); cut
+into as many blocks before the shuffle, the all-to-all ran two tasks a block every epoch.
+
+Ray Data's own readers (``read_images``, ``read_webdataset``, ``read_parquet``) are not used:
+the driver has already indexed every sample with its class and split
+(:mod:`cifar.data.shard_index`, :mod:`cifar.data.folders`), which keeps the counts exact and the
+held-out samples out of training; an index row decoded through the existing datasets does both
+for folders and shards.
 
 A sample that does not decode stays a row (label -1 and its reason), so every rank knows its
 row count, hence its steps, before the epoch (the schedule needs them; DDP needs them equal);
@@ -39,7 +47,11 @@ from torch.utils.data import Dataset
 from cifar.data.dataset import Splits
 from cifar.data.loaders import loader_augments
 
-ROWS_PER_TASK = 64  # samples a decode task takes: a few MB of pixels at 224 px
+# Samples a decode task takes, and how often it hands a block on (pipelined: the trainer starts on
+# a task's first rows while it decodes the rest). A task costs ~25-30 ms of Ray Data's scheduling
+# (docs/results.md, Ray Data feeding the trainers), a tenth of 256 photos' decode at 600 px.
+ROWS_PER_TASK = 256
+ROWS_PER_BLOCK = 64
 
 
 def per_rank_batch(batch: int, world: int) -> int:
@@ -96,15 +108,18 @@ def train_dataset(splits: Splits, seed: int):
 
     train = splits.datasets(torch.device("cpu"))[0]
 
-    ds = ray.data.range(len(train))
+    ds = ray.data.range(len(train), override_num_blocks=1)
     ds = ds.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    ds = ds.repartition(target_num_rows_per_block=ROWS_PER_TASK)
     ds = ds.map_batches(
         decode_rows,
         fn_kwargs={"dataset": train},
-        batch_size=ROWS_PER_TASK,
+        batch_size=ROWS_PER_BLOCK,
         batch_format="numpy",
         num_cpus=1,
     )
+    # a block out of every decoded batch (Ray's default holds a task's output to 128 MiB)
+    ds.context.target_max_block_size = ROWS_PER_BLOCK * 3 * splits.size * splits.size
     ds.context.enable_progress_bars = False  # the job prints its own lines, not Ray's bars
     ds.context.print_on_execution_start = False
     return ds
@@ -152,9 +167,10 @@ class RayBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list]]:
         # numpy batches, made torch here (zero-copy): iter_torch_batches' collate_fn does the
-        # same, but Ray 2.60 deprecates a plain function there for a class of ray.data's own
+        # same, but Ray 2.60 deprecates a plain function there for a class of ray.data's own;
+        # 8 batches ahead, not 2: the trainer waited on blocks from the other node at 2
         batches = self.shard.iter_batches(
-            batch_size=self.batch, batch_format="numpy", drop_last=False, prefetch_batches=2
+            batch_size=self.batch, batch_format="numpy", drop_last=False, prefetch_batches=8
         )
         for step, batch in enumerate(batches):
             if step == self.steps:  # never more steps than the schedule was built for
