@@ -220,9 +220,10 @@ def test_decode_module_does_not_import_torch():
 
 
 def test_plan_decodes_small_inputs_in_the_actors_and_sizes_batches_for_the_model():
-    """The CPU plan's rule (docs/results.md, Prediction): every CPU to actors of one thread;
-    inputs up to 64 px decoded in the actors, larger ones by decode tasks beside them; batches
-    of about 32 x 224 x 224 pixels at most; no more actors than batches of the work."""
+    """The CPU plan's rule (docs/results.md, Prediction): every CPU to the actors; inputs up
+    to 64 px decoded in actors of one thread, larger ones by decode tasks beside actors of 2
+    threads (where a node has 2 CPUs free); batches of about 32 x 224 x 224 pixels at most; no
+    more actors than batches of the work."""
     from cifar.cluster.resources import ClusterInfo
     from cifar.predict.plan import plan_resources
 
@@ -232,9 +233,14 @@ def test_plan_decodes_small_inputs_in_the_actors_and_sizes_batches_for_the_model
     assert "decoding their own batches" in small.describe()
     photos = plan_resources(PredictConfig(), two, 550, input_size=224)
     assert not photos.decode_in_actors and photos.decode_tasks == 1
-    assert photos.actors == (1, 2, 2) and (photos.batch_size, photos.actor_cpus) == (32, 1)
+    assert photos.actors == (1, 1, 1) and (photos.batch_size, photos.actor_cpus) == (32, 2)
     few = plan_resources(PredictConfig(), ClusterInfo(8, 0), 45, input_size=224)
     assert few.actors == (1, 2, 2)  # 45 photos are 2 batches: a third actor would idle
+    assert plan_resources(PredictConfig(), ClusterInfo(16, 0), None, 224).actors == (1, 8, 8)
+    ones = ClusterInfo(2, 0, largest_node_cpus=1)  # two 1-CPU nodes: actors of one thread
+    busy = ClusterInfo(8, 0, free_cpus=1)  # one CPU free now: no actor waits for a second
+    for cluster in (ones, busy):
+        assert plan_resources(PredictConfig(), cluster, 550, input_size=224).actor_cpus == 1
     asked = plan_resources(PredictConfig(batch_size=8, cpus_per_actor=2), two, 550, 224)
     assert (asked.batch_size, asked.actors, asked.actor_cpus) == (8, (1, 1, 1), 2)
 

@@ -38,7 +38,7 @@ class PredictConfig(Config):
     batch_size: int = scale_opt(256, "images per inference batch, at most: CPU actors take fewer of a large input (about 32 x 224 x 224 pixels a batch)")  # noqa: E501
     num_actors: str = scale_opt("auto", "inference actors: N, or MIN-MAX to autoscale (auto: 1 per GPU with GPUs, else 1 per --cpus-per-actor CPUs, no more than there are batches)")  # noqa: E501
     gpus_per_actor: float | None = scale_opt(None, "GPUs per actor, 0 for CPU (default: 1 if the cluster has GPUs)")  # noqa: E501
-    cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1; decoding and writing ask for none)")  # noqa: E501
+    cpus_per_actor: float | None = scale_opt(None, "CPUs per inference actor = its torch threads on CPU (default: 1; 2 for inputs over 64 px, decoded by tasks; decoding and writing ask for none)")  # noqa: E501
     stall_timeout: float = scale_opt(STALL_TIMEOUT_S, "end the job, saying what it waited for, after this many seconds without progress (0: wait for ever)")  # noqa: E501
     precision: str = scale_opt("auto", "auto: bf16 on GPUs that have it, else fp16; on CPUs the faster of fp32 and bf16, measured on this node at --batch-size; fp32: exactly the tutorial's arithmetic", choices=PRECISIONS)  # noqa: E501
     files_per_block: int = scale_opt(1024, "files per Ray Data block (decode task)")

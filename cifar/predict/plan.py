@@ -33,6 +33,13 @@ DECODE_IN_ACTORS_UP_TO = 64
 # large (32 at 224 px, --batch-size at 32-64 px): a CPU's forward pass reaches its rate by then,
 # and smaller batches spread a few hundred photos evenly over the actors.
 BATCH_PIXELS = 32 * 224 * 224
+# Torch threads (= CPUs) of a CPU actor classifying inputs decoded by tasks (> 64 px): on a quiet
+# 2-vCPU AMD EPYC, resnet18 at 224 px on 550 photos, one actor of 2 threads made 37.7 img/s
+# (bf16) and 24.3 (fp32) where two actors of one thread made 31.4 and 22.0: a second actor's
+# start (a process importing torch) costs more than a forward pass loses to a second thread.
+# Small inputs keep one thread an actor (their decode, in the actor, is single-threaded). Above
+# 2 threads is not measured: bigger nodes get actors of 2 threads each.
+PHOTO_ACTOR_CPUS = 2
 
 
 @dataclass(frozen=True)
@@ -75,18 +82,17 @@ def plan_resources(
     grow to what it has in all (no more actors than batches, nor tasks than blocks, of
     ``files`` when known); fails before any work when the job could never run.
 
-    On CPUs the actors take every CPU, one thread each by default: on a 2-vCPU AMD EPYC two
-    actors of one thread classified resnet18 at 224 px faster than one actor of two threads
-    (docs/results.md, Prediction), as independent processes do wherever a forward pass does not
-    scale linearly with threads. Inputs of ``input_size`` <= DECODE_IN_ACTORS_UP_TO are decoded
-    in the actors; larger ones by decode tasks beside them."""
+    On CPUs the actors take every CPU: one thread each for inputs of ``input_size`` <=
+    DECODE_IN_ACTORS_UP_TO, which they decode themselves; larger inputs are decoded by tasks
+    beside actors of PHOTO_ACTOR_CPUS threads (:func:`actor_cpus`; docs/results.md,
+    Prediction)."""
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if cluster.gpus else 0)
     if gpus > 0 and cluster.gpus < gpus:
         raise ConfigError(
             f"--gpus-per-actor {gpus:g} but the Ray cluster has {cluster.gpus:g} GPUs. Use "
             "--gpus-per-actor 0 to classify on CPU, or connect to a cluster with GPUs."
         )
-    cpus = cfg.cpus_per_actor or 1.0
+    cpus = cfg.cpus_per_actor or actor_cpus(cluster, gpus, input_size)
     if cluster.largest_node_cpus is not None and cpus > cluster.largest_node_cpus:
         raise ConfigError(
             f"--cpus-per-actor {cpus:g}, but the largest node of the Ray cluster has "
@@ -122,6 +128,16 @@ def plan_resources(
         write_tasks=min(tasks, max(1, hi * WRITERS_PER_ACTOR)),
         batch_size=batch,
     )
+
+
+def actor_cpus(cluster: ClusterInfo, gpus: float, input_size: int | None) -> float:
+    """CPUs (torch threads) of an inference actor when --cpus-per-actor is not given: 1, or
+    PHOTO_ACTOR_CPUS for inputs decoded by tasks on CPUs, as far as a node has them and they are
+    free now (an actor waiting for a second CPU would hold up a busy cluster's job)."""
+    if gpus > 0 or not input_size or input_size <= DECODE_IN_ACTORS_UP_TO:
+        return 1.0
+    room = min(cluster.largest_node_cpus or cluster.cpus, cluster.idle_cpus)
+    return float(max(1, min(PHOTO_ACTOR_CPUS, int(room))))
 
 
 # A batch job may spend up to a quarter of its estimated work choosing its precision: measuring
