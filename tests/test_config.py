@@ -111,6 +111,18 @@ def test_use_gpu_without_gpus_fails_fast_and_defaults_follow_the_cluster():
     assert resolve_scale(_cfg([]), two_nodes) == (False, 2)  # a worker never spans nodes
 
 
+def test_ray_data_loading_leaves_cpus_to_its_decode_tasks_or_is_refused():
+    """--data-loading ray: the workers take half of what they would (Ray Data's 1-CPU decode
+    tasks get the rest); workers that would hold every CPU are refused before any work, where
+    Ray Data would otherwise wait for a CPU for ever."""
+    ray = ["--data-loading", "ray"]
+    assert resolve_scale(_cfg(ray), ClusterInfo(2, 0)) == (False, 1)
+    for argv, cpus in (([*ray, "--num-workers", "2"], 2), ([*ray, "--cpus-per-worker", "4"], 4)):
+        with pytest.raises(ConfigError, match=r"hold all \d CPUs .*--data-loading stream"):
+            resolve_scale(_cfg(argv), ClusterInfo(cpus, 0))
+    assert resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(2, 0)) == (False, 1)
+
+
 def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):
     with pytest.raises(ConfigError, match="no run named 'ghost'"):
         prepare_run(_cfg(["--resume", "--name", "ghost", "--storage-path", str(tmp_path)]))
