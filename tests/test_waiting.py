@@ -23,6 +23,16 @@ def _run_until_stalled(dog: Watchdog, seconds: float = 60) -> None:
         time.sleep(seconds)
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own Ctrl-C handler while a test runs, whatever an earlier test in this process
+    left installed (Ray Train's and Serve's wait instead of raising: the watchdog would then end
+    the test process, pytest with it, as it ends a stalled job)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture()
 def lines(caplog):
     caplog.set_level(logging.INFO, logger="cifar.progress")
