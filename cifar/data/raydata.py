@@ -49,7 +49,7 @@ from cifar.data.loaders import loader_augments
 
 # Samples a decode task takes, and how often it hands a block on (pipelined: the trainer starts on
 # a task's first rows while it decodes the rest). A task costs ~25-30 ms of Ray Data's scheduling
-# (docs/results.md, Ray Data feeding the trainers), a tenth of 256 photos' decode at 600 px.
+# (docs/results.md, Ray Data feeding the trainers): under a tenth of 256 photos' decode at 600 px.
 ROWS_PER_TASK = 256
 ROWS_PER_BLOCK = 64
 

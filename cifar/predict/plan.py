@@ -34,9 +34,10 @@ DECODE_IN_ACTORS_UP_TO = 64
 # and smaller batches spread a few hundred photos evenly over the actors.
 BATCH_PIXELS = 32 * 224 * 224
 # Torch threads (= CPUs) of a CPU actor classifying inputs decoded by tasks (> 64 px): on a quiet
-# 2-vCPU AMD EPYC, resnet18 at 224 px on 550 photos, one actor of 2 threads made 37.7 img/s
-# (bf16) and 24.3 (fp32) where two actors of one thread made 31.4 and 22.0: a second actor's
-# start (a process importing torch) costs more than a forward pass loses to a second thread.
+# 2-vCPU AMD EPYC, resnet18 at 224 px on 550 photos (bf16, precision cache warm, runs
+# alternating), one actor of 2 threads made 31.8 and 32.9 img/s where two actors of one thread
+# made 26.9 and 23.9: a second actor's start (a process importing torch) costs more than a
+# forward pass loses to a second thread.
 # Small inputs keep one thread an actor (their decode, in the actor, is single-threaded). Above
 # 2 threads is not measured: bigger nodes get actors of 2 threads each.
 PHOTO_ACTOR_CPUS = 2
