@@ -127,16 +127,17 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
         cpus = max(1, int(cluster.idle_cpus) // cfg.num_workers)
         if cluster.largest_node_cpus:
             cpus = max(1, min(cpus, int(cluster.largest_node_cpus)))
-    if cfg.data_loading == "ray" and cfg.cpus_per_worker is None and not use_gpu:
-        cpus = max(1, cpus // 2)  # Ray Data's decode tasks need CPUs too: half left to them
-    fewest = cfg.worker_range[0]
-    if cfg.data_loading == "ray" and fewest * cpus >= cluster.cpus:  # Ray Data would wait
-        raise ConfigError(
-            f"--data-loading ray decodes in 1-CPU Ray Data tasks beside the training workers, "
-            f"but {fewest} worker(s) of {cpus} CPU(s) hold all "
-            f"{cluster.cpus:g} CPUs of the Ray cluster: the decoding could never start. Lower "
-            "--num-workers or --cpus-per-worker, add a node, or use --data-loading stream."
-        )
+    if cfg.data_loading == "ray":  # Ray Data's 1-CPU decode tasks need CPUs of their own
+        if cfg.cpus_per_worker is None and not use_gpu:
+            cpus = max(1, cpus // 2)  # half left to them
+        fewest = cfg.worker_range[0]
+        if fewest * cpus >= cluster.cpus:  # none left: Ray Data would wait for ever
+            raise ConfigError(
+                f"--data-loading ray decodes in 1-CPU Ray Data tasks beside the training "
+                f"workers, but {fewest} worker(s) of {cpus} CPU(s) hold all {cluster.cpus:g} "
+                "CPUs of the Ray cluster: the decoding could never start. Lower --num-workers "
+                "or --cpus-per-worker, add a node, or use --data-loading stream."
+            )
     return use_gpu, cpus
 
 
