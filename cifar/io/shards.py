@@ -7,11 +7,12 @@ file holds one sample per row: an image column (binary, or Hugging Face's ``stru
 and a label column (an integer, with the class names in Hugging Face's ``ClassLabel`` metadata,
 or a name).
 
-Reading is the standard library's ``tarfile`` and ``pyarrow.parquet``, not the ``webdataset``
-package (a test dependency, used to write the test shards): counting every sample exactly once
-and telling a bad sample from a broken shard need the archive itself. A tar that ends without
-its end-of-archive block is truncated (``tarfile`` alone would take it for a clean end): the
-samples before the break are kept and the shard is named (:class:`ShardError`).
+Reading is :mod:`cifar.io.tars` (the tar's headers parsed directly, ``tarfile`` for what that
+leaves to it) and ``pyarrow.parquet``, not the ``webdataset`` package (a test dependency, used
+to write the test shards): counting every sample exactly once and telling a bad sample from a
+broken shard need the archive itself. A tar that ends without its end-of-archive block is
+truncated (``tarfile`` alone would take it for a clean end): the samples before the break are
+kept and the shard is named (:class:`ShardError`).
 
 Three ways in, one sample model (:class:`Sample`):
 - :func:`samples` yields every sample of a shard in order with its bytes (prediction reads
@@ -31,7 +32,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cifar.io import storage
+from cifar.io import storage, tars
 from cifar.io.faults import CONNECTION_KINDS, StorageError, is_transient, retrying
 
 TAR, PARQUET = ".tar", ".parquet"
@@ -223,49 +224,37 @@ def _reason(e: BaseException) -> str:
 # --------------------------------------------------------------------------- tars
 
 
-class _Header(tarfile.TarInfo):
-    """Notes how the archive ended: only a block of zeros is a clean end (``tarfile`` stops
-    silently at a missing or cut header too)."""
-
-    @classmethod
-    def fromtarfile(cls, tf):
-        try:
-            return super().fromtarfile(tf)
-        except tarfile.EOFHeaderError:
-            tf.ended = ""
-            raise
-        except tarfile.HeaderError as e:
-            tf.ended = str(e) or type(e).__name__
-            raise
-
-
 def _tar_samples(path: str, with_data: bool) -> Iterator[Sample]:
     """A local tar is read with seeks over the images it does not need; one in object storage
-    as a stream (``r|``: no request per member)."""
+    as a stream (no request per member)."""
     seekable = not storage.is_uri(path)
-    with (
-        _open(path, seekable) as f,
-        tarfile.open(fileobj=f, mode="r:" if seekable else "r|", tarinfo=_Header) as tf,
-    ):
-        key, parts = None, {}
-        while (m := tf.next()) is not None:
-            tf.members = []  # kept by tarfile for lookups we never make: memory stays flat
-            split = _KEY.match(m.name)
-            base = m.name.rsplit("/", 1)[-1]
-            if not m.isfile() or split is None or base.startswith("__"):
-                continue
-            k, ext = split[1], split[2].lower()
-            if k != key:
-                if key is not None:
-                    yield _tar_sample(key, parts)
-                key, parts = k, {}
-            want = ext in LABEL_EXTS or (with_data and ext in image_extensions())
-            parts[ext] = tf.extractfile(m).read() if want else (m.offset_data, m.size)
-        ended = getattr(tf, "ended", "no end-of-archive block")
-        if ended:  # the last sample may be cut short: left out with the rest
-            raise tarfile.ReadError(ended)
-        if key is not None:
-            yield _tar_sample(key, parts)
+    want = functools.partial(_wanted, with_data)
+    return _grouped(tars.read(lambda: _open(path, seekable), seekable, want))
+
+
+def _wanted(with_data: bool, name: str) -> bool:
+    """Whether a member's bytes are read: a label's always, an image's with ``with_data``."""
+    split = _KEY.match(name)
+    ext = split[2].lower() if split else ""
+    return ext in LABEL_EXTS or (with_data and ext in image_extensions())
+
+
+def _grouped(found: Iterator[tuple[str, int, int, bytes | None]]) -> Iterator[Sample]:
+    """Members ``(name, offset, size, bytes or None)`` in archive order, as samples: the members
+    of one key next to each other make one sample (WebDataset's grouping)."""
+    key, parts = None, {}
+    for name, at, size, data in found:
+        split = _KEY.match(name)
+        if split is None or name.rsplit("/", 1)[-1].startswith("__"):
+            continue
+        k, ext = split[1], split[2].lower()
+        if k != key:
+            if key is not None:
+                yield _tar_sample(key, parts)
+            key, parts = k, {}
+        parts[ext] = data if data is not None else (at, size)
+    if key is not None:  # only once the archive ended cleanly: a break raises before
+        yield _tar_sample(key, parts)
 
 
 def _tar_sample(key: str, parts: dict[str, bytes | tuple[int, int]]) -> Sample:
