@@ -24,6 +24,8 @@ def _files() -> list[tuple[str, bytes]]:
     out.append((f"{LONG}/deep.jpg", b"\xff\xd8" + b"x" * 1500))
     out.append(("train/café.txt", b"cat"))
     out.append(("train/café.png", b"p" * 513))
+    out.append(("train/big.png", bytes(range(256)) * 800))  # 200 KiB: more than a read's chunk
+    out.append(("train/big.cls", b"1"))
     return out
 
 
@@ -50,6 +52,7 @@ def _write_webdataset(path: Path) -> None:
     with wds.TarWriter(str(path)) as w:
         for i in range(7):
             w.write({"__key__": f"s{i:03d}", "cls": i % 3, "png": bytes([i]) * (100 + 700 * i)})
+        w.write({"__key__": "big", "cls": 1, "png": bytes(range(256)) * 800})
 
 
 def _write_gnu_tar(path: Path, fmt: str) -> None:
@@ -105,7 +108,7 @@ def test_members_match_tarfiles_for_each_writer(archive, seekable):
         fast, fast_error = _read(_fast, archive, seekable, want)
         slow, slow_error = _read(tars._tarfile_members, archive, seekable, want)
         assert (fast, fast_error) == (slow, slow_error)
-        assert fast_error == "" and len(fast) >= 14
+        assert fast_error == "" and len(fast) >= 16
     names = {m[0].removeprefix("./") for m in fast}
     if writer != "webdataset":  # the others wrote _files
         assert {n for n, _ in _files()} <= names
@@ -153,3 +156,19 @@ def test_a_sparse_member_is_read_by_tarfile_without_repeating_members(tmp_path):
     got = list(tars.read(lambda: shards._open(str(path)), True, _labels_only))
     assert [m[0] for m in got] == ["a.cls", "a.png", "b.png"]
     assert got == _read(tars._tarfile_members, path, True, _labels_only)[0]
+
+
+def test_a_negative_size_is_an_invalid_header_not_a_loop(tmp_path):
+    """A size field of -512 would move the reader back onto the same header: refused."""
+    whole = tmp_path / "whole.tar"
+    _write_tarfile(whole, tarfile.USTAR_FORMAT, False)
+    data = bytearray(whole.read_bytes())
+    h = _read(_fast, whole, True, _labels_only)[0][1][1] - 512  # the second member's header
+    data[h + 124 : h + 136] = b"-0000001000\0"
+    data[h + 148 : h + 156] = b" " * 8
+    data[h + 148 : h + 156] = b"%06o\0 " % sum(data[h : h + 512])
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    for seekable in (True, False):
+        got, error = _read(_fast, bad, seekable, _labels_only)
+        assert (len(got), error) == (1, "invalid header")

@@ -56,15 +56,21 @@ class Blocks:
             self.buf, self.base = self.f.read_at(max(n, CHUNK), self.pos), self.pos
             return
         end = self.base + len(self.buf)
-        keep = self.buf[self.pos - self.base :] if self.pos < end else b""
+        parts = [self.buf[self.pos - self.base :] if self.pos < end else b""]
         while end < self.pos:  # a stream skips forward by reading
             got = len(self.f.read(min(self.pos - end, 16 * CHUNK)))
-            end += got
             if not got:
                 self.buf, self.base = b"", end
                 return
-        self.buf = keep + self.f.read(max(n - len(keep), CHUNK))
-        self.base = self.pos
+            end += got
+        have = len(parts[0])
+        while have < n:  # a stream may give fewer bytes than asked before its end
+            more = self.f.read(max(n - have, CHUNK))
+            if not more:
+                break
+            parts.append(more)
+            have += len(more)
+        self.buf, self.base = b"".join(parts), self.pos
 
 
 def members(
@@ -74,37 +80,42 @@ def members(
     where ``want(name)``. Ends at the end-of-archive block."""
     extended: dict[str, str] = {}  # the next member's PAX records or GNU long name
     glob: dict[str, str] = {}  # global PAX records: every member after them
+    pending = False  # an extended header read: a member must follow
     while True:
         header = blocks.take(BLOCK)
         if len(header) < BLOCK:
             raise tarfile.ReadError("truncated header" if header else "no end-of-archive block")
         if not header.strip(b"\0"):
+            if pending:
+                raise tarfile.ReadError("the archive ends after an extended header")
             return
         name, size, kind = _header(header)
         at = blocks.pos
-        if kind in (b"x", b"X", b"g", b"L"):
-            data = _data(blocks, size)
+        if kind in (b"x", b"X", b"g", b"L", b"K"):
+            pending = True
+            data = _data(blocks, size) if kind != b"K" else b""  # a long link: nothing of ours
             blocks.pos = at + _padded(size)
             if kind == b"L":
-                extended["path"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                records = {"path": data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")}
             else:
-                (glob if kind == b"g" else extended).update(_pax(data))
-            continue
-        if kind == b"K":  # a GNU long link name: nothing of ours
-            blocks.pos = at + _padded(size)
+                records = _pax(data)
+            if kind == b"g":
+                glob.update(records)
+            else:  # stacked headers: the first one's records win, as in tarfile
+                extended = {**records, **extended}
             continue
         info = {**glob, **extended} if glob else extended
-        extended = {}
+        extended, pending = {}, False
         if kind in _UNSUPPORTED or any(k.startswith("GNU.sparse") for k in info):
             raise Unsupported(f"tar member type {kind!r}")
         name = info.get("path", name)
         if "size" in info:
-            size = _int(info["size"])
+            size = _size(info["size"])
         if kind in _NO_DATA:
             continue
-        if kind not in _REGULAR or (kind == b"\0" and name.endswith("/")):
-            blocks.pos = at + _padded(size)  # an unknown type's data is skipped, as tarfile
-            continue  # does; a V7 directory
+        if kind not in _REGULAR:
+            blocks.pos = at + _padded(size)  # an unknown type's data is skipped, as tarfile does
+            continue
         data = _data(blocks, size) if want(name) else None
         blocks.pos = at + _padded(size)
         yield name, at, size, data
@@ -121,10 +132,15 @@ def _header(b: bytes) -> tuple[str, int, bytes]:
             raise tarfile.ReadError("bad checksum")
     kind = b[156:157]
     name = _text(b[0:100])
+    if kind == b"\0" and name.endswith("/"):
+        kind = b"5"  # an old V7 directory
     prefix = _text(b[345:500]) if kind not in (b"L", b"K", b"S") else ""
     if prefix and b[257:263] == b"ustar\0":
         name = f"{prefix}/{name}"
-    return name, _num(b[124:136]), kind
+    size = _num(b[124:136])
+    if size < 0:
+        raise tarfile.ReadError("invalid header")
+    return name, size, kind
 
 
 def _data(blocks: Blocks, size: int) -> bytes:
@@ -148,6 +164,17 @@ def _num(field: bytes) -> int:
         n = int.from_bytes(field[1:], "big")
         return n - 256 ** (len(field) - 1) if field[0] == 0xFF else n
     return _int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def _size(text: str) -> int:
+    """A PAX ``size`` record: a number that is not one counts as 0, as in tarfile."""
+    try:
+        size = int(text)
+    except ValueError:
+        return 0
+    if size < 0:
+        raise tarfile.ReadError("invalid header")
+    return size
 
 
 def _int(text: str | bytes, base: int = 10) -> int:
@@ -174,18 +201,18 @@ def read(
     open_file: Callable, seekable: bool, want: Callable[[str], bool]
 ) -> Iterator[tuple[str, int, int, bytes | None]]:
     """:func:`members` of the tar ``open_file()`` opens; where it meets a member it does not
-    handle, the archive is read again with ``tarfile``, without giving again the members already
-    given."""
-    given = 0
+    handle, the archive is read again with ``tarfile``, from the first member after the last one
+    given (by data offset)."""
+    last = -1  # the data offset of the last member given
     try:
         with open_file() as f:
             for m in members(Blocks(f, seekable), want):
                 yield m
-                given += 1
+                last = m[1]
     except Unsupported:
         with open_file() as f:
-            for i, m in enumerate(_tarfile_members(f, seekable, want)):
-                if i >= given:
+            for m in _tarfile_members(f, seekable, want):
+                if m[1] > last:
                     yield m
 
 
