@@ -635,21 +635,23 @@ def test_jobs_that_cannot_get_resources_end_with_what_they_waited_for(
 
 ELASTIC_PORT, ELASTIC_DASH, ELASTIC_CLIENT = 6398, 8278, 23008  # a cluster of its own
 EPOCHS = 40
+RAY_EPOCHS = 15  # through Ray Data an epoch takes ~3 s: 15 outlast the join (resized at epoch 4-5)
 
 
 @pytest.fixture()
-def one_node_cluster(tmp_path):
-    """A cluster of one 1-CPU node (head only) that a test grows with :func:`_add_node`;
-    stopped, every node with it, however the test ends."""
+def one_node_cluster(tmp_path, request):
+    """A cluster of one node (head only) of 1 CPU (or ``request.param``) that a test grows with
+    :func:`_add_node`; stopped, every node with it, however the test ends."""
     tmp = f"/tmp/cifar-ray-elastic-{os.getpid()}"
     gcs = f"127.0.0.1:{ELASTIC_PORT}"
     env = _cluster_env(tmp, ELASTIC_DASH)
-    up = ["scripts/cluster-up.sh", "--workers", "0", "--num-cpus", "1", "--port"]
+    cpus = str(getattr(request, "param", 1))
+    up = ["scripts/cluster-up.sh", "--workers", "0", "--num-cpus", cpus, "--port"]
     up += [str(ELASTIC_PORT), "--dashboard-port", str(ELASTIC_DASH)]
     up += ["--client-port", str(ELASTIC_CLIENT)]
     try:
         _run(up, env, timeout=300, check=True)
-        yield {"env": env, "tmp": tmp, "gcs": gcs, "work": tmp_path}
+        yield {"env": env, "tmp": tmp, "gcs": gcs, "work": tmp_path, "cpus": int(cpus)}
     finally:
         _run(["scripts/cluster-down.sh", "--port", str(ELASTIC_PORT)], env, timeout=120)
         count = [sys.executable, "-m", "jobs.local_cluster", "count", "--temp-dir", tmp]
@@ -675,31 +677,47 @@ def _epochs_with(run: Path, workers: int) -> list[int]:
     return [int(r["epoch"]) for r in rows if r.get("workers") == str(workers)]
 
 
-def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_cluster):
-    """--num-workers 1-2 on one 1-CPU node: it starts with 1 worker; a second node joins after
-    the first epoch, the run resizes to 2 workers from its latest checkpoint and finishes, every
+@pytest.mark.parametrize(
+    "one_node_cluster, loading",
+    [(1, "stream"), (3, "ray")],
+    ids=["stream", "ray-data"],
+    indirect=["one_node_cluster"],
+)
+def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_cluster, loading):
+    """--num-workers 1-2 on one node: it starts with 1 worker; a second node joins after the
+    first epoch, the run resizes to 2 workers from its latest checkpoint and finishes, every
     epoch evaluated on the whole test set exactly once. Ray Train sees a new node within 20 s
-    (its autoscaling coordinator's tick) and --resize-interval 1 s: the 40 epochs (about 1 s
-    each) outlast that."""
-    from cifar.data.synthetic import write_synthetic
+    (its autoscaling coordinator's tick) and --resize-interval 1 s: the epochs (about 1 s each)
+    outlast that. ``stream``: CIFAR-format files, workers of 1 CPU on 1-CPU nodes; ``ray``: an
+    image folder decoded by Ray Data's tasks, workers of 2 CPUs on a 3-CPU node joined by a
+    2-CPU one (one CPU left to the decode at either size)."""
+    from cifar.data.synthetic import write_folders, write_synthetic
 
     cluster, n_test = one_node_cluster, 300
     data = cluster["work"] / "data"
-    write_synthetic(data, n_train=1600, n_test=n_test, seed=2)
+    if loading == "stream":
+        write_synthetic(data, n_train=1600, n_test=n_test, seed=2)
+        source, epochs, node, each = ["--no-download"], EPOCHS, 1, 1
+    else:
+        write_folders(data, n_train=1200, n_val=n_test, num_classes=3, seed=2)
+        source, epochs, node, each = ["--data-loading", "ray"], RAY_EPOCHS, 2, 2
     run, job = cluster["work"] / "runs" / "elastic", f"el-{uuid.uuid4().hex[:8]}"
     args = [
         "train",
-        *("--data-dir", str(data), "--no-download", "--epochs", str(EPOCHS), "--batch-size", "64"),
-        *("--num-workers", "1-2", "--cpus-per-worker", "1", "--resize-interval", "1"),
+        *("--data-dir", str(data), *source, "--epochs", str(epochs), "--batch-size", "64"),
+        *("--num-workers", "1-2", "--cpus-per-worker", str(each), "--resize-interval", "1"),
         *("--max-failures", "1", "--precision", "fp32", "--name", "elastic"),
         *("--storage-path", str(run.parent)),
     ]
     t0 = time.time()
     r = _submit(cluster, "--no-wait", "--submission-id", job, *args, timeout=120)
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: _registered(run, 1), 180, "epoch 1's checkpoint registered")
+    try:
+        wait_until(lambda: _registered(run, 1), 180, "epoch 1's checkpoint registered")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_job_logs(cluster, job)[-4000:]}") from None
     t_join = time.time()
-    _add_node(cluster, num_cpus=1)
+    _add_node(cluster, num_cpus=node)
     wait_until(lambda: _epochs_with(run, 2), 120, "an epoch trained by 2 workers")
     t_grown = time.time()
     assert _wait_job(cluster, job, timeout=240) == "SUCCEEDED", _job_logs(cluster, job)[-4000:]
@@ -707,11 +725,11 @@ def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_clus
 
     summary = json.loads((run / "summary.json").read_text())
     history = summary["history"]
-    assert summary["num_workers"] == [1, 2] and summary["epochs_completed"] == EPOCHS
+    assert summary["num_workers"] == [1, 2] and summary["epochs_completed"] == epochs
     sizes = summary["world_sizes"]
     assert [s["workers"] for s in sizes] == [1, 2], sizes
-    assert sizes[0]["epochs"][0] == 1 and sizes[-1]["epochs"][1] == EPOCHS
-    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))  # none lost, none twice
+    assert sizes[0]["epochs"][0] == 1 and sizes[-1]["epochs"][1] == epochs
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))  # none lost, none twice
     for h in history:  # the whole test set, each image once, at either size
         assert h["test_images"] == n_test
         assert h["test_accuracy"] * n_test == pytest.approx(round(h["test_accuracy"] * n_test))
@@ -724,7 +742,7 @@ def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_clus
     print(
         f"elastic: node joined {t_join - t0:.1f}s after submit; first epoch of 2 workers done "
         f"{t_grown - t_join:.1f}s later; job done {t_end - t_join:.1f}s after the join; epochs "
-        f"1-{grown - 1} on 1 worker, {grown}-{EPOCHS} on 2"
+        f"1-{grown - 1} on 1 worker, {grown}-{epochs} on 2 ({loading})"
     )
 
 

@@ -121,6 +121,11 @@ def test_ray_data_loading_leaves_cpus_to_its_decode_tasks_or_is_refused():
         with pytest.raises(ConfigError, match=r"hold all \d CPUs .*--data-loading stream"):
             resolve_scale(_cfg(argv), ClusterInfo(cpus, 0))
     assert resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(2, 0)) == (False, 1)
+    # elastic: Ray Train places as many workers as fit, up to the most, not the fewest
+    grow = [*ray, "--num-workers", "1-2", "--cpus-per-worker"]
+    with pytest.raises(ConfigError, match=r"2 worker\(s\) of 1 CPU\(s\) \(an elastic run"):
+        resolve_scale(_cfg([*grow, "1"]), ClusterInfo(2, 0))
+    assert resolve_scale(_cfg([*grow, "2"]), ClusterInfo(3, 0)) == (False, 2)  # 1 left
 
 
 def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):

@@ -130,13 +130,18 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
     if cfg.data_loading == "ray":  # Ray Data's 1-CPU decode tasks need CPUs of their own
         if cfg.cpus_per_worker is None and not use_gpu:
             cpus = max(1, cpus // 2)  # half left to them
-        fewest = cfg.worker_range[0]
-        if fewest * cpus >= cluster.cpus:  # none left: Ray Data would wait for ever
+        # the workers Ray Train places: as many as fit, up to the most (an elastic run grows to
+        # them); once the decode has a CPU, a growing cluster only adds to what is left
+        placed = min(cfg.worker_range[1], int(cluster.cpus // cpus))
+        left = cluster.cpus - placed * cpus
+        if left < 1:  # Ray Data would wait for a CPU for ever
+            grows = " (an elastic run takes as many as fit)" if cfg.elastic else ""
             raise ConfigError(
                 f"--data-loading ray decodes in 1-CPU Ray Data tasks beside the training "
-                f"workers, but {fewest} worker(s) of {cpus} CPU(s) hold all {cluster.cpus:g} "
-                "CPUs of the Ray cluster: the decoding could never start. Lower --num-workers "
-                "or --cpus-per-worker, add a node, or use --data-loading stream."
+                f"workers, but {placed} worker(s) of {cpus:g} CPU(s){grows} would hold all "
+                f"{cluster.cpus:g} CPUs of the Ray cluster: the decoding could never start. "
+                "Lower --num-workers (its most) or --cpus-per-worker, add a node, or use "
+                "--data-loading stream."
             )
     return use_gpu, cpus
 
