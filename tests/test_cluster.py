@@ -687,10 +687,10 @@ def test_elastic_run_grows_when_a_node_joins_and_evaluates_exactly(one_node_clus
     """--num-workers 1-2 on one node: it starts with 1 worker; a second node joins after the
     first epoch, the run resizes to 2 workers from its latest checkpoint and finishes, every
     epoch evaluated on the whole test set exactly once. Ray Train sees a new node within 20 s
-    (its autoscaling coordinator's tick) and --resize-interval 1 s: the epochs (about 1 s each)
-    outlast that. ``stream``: CIFAR-format files, workers of 1 CPU on 1-CPU nodes; ``ray``: an
-    image folder decoded by Ray Data's tasks, workers of 2 CPUs on a 3-CPU node joined by a
-    2-CPU one (one CPU left to the decode at either size)."""
+    (its autoscaling coordinator's tick) and --resize-interval 1 s: the epochs (about 1 s each,
+    3 s through Ray Data) outlast that. ``stream``: CIFAR-format files, workers of 1 CPU on
+    1-CPU nodes; ``ray``: an image folder decoded by Ray Data's tasks, workers of 2 CPUs on a
+    3-CPU node joined by a 2-CPU one (one CPU left to the decode at either size)."""
     from cifar.data.synthetic import write_folders, write_synthetic
 
     cluster, n_test = one_node_cluster, 300

@@ -118,7 +118,7 @@ def test_ray_data_loading_leaves_cpus_to_its_decode_tasks_or_is_refused():
     ray = ["--data-loading", "ray"]
     assert resolve_scale(_cfg(ray), ClusterInfo(2, 0)) == (False, 1)
     for argv, cpus in (([*ray, "--num-workers", "2"], 2), ([*ray, "--cpus-per-worker", "4"], 4)):
-        with pytest.raises(ConfigError, match=r"hold all \d CPUs .*--data-loading stream"):
+        with pytest.raises(ConfigError, match=r"would leave 0 of the \d CPUs .*ing stream"):
             resolve_scale(_cfg(argv), ClusterInfo(cpus, 0))
     assert resolve_scale(_cfg(["--num-workers", "2"]), ClusterInfo(2, 0)) == (False, 1)
     # elastic: Ray Train places as many workers as fit, up to the most, not the fewest
@@ -126,6 +126,13 @@ def test_ray_data_loading_leaves_cpus_to_its_decode_tasks_or_is_refused():
     with pytest.raises(ConfigError, match=r"2 worker\(s\) of 1 CPU\(s\) \(an elastic run"):
         resolve_scale(_cfg([*grow, "1"]), ClusterInfo(2, 0))
     assert resolve_scale(_cfg([*grow, "2"]), ClusterInfo(3, 0)) == (False, 2)  # 1 left
+    # a fixed size is placed whole or not at all: 2 workers of 2 CPUs on 3 CPUs never start
+    with pytest.raises(ConfigError, match=r"2 worker\(s\) of 2 CPU\(s\) would leave 0 of the 3"):
+        resolve_scale(
+            _cfg([*ray, "--num-workers", "2", "--cpus-per-worker", "2"]), ClusterInfo(3, 0)
+        )
+    gpus = [*ray, "--gpu", "--num-workers", "1-4", "--cpus-per-worker", "2"]  # 2 GPUs: 2 placed
+    assert resolve_scale(_cfg(gpus), ClusterInfo(8, 2)) == (True, 2)
 
 
 def test_resume_of_unknown_run_and_reuse_of_a_name(tmp_path):

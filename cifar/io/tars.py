@@ -237,6 +237,8 @@ def _tarfile_members(f, seekable: bool, want: Callable[[str], bool]):
     with tarfile.open(fileobj=f, mode="r:" if seekable else "r|", tarinfo=_Header) as tf:
         while (m := tf.next()) is not None:
             tf.members = []  # kept by tarfile for lookups we never make: memory stays flat
+            if m.size < 0:  # tarfile would step back onto the same header for ever
+                raise tarfile.ReadError("invalid header")
             if m.isfile():
                 data = tf.extractfile(m).read() if want(m.name) else None
                 yield m.name, m.offset_data, m.size, data

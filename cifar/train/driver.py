@@ -130,20 +130,31 @@ def resolve_scale(cfg: TrainConfig, cluster: ClusterInfo) -> tuple[bool, int]:
     if cfg.data_loading == "ray":  # Ray Data's 1-CPU decode tasks need CPUs of their own
         if cfg.cpus_per_worker is None and not use_gpu:
             cpus = max(1, cpus // 2)  # half left to them
-        # the workers Ray Train places: as many as fit, up to the most (an elastic run grows to
-        # them); once the decode has a CPU, a growing cluster only adds to what is left
-        placed = min(cfg.worker_range[1], int(cluster.cpus // cpus))
-        left = cluster.cpus - placed * cpus
-        if left < 1:  # Ray Data would wait for a CPU for ever
-            grows = " (an elastic run takes as many as fit)" if cfg.elastic else ""
-            raise ConfigError(
-                f"--data-loading ray decodes in 1-CPU Ray Data tasks beside the training "
-                f"workers, but {placed} worker(s) of {cpus:g} CPU(s){grows} would hold all "
-                f"{cluster.cpus:g} CPUs of the Ray cluster: the decoding could never start. "
-                "Lower --num-workers (its most) or --cpus-per-worker, add a node, or use "
-                "--data-loading stream."
-            )
+        check_decode_room(cfg, cluster, use_gpu, cpus)
     return use_gpu, cpus
+
+
+def check_decode_room(cfg: TrainConfig, cluster: ClusterInfo, use_gpu: bool, cpus: float) -> None:
+    """--data-loading ray: refuses workers that would leave Ray Data's 1-CPU decode tasks no CPU
+    (they would wait for ever). A fixed size places its workers; an elastic run as many as fit,
+    up to its most (Ray Train's elastic policy), and a cluster that grows then only adds to what
+    is left. Counted on the cluster's totals, not node by node: a layout that only just fits
+    may be refused."""
+    lo, hi = cfg.worker_range
+    placed = lo
+    if cfg.elastic:
+        placed = min(hi, int(cluster.cpus // cpus), int(cluster.gpus) if use_gpu else hi)
+    left = cluster.cpus - placed * cpus
+    if left >= 1:
+        return
+    grows = " (an elastic run places as many as fit, up to its most)" if cfg.elastic else ""
+    raise ConfigError(
+        f"--data-loading ray decodes in 1-CPU Ray Data tasks beside the training workers, but "
+        f"{placed} worker(s) of {cpus:g} CPU(s){grows} would leave {max(left, 0):g} of the "
+        f"{cluster.cpus:g} CPUs of the Ray cluster: the decoding could never start. Lower "
+        "--num-workers (for an elastic run, its most) or --cpus-per-worker, add a node, or use "
+        "--data-loading stream."
+    )
 
 
 def check_classes(cfg: TrainConfig, data: TrainingData) -> TrainConfig:
