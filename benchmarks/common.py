@@ -213,29 +213,6 @@ def use_job_train_env(cfg: TrainConfig | None = None) -> None:
         os.environ.setdefault(k, v)
 
 
-def busy_cores() -> float:
-    """Cores busy over the last second, all processes together (/proc/stat)."""
-
-    def ticks() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # all, idle + iowait
-
-    a0, i0 = ticks()
-    time.sleep(1.0)
-    a1, i1 = ticks()
-    return (a1 - a0 - (i1 - i0)) / max(1, a1 - a0) * (os.cpu_count() or 1)
-
-
-def settle(below: float = 0.3, most: float = 30.0) -> float:
-    """Waits until other processes (a finished job's Ray workers exiting, say) leave the cores
-    idle, ``most`` seconds at most, before a baseline is timed; returns the cores last busy."""
-    end = time.time() + most
-    while (busy := busy_cores()) > below and time.time() < end:
-        pass
-    return busy
-
-
 def local_cluster() -> ClusterInfo:
     """This machine as a one-node cluster, as a job started on it sees it (nothing held)."""
     import torch

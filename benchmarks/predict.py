@@ -36,7 +36,6 @@ from benchmarks.common import (
     machine,
     parser,
     run_module,
-    settle,
     untrained_model,
     write_images,
     write_json,
@@ -148,10 +147,8 @@ def small(root: Path, args: argparse.Namespace, ray_start: float) -> dict:
     cores = os.cpu_count() or 1
     limit = decode_limit(files, 32, 2000)
     rates, loops, summary = [], [], {}
-    busy = []
     for _ in range(max(1, args.repeats)):  # each job run right after a loop: a busy machine's
-        busy.append(settle())  # load moves both; the last job's workers gone before the loop
-        loops.append(quick_loop(root / "model", files[: args.loop_files or None]))
+        loops.append(quick_loop(root / "model", files[: args.loop_files or None]))  # load moves
         cfg = PredictConfig(
             model=str(root / "model"),
             input=[str(root / "small")],
@@ -172,8 +169,7 @@ def small(root: Path, args: argparse.Namespace, ray_start: float) -> dict:
     pairs = ", ".join(f"{r:.0f} / {loop:.0f} = {x:.2f}x" for r, loop, x in each)
     print(
         f"small  {len(files)} PNGs, job / one-at-a-time img/s, each job run after its loop: "
-        f"{pairs} (cores busy before each loop: {', '.join(f'{b:.2f}' for b in busy)}); "
-        f"decode limit {limit:.0f} img/s/core: the best run is "
+        f"{pairs}; decode limit {limit:.0f} img/s/core: the best run is "
         f"{best / (cores * limit):.1%} of {cores} x limit",
         flush=True,
     )
@@ -182,7 +178,6 @@ def small(root: Path, args: argparse.Namespace, ray_start: float) -> dict:
     return {
         "files": len(files),
         "one_at_a_time_img_s_each_run": loops,
-        "busy_cores_before_each_loop": busy,
         "job_img_s_each_run": rates,
         "ratio_each_run": ratios,
         "ratio_first_run": ratios[0],

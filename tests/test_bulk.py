@@ -26,15 +26,6 @@ def test_plan_starts_from_what_is_free_and_grows_to_the_cluster():
     assert one.actors == (1, 1, 1) and one.actor_cpus == 1
 
 
-def test_rows_that_fit_one_result_file_are_written_by_the_driver():
-    cfg = PredictConfig(rows_per_file=1000, files_per_block=100)
-    fits = plan_resources(cfg, ClusterInfo(2, 0), files=1000)
-    assert fits.write_tasks == 0 and "written by the driver" in fits.describe()
-    more = plan_resources(cfg, ClusterInfo(2, 0), files=1001)
-    assert more.write_tasks == 2 and "up to 2 write tasks" in more.describe()
-    assert plan_resources(cfg, ClusterInfo(2, 0), files=None).write_tasks == 2  # streamed
-
-
 def test_plan_uses_every_gpu_and_the_actor_counts_asked_for():
     gpu = plan(ClusterInfo(64, 8))
     assert (gpu.actors, gpu.device, gpu.gpus_per_actor) == ((1, 8, 8), "cuda", 1)

@@ -175,7 +175,10 @@ def commit(output: str, name: str, data: bytes) -> None:
 def make_sink(output: str, fmt: str, schema, rows_per_file: int):
     """A Ray Data datasink writing ``schema`` rows in files of about ``rows_per_file`` rows,
     each committed whole."""
+    import pyarrow as pa
     from ray.data import Datasink
+
+    form = get_format(fmt)
 
     class ResultSink(Datasink):
         @property
@@ -186,30 +189,21 @@ def make_sink(output: str, fmt: str, schema, rows_per_file: int):
             return "WriteResults"
 
         def write(self, blocks: Iterable, ctx) -> dict[str, Any]:
-            return commit_rows(output, fmt, schema, rows_per_file, blocks)
+            tables = [pa.table(b) if not isinstance(b, pa.Table) else b for b in blocks]
+            tables = [t.select(schema.names).cast(schema) for t in tables if t.num_rows]
+            if not tables:
+                return {"files": [], "rows": 0}
+            table = pa.concat_tables(tables).combine_chunks()
+            # Ray Data hands over at least rows_per_file rows, in whole blocks: a bundle of
+            # several files' worth is cut into files of about rows_per_file rows each
+            n = max(1, table.num_rows // rows_per_file)
+            size = -(-table.num_rows // n)
+            names = []
+            for i in range(0, table.num_rows, size):
+                part = table.slice(i, size)
+                digest_ = digest(part.column("path").combine_chunks())
+                names.append(f"{PART_PREFIX}{digest_}{form.suffix}")
+                commit(output, names[-1], form.serialize(part))
+            return {"files": names, "rows": table.num_rows}
 
     return ResultSink()
-
-
-def commit_rows(output: str, fmt: str, schema, rows_per_file: int, blocks: Iterable):
-    """``blocks`` of result rows in files of about ``rows_per_file`` rows, each committed whole
-    under a name made from its paths; returns the names and the rows."""
-    import pyarrow as pa
-
-    form = get_format(fmt)
-    tables = [pa.table(b) if not isinstance(b, pa.Table) else b for b in blocks]
-    tables = [t.select(schema.names).cast(schema) for t in tables if t.num_rows]
-    if not tables:
-        return {"files": [], "rows": 0}
-    table = pa.concat_tables(tables).combine_chunks()
-    # Ray Data hands over at least rows_per_file rows, in whole blocks: a bundle of several
-    # files' worth is cut into files of about rows_per_file rows each
-    n = max(1, table.num_rows // rows_per_file)
-    size = -(-table.num_rows // n)
-    names = []
-    for i in range(0, table.num_rows, size):
-        part = table.slice(i, size)
-        digest_ = digest(part.column("path").combine_chunks())
-        names.append(f"{PART_PREFIX}{digest_}{form.suffix}")
-        commit(output, names[-1], form.serialize(part))
-    return {"files": names, "rows": table.num_rows}

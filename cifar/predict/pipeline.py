@@ -17,7 +17,7 @@ from cifar.cluster.watchdog import StallError, Watchdog
 from cifar.io import storage
 from cifar.io.images import decode_batch
 from cifar.io.lock import FolderLock
-from cifar.predict.commit import JOB_FILE, commit_rows, finish, make_sink, start
+from cifar.predict.commit import JOB_FILE, finish, make_sink, start
 from cifar.predict.config import PredictConfig
 from cifar.predict.formats import read_results, result_schema
 from cifar.predict.plan import Plan, plan_resources, with_compute
@@ -322,13 +322,7 @@ def predictor_settings(cfg: PredictConfig, plan: Plan, pre: Preflight) -> Predic
 def write(ds, cfg: PredictConfig, plan: Plan, schema) -> dict[str, Any]:
     """Result files of about --rows-per-file rows, each committed whole. Writers ask no CPU and
     are at most one per actor, so they run while the actors work instead of queueing up behind
-    them, and Ray starts few processes for them. Rows that all fit one file
-    (``plan.write_tasks == 0``) are gathered and written here instead. Returns
-    :func:`stage_seconds`."""
-    if plan.write_tasks == 0:
-        blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-        commit_rows(cfg.output, cfg.format, schema, cfg.rows_per_file, blocks)
-        return stage_seconds(ds)
+    them, and Ray starts few processes for them. Returns :func:`stage_seconds`."""
     sink = make_sink(cfg.output, cfg.format, schema, cfg.rows_per_file)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=plan.write_tasks)
     return stage_seconds(ds)

@@ -24,10 +24,6 @@ from cifar.predict.predictor import UNKNOWN_WORK, inference_compute
 # tasks run at once is bounded instead: a third of the CPUs.
 DECODE_SHARE = 1 / 3
 WRITERS_PER_ACTOR = 1  # a writer spends its time in Arrow and file I/O: one per actor keeps up
-# A job whose rows all fit one result file (--rows-per-file, files known before it starts) has
-# them written by the driver as they arrive, not by a write task: one file either way, and Ray
-# starts no worker for it after the last batch (that worker's start was 2.5 s of a 21,000-file
-# job's 10 s on 2 vCPUs: benchmarks/results/predict_small_timeline.txt).
 # Inputs of at most this many pixels a side are decoded in the inference actors: a 32 px PNG
 # decodes in ~50 us and CIFAR10-quick classifies it in ~60 us, so a separate decode stage's
 # per-task, per-block and object-store costs were most of the job (docs/results.md, Prediction).
@@ -54,7 +50,7 @@ class Plan:
     device: str
     actor_cpus: float = 1.0  # = the actor's torch threads on CPUs
     decode_tasks: int = 1  # at most this many at once (0: the actors decode)
-    write_tasks: int = 1  # 0: the driver writes the one result file
+    write_tasks: int = 1
     batch_size: int = 256  # images per inference batch
     compute: Compute | None = None  # precision and layout of every actor: actor_compute()
 
@@ -70,15 +66,10 @@ class Plan:
             if self.decode_in_actors
             else f"up to {self.decode_tasks} decode tasks"
         )
-        write = (
-            f"up to {self.write_tasks} write tasks"
-            if self.write_tasks
-            else "the results written by the driver"
-        )
         return (
             f"{first} inference actor(s) of {self.actor_cpus:g} CPU{gpu} to start with "
             f"(at least {lo}, growing to {hi} as resources free up) on {self.device}, batches "
-            f"of {self.batch_size}, {decode} and {write}"
+            f"of {self.batch_size}, {decode} and up to {self.write_tasks} write tasks"
         )
 
 
@@ -135,11 +126,7 @@ def plan_resources(
         device="cuda" if gpus > 0 else "cpu",
         actor_cpus=cpus,
         decode_tasks=decode,
-        write_tasks=(
-            0
-            if files is not None and files <= cfg.rows_per_file
-            else min(tasks, max(1, hi * WRITERS_PER_ACTOR))
-        ),
+        write_tasks=min(tasks, max(1, hi * WRITERS_PER_ACTOR)),
         batch_size=batch,
     )
 
